@@ -1,0 +1,176 @@
+"""Helpers shared by the loggers: rank-zero gating, hparams conversion, atomic YAML writes."""
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import tempfile
+import warnings
+from argparse import Namespace
+from collections.abc import Mapping, MutableMapping
+from dataclasses import asdict, is_dataclass
+from enum import Enum
+from typing import Any, Callable, Optional, TypeVar, Union
+
+import torch
+import yaml
+
+_T = TypeVar("_T")
+
+
+def _rank_from_env() -> int:
+    """The process's global rank from the launcher's environment (0 when not launched).
+
+    ``RANK`` first: under torchrun it is the global rank, while ``LOCAL_RANK`` is only unique per node. Same key
+    order as Lightning, so a job launched for Lightning behaves the same here.
+    """
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        value = os.environ.get(key)
+        if value is not None:
+            try:
+                return int(value)
+            except ValueError:
+                continue
+    return 0
+
+
+def rank_zero_only(fn: Callable[..., _T]) -> Callable[..., Optional[_T]]:
+    """Decorator: run ``fn`` only on global rank 0, return ``None`` elsewhere.
+
+    The rank is ``rank_zero_only.rank``; it is read from the environment at import time and a launcher (the DDP
+    strategy) may set it once the process group exists.
+    """
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Optional[_T]:
+        if rank_zero_only.rank == 0:
+            return fn(*args, **kwargs)
+        return None
+
+    return wrapped
+
+
+rank_zero_only.rank = _rank_from_env()  # type: ignore[attr-defined]
+
+
+def _version(loggers: list, separator: str = "_") -> Union[int, str]:
+    """The version shown as ``v_num``: one logger's own version, else the distinct versions joined."""
+    if len(loggers) == 1:
+        return loggers[0].version
+    return separator.join(dict.fromkeys(str(logger.version) for logger in loggers))
+
+
+def _convert_params(params: Optional[Union[Mapping[str, Any], Namespace]]) -> dict[str, Any]:
+    if isinstance(params, Namespace):
+        return dict(vars(params))
+    if params is None:
+        return {}
+    return dict(params)
+
+
+def _add_prefix(metrics: Mapping[str, Any], prefix: str, separator: str) -> Mapping[str, Any]:
+    if not prefix:
+        return metrics
+    return {f"{prefix}{separator}{k}": v for k, v in metrics.items()}
+
+
+def _flatten_dict(params: Mapping[Any, Any], delimiter: str = "/", parent_key: str = "") -> dict[str, Any]:
+    """``{'a': {'b': 1}} -> {'a/b': 1}``; lists of dicts are indexed (``'dl/0/a'``), as Lightning does."""
+    result: dict[str, Any] = {}
+    for key, value in params.items():
+        new_key = f"{parent_key}{delimiter}{key}" if parent_key else str(key)
+        if is_dataclass(value) and not isinstance(value, type):
+            value = asdict(value)
+        elif isinstance(value, Namespace):
+            value = vars(value)
+        if isinstance(value, MutableMapping):
+            result.update(_flatten_dict(value, delimiter=delimiter, parent_key=new_key))
+        elif isinstance(value, list) and value and all(isinstance(v, MutableMapping) for v in value):
+            for i, item in enumerate(value):
+                result.update(_flatten_dict(item, delimiter=delimiter, parent_key=f"{new_key}/{i}"))
+        else:
+            result[new_key] = value
+    return result
+
+
+def _sanitize_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Non-primitive values become their ``str`` (TensorBoard's hparams plugin takes only primitives)."""
+    try:
+        import numpy as np
+
+        np_scalars: tuple = (np.bool_, np.integer, np.floating)
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        np_scalars = ()
+    for key in params:
+        if np_scalars and isinstance(params[key], np_scalars):
+            params[key] = params[key].item()
+        if type(params[key]) not in (bool, int, float, str, torch.Tensor):
+            params[key] = str(params[key])
+    return params
+
+
+def _sanitize_callable_params(params: dict[str, Any]) -> dict[str, Any]:
+    def sanitize(value: Any) -> Any:
+        if inspect.isclass(value):
+            return value.__name__
+        if callable(value):
+            try:
+                out = value()
+                return value.__name__ if callable(out) else out
+            except Exception:
+                return getattr(value, "__name__", None)
+        return value
+
+    return {k: sanitize(v) for k, v in params.items()}
+
+
+def save_hparams_to_yaml(config_yaml: str, hparams: Union[Mapping[str, Any], Namespace]) -> None:
+    """Write ``hparams`` to ``config_yaml`` like Lightning (values YAML cannot dump are skipped with a warning).
+
+    The file is written to a temporary file in the same folder and moved into place with ``os.replace``, so a
+    crash mid-write never leaves a truncated ``hparams.yaml`` behind.
+    """
+    folder = os.path.dirname(config_yaml)
+    if not os.path.isdir(folder):
+        raise RuntimeError(f"Missing folder: {folder}.")
+    if isinstance(hparams, Namespace):
+        hparams = vars(hparams)
+    if not isinstance(hparams, Mapping):
+        raise TypeError("hparams must be dictionary")
+
+    allowed: dict[str, Any] = {}
+    for key, value in hparams.items():
+        value = value.name if isinstance(value, Enum) else value
+        try:
+            yaml.dump(value)
+        except (TypeError, ValueError, yaml.YAMLError):
+            warnings.warn(f"Skipping '{key}' parameter because it is not possible to safely dump to YAML.")
+        else:
+            allowed[key] = value
+
+    fd, tmp_path = tempfile.mkstemp(prefix=".hparams-", suffix=".yaml.tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", newline="") as fp:
+            yaml.dump(allowed, fp)
+            fp.flush()
+            os.fsync(fp.fileno())
+        os.replace(tmp_path, config_yaml)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
+
+
+def _next_version(versions_root: str) -> int:
+    """``max(N) + 1`` over the ``version_N`` folders under ``versions_root`` (0 when there are none)."""
+    try:
+        entries = os.listdir(versions_root)
+    except OSError:
+        return 0
+    existing = []
+    for entry in entries:
+        if entry.startswith("version_") and os.path.isdir(os.path.join(versions_root, entry)):
+            suffix = entry.split("_")[1]
+            if suffix.isdigit():
+                existing.append(int(suffix))
+    return max(existing) + 1 if existing else 0
