@@ -526,6 +526,85 @@ def run_exception(L, tmp_path):
     return calls
 
 
+# User callbacks=[ModelCheckpoint, EarlyStopping, HookRecorder]. Lightning moves checkpoint callbacks
+# to the end of the list (order: EarlyStopping, HookRecorder, ModelCheckpoint), and in
+# on_train_epoch_end runs non-monitoring callbacks, then the module, then the monitoring ones
+# (EarlyStopping, ModelCheckpoint) so they can see metrics logged in the module's hook.
+# Only the entries below are kept (the full sequence is pinned by the other scenarios).
+MONITORING_KEEP_MODULE = {"on_fit_start", "on_train_batch_end", "on_validation_end", "on_train_epoch_end", "on_save_checkpoint"}
+EXPECTED_MONITORING_CALLBACKS = [
+    "EarlyStopping.setup(fit)",
+    "Callback.setup(fit)",
+    "ModelCheckpoint.setup(fit)",
+    "EarlyStopping.on_fit_start",
+    "Callback.on_fit_start",
+    "ModelCheckpoint.on_fit_start",
+    "on_fit_start",
+    "Callback.on_train_start",
+    "Callback.on_train_epoch_start",
+    "Callback.on_train_batch_start",
+    "Callback.on_before_zero_grad",
+    "Callback.on_before_backward",
+    "Callback.on_after_backward",
+    "Callback.on_before_optimizer_step",
+    "EarlyStopping.on_train_batch_end",
+    "Callback.on_train_batch_end",
+    "ModelCheckpoint.on_train_batch_end",
+    "on_train_batch_end",
+    "Callback.on_validation_start",
+    "Callback.on_validation_epoch_start",
+    "Callback.on_validation_batch_start",
+    "Callback.on_validation_batch_end",
+    "Callback.on_validation_epoch_end",
+    "EarlyStopping.on_validation_end",
+    "Callback.on_validation_end",
+    "ModelCheckpoint.on_validation_end",
+    "on_validation_end",
+    "Callback.on_train_epoch_end",
+    "on_train_epoch_end",
+    "EarlyStopping.on_train_epoch_end",
+    "ModelCheckpoint.on_train_epoch_end",
+    "EarlyStopping.state_dict",
+    "Callback.state_dict",
+    "ModelCheckpoint.state_dict",
+    "EarlyStopping.on_save_checkpoint",
+    "Callback.on_save_checkpoint",
+    "ModelCheckpoint.on_save_checkpoint",
+    "on_save_checkpoint",
+    "Callback.on_train_end",
+    "Callback.on_fit_end",
+    "Callback.teardown(fit)",
+]
+
+
+def run_monitoring_callbacks(L, tmp_path):
+    from helpers.recorder import _recording_subclass
+
+    class LogVal(boring_model_class(L)):
+        def validation_step(self, batch, batch_idx):
+            loss = self.loss(batch)
+            self.log("val_loss", loss)
+            return loss
+
+    hooks = ("setup", "on_fit_start", "on_train_batch_end", "on_validation_end", "on_train_epoch_end",
+             "state_dict", "on_save_checkpoint")
+    calls, model, cb = module_and_recorder(L, base=LogVal)
+    es = _recording_subclass(L.callbacks.EarlyStopping, hooks, "EarlyStopping.", "RecEarlyStopping")(
+        monitor="val_loss", patience=5
+    )
+    mc = _recording_subclass(L.callbacks.ModelCheckpoint, hooks, "ModelCheckpoint.", "RecModelCheckpoint")(
+        dirpath=str(tmp_path / "ckpt"), monitor="val_loss"
+    )
+    es.calls = mc.calls = calls
+    kw = quiet_trainer_kwargs(tmp_path)
+    kw["enable_checkpointing"] = True
+    trainer = L.Trainer(
+        callbacks=[mc, es, cb], max_epochs=1, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0, **kw
+    )
+    trainer.fit(model)
+    return [c for c in calls if c.split(".")[0] in ("EarlyStopping", "ModelCheckpoint", "Callback") or c in MONITORING_KEEP_MODULE]
+
+
 SCENARIOS: Dict[str, tuple] = {
     "fit_two_epochs": (run_fit_two_epochs, EXPECTED_FIT_TWO_EPOCHS),
     "fit_accumulate_clip": (run_fit_accumulate_clip, EXPECTED_FIT_ACCUMULATE_CLIP),
@@ -537,6 +616,7 @@ SCENARIOS: Dict[str, tuple] = {
     "all_on": (run_all_on, EXPECTED_ALL_ON),
     "datamodule": (run_datamodule, EXPECTED_DATAMODULE),
     "exception": (run_exception, EXPECTED_EXCEPTION),
+    "monitoring_callbacks": (run_monitoring_callbacks, EXPECTED_MONITORING_CALLBACKS),
 }
 
 
