@@ -192,7 +192,8 @@ def _fp32_views(params: TensorList, grads: TensorList, masters: list[Tensor], mu
     """fp32 working params (the params, the masters, or upcast copies) and fp32 gradients."""
     lowp = any(p.dtype != torch.float32 for p in params)
     work = list(masters) if masters else ([p.float() for p in params] if lowp else list(params))
-    g32 = [g.float() for g in grads] if lowp else list(grads)
+    # torch's fused kernels assume grads laid out like their params (wrong results otherwise)
+    g32 = [g.float().contiguous() if g.dtype != torch.float32 or not g.is_contiguous() else g for g in grads]
     if mult is not None:
         g32 = torch._foreach_mul(g32, mult.to(g32[0].device))
     copy_back = lowp or bool(masters)
