@@ -149,6 +149,7 @@ def test_tensorboard_parity_with_lightning(tmp_path):
     assert files_ours == files_theirs  # event file(s), add_scalars sub-folders, hparams.yaml
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_tensorboard_no_default_hp_metric_and_graph(tmp_path):
     pytest.importorskip("tensorboard")
     logger = TensorBoardLogger(str(tmp_path), default_hp_metric=False, log_graph=True)

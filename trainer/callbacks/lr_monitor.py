@@ -8,13 +8,13 @@ when given; values go to every logger at ``step = fit_loop.epoch_loop._batches_t
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from torch.optim import Optimizer
 
-from trainer.callbacks._utils import warn_once
 from trainer.callbacks.callback import Callback
 from trainer.exceptions import MisconfigurationException
 
@@ -57,7 +57,7 @@ class LearningRateMonitor(Callback):
                 return any(key not in opt.defaults for opt in trainer.optimizers)
 
             if missing("momentum") and missing("betas"):
-                warn_once(
+                warnings.warn(
                     "You have set log_momentum=True, but some optimizers do not"
                     " have momentum. This will log a value 0 for the momentum.",
                     RuntimeWarning,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import warnings
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Optional, Union
 
@@ -114,7 +115,7 @@ class Summary:
         trainer = getattr(model, "_trainer", None)
         precision = str(getattr(trainer, "precision", "32-true")) if trainer is not None else "32-true"
         if precision not in _PRECISION_TO_BITS:
-            warn_once(
+            warnings.warn(
                 f"Precision {precision} is not supported by the model summary. "
                 " Estimated model size in MB will not be accurate. Using 32 bits instead."
             )
