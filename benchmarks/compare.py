@@ -359,6 +359,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run: 1 repeat, 1+1 epochs, <= 16 steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads (default: leave torch's default, which is printed)")
     p.add_argument("--json", type=Path, default=None, help="also write machine, config and results here")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-repeat progress on stderr")
     args = p.parse_args(argv)
@@ -379,6 +381,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     machine = machine_info()  # imports the frameworks: they set their loggers' levels on import
     _quiet_frameworks()
     print(f"machine: {machine['cpu']}, {machine['nproc']} CPUs, torch threads {machine['torch_num_threads']}"
