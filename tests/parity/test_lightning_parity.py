@@ -292,6 +292,13 @@ def scenario_logging(L, root, logger=False):
         def on_train_epoch_end(self):
             self.log("epoch_end_metric", float(self.current_epoch) + 0.5)  # default on_epoch
 
+        def on_train_epoch_start(self):
+            self.log("epoch_start_metric", float(self.current_epoch))  # default on_epoch
+
+        def on_train_batch_end(self, outputs, batch, batch_idx):
+            self.log("batch_end_metric", float(batch_idx) * 10)  # default on_step (like training_step)
+            self.log("batch_end_mean", float(batch_idx), on_epoch=True, batch_size=2)  # -> _step/_epoch
+
         def validation_step(self, batch, batch_idx):
             loss = self.loss(batch)
             self.log("val_loss", loss, prog_bar=True)  # validation default: on_epoch only
@@ -333,6 +340,9 @@ def test_logging(run, logger):
     assert "mx_epoch" not in expected["logged_metrics"] and "mx_step" not in expected["logged_metrics"]
     assert cb["a_epoch"] == pytest.approx((0 * 4 + 1 * 4 + 2 * 2) / 10)  # batch-size weighted
     assert cb["explicit_bs"] == pytest.approx((0 * 1 + 1 * 2 + 2 * 3) / 6)
+    assert cb["batch_end_metric"] == 20.0 and "batch_end_metric_epoch" not in cb
+    assert cb["batch_end_mean_epoch"] == pytest.approx(1.0) and cb["batch_end_mean_step"] == 2.0
+    assert cb["epoch_start_metric"] == 1.0 and "epoch_start_metric_step" not in cb
     got = run.trainer(scenario_logging, logger=logger)
     assert_same(got, expected)
 
