@@ -1,0 +1,255 @@
+"""Checkpoint files: Lightning's layout, atomic writes, clear errors on bad files, and restore.
+
+A write goes to a temporary file in the destination folder, is flushed and fsynced, then renamed
+over the destination: a crash or a full disk leaves the previous file intact.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import tempfile
+from typing import TYPE_CHECKING, Any, Dict, Optional, Union
+
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from trainer.trainer import Trainer
+
+log = logging.getLogger(__name__)
+PathLike = Union[str, "os.PathLike[str]"]
+LIGHTNING_VERSION_KEY = "pytorch-lightning_version"
+_COMPAT_VERSION = "2.6.0"  # the Lightning checkpoint format these files follow
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file could not be read, or does not fit the model."""
+
+
+def atomic_save(obj: Any, path: PathLike) -> None:
+    """``torch.save`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".ckpt", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(buffer.getbuffer())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        try:  # make the rename itself durable
+            dir_fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError:
+            pass
+    except OSError as err:
+        raise OSError(err.errno, f"Could not write checkpoint {path!r}: {err.strerror or err}") from err
+
+
+def load_checkpoint_file(path: PathLike, map_location: Any = "cpu") -> Dict[str, Any]:
+    """Reads a checkpoint, raising ``CheckpointError`` naming the file when it is missing or corrupt."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Checkpoint file not found: {path!r}")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # truncated zip, pickle errors, ...
+        raise CheckpointError(f"Checkpoint {path!r} is corrupted or not a checkpoint: {err}") from err
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"Checkpoint {path!r} does not hold a dict (found {type(checkpoint).__name__}).")
+    return checkpoint
+
+
+def dump_checkpoint(trainer: "Trainer", weights_only: bool = False) -> Dict[str, Any]:
+    """The checkpoint dict, with Lightning's top-level keys so files move both ways."""
+    model = trainer.lightning_module
+    datamodule = trainer.datamodule
+    checkpoint: Dict[str, Any] = {
+        "epoch": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        LIGHTNING_VERSION_KEY: _COMPAT_VERSION,
+        "state_dict": trainer.strategy.lightning_module_state_dict(),
+        "loops": {
+            "fit_loop": trainer.fit_loop.state_dict(),
+            "validate_loop": trainer.validate_loop.state_dict(),
+            "test_loop": trainer.test_loop.state_dict(),
+            "predict_loop": trainer.predict_loop.state_dict(),
+        },
+    }
+    if not weights_only:
+        callbacks: Dict[str, Any] = {}
+        for cb in trainer.callbacks:
+            state = cb.state_dict()
+            if state:
+                callbacks[cb.state_key] = state
+        checkpoint["callbacks"] = callbacks
+        checkpoint["optimizer_states"] = [trainer.strategy.optimizer_state(opt) for opt in trainer.optimizers]
+        checkpoint["lr_schedulers"] = [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs]
+        prec = trainer.precision_plugin
+        prec_state = prec.state_dict()
+        if prec_state:
+            checkpoint[_precision_key(prec)] = prec_state
+    for obj in (model, datamodule):
+        if obj is not None and obj.hparams:
+            if hasattr(obj, "_hparams_name"):
+                checkpoint[obj.CHECKPOINT_HYPER_PARAMS_NAME] = obj._hparams_name
+            checkpoint[obj.CHECKPOINT_HYPER_PARAMS_KEY] = dict(obj.hparams)
+    if datamodule is not None:
+        dm_state = datamodule.state_dict()
+        if dm_state:
+            checkpoint[type(datamodule).__qualname__] = dm_state
+    if not weights_only:
+        for cb in trainer.callbacks:
+            cb.on_save_checkpoint(trainer, model, checkpoint)
+    trainer._hooks.call_module("on_save_checkpoint", checkpoint)
+    return checkpoint
+
+
+def _precision_key(prec: Any) -> str:
+    # Lightning stores the precision plugin's state under its class name ("MixedPrecision")
+    return type(prec).__qualname__
+
+
+class CheckpointConnector:
+    """Restores a run from ``ckpt_path`` in Lightning's order: modules and callbacks, then training state."""
+
+    def __init__(self, trainer: "Trainer") -> None:
+        self.trainer = trainer
+        self._loaded: Optional[Dict[str, Any]] = None
+        self._ckpt_path: Optional[str] = None
+
+    def select_ckpt_path(self, fn: str, ckpt_path: Optional[PathLike], model_provided: bool, model_connected: bool) -> Optional[str]:
+        trainer = self.trainer
+        if ckpt_path is None:
+            if fn != "fit" and not model_provided and model_connected:
+                ckpt_path = "best"
+            else:
+                return None
+        ckpt_path = os.fspath(ckpt_path)
+        if ckpt_path in ("best", "last", "hpc", "registry"):
+            if ckpt_path in ("hpc", "registry"):
+                raise ValueError(f"`ckpt_path={ckpt_path!r}` is not supported by this Trainer.")
+            cbs = trainer.checkpoint_callbacks
+            if ckpt_path == "best":
+                if len(cbs) > 1:
+                    import warnings
+
+                    warnings.warn(
+                        f'`.{fn}(ckpt_path="best")` is called with Trainer configured with multiple'
+                        " `ModelCheckpoint` callbacks. It will use the best checkpoint path from first checkpoint"
+                        " callback."
+                    )
+                if not cbs:
+                    raise ValueError(
+                        f'`.{fn}(ckpt_path="best")` is set but `ModelCheckpoint` is not configured.'
+                    )
+                best = getattr(cbs[0], "best_model_path", "")
+                if not best:
+                    if trainer.fast_dev_run:
+                        raise ValueError(
+                            f'You cannot execute `.{fn}(ckpt_path="best")` with `fast_dev_run=True`.'
+                            f" Please pass an exact checkpoint path to `.{fn}(ckpt_path=...)`"
+                        )
+                    raise ValueError(
+                        f'`.{fn}(ckpt_path="best")` is set but `ModelCheckpoint` is not configured to save the best'
+                        " model."
+                    )
+                return best
+            # "last"
+            candidates = [getattr(cb, "last_model_path", "") for cb in cbs]
+            candidates = [c for c in candidates if c and os.path.exists(c)]
+            if not candidates:
+                import warnings
+
+                warnings.warn(f".{fn}(ckpt_path=\"last\") is set, but there is no last checkpoint available."
+                              " No checkpoint will be loaded. HINT: Set `ModelCheckpoint(..., save_last=True)`.")
+                return None
+            return max(candidates, key=os.path.getmtime)
+        return ckpt_path
+
+    def resume_start(self, ckpt_path: Optional[str]) -> None:
+        self._ckpt_path = ckpt_path
+        self._loaded = None
+        if ckpt_path is None:
+            return
+        log.info(f"Restoring states from the checkpoint path at {ckpt_path}")
+        self._loaded = load_checkpoint_file(ckpt_path)
+
+    def restore_modules_and_callbacks(self) -> None:
+        ckpt = self._loaded
+        if ckpt is None:
+            return
+        trainer = self.trainer
+        model = trainer.lightning_module
+        trainer._hooks.call_module("on_load_checkpoint", ckpt)
+        if "state_dict" not in ckpt:
+            raise CheckpointError(f"Checkpoint {self._ckpt_path!r} has no 'state_dict' key.")
+        try:
+            trainer.strategy.load_model_state_dict(ckpt["state_dict"], strict=model.strict_loading)
+        except RuntimeError as err:
+            raise CheckpointError(f"Checkpoint {self._ckpt_path!r} does not fit {type(model).__name__}: {err}") from err
+        dm = trainer.datamodule
+        if dm is not None:
+            key = type(dm).__qualname__
+            if key in ckpt:
+                dm.load_state_dict(ckpt[key])
+        for cb in trainer.callbacks:
+            cb.on_load_checkpoint(trainer, model, ckpt)
+        states = ckpt.get("callbacks") or {}
+        for cb in trainer.callbacks:
+            state = states.get(cb.state_key, states.get(type(cb).__qualname__))
+            if state:
+                cb.load_state_dict(dict(state))
+
+    def restore_training_state(self) -> None:
+        ckpt = self._loaded
+        if ckpt is None:
+            return
+        trainer = self.trainer
+        prec = trainer.precision_plugin
+        key = _precision_key(prec)
+        if key in ckpt:
+            prec.load_state_dict(ckpt[key])
+        if trainer.state.fn != "fit":
+            return
+        loops = ckpt.get("loops")
+        if loops is not None and "fit_loop" in loops:
+            trainer.fit_loop.load_state_dict(loops["fit_loop"])
+            trainer.fit_loop._restore_after_load()
+        if "optimizer_states" not in ckpt or "lr_schedulers" not in ckpt:
+            raise CheckpointError(
+                f"Checkpoint {self._ckpt_path!r} holds only weights (`weights_only=True`): it cannot resume training."
+                " Load it with `LightningModule.load_from_checkpoint` instead."
+            )
+        states = ckpt["optimizer_states"]
+        if len(states) != len(trainer.optimizers):
+            raise CheckpointError(
+                f"Checkpoint {self._ckpt_path!r} has {len(states)} optimizer state(s) but the module configures"
+                f" {len(trainer.optimizers)}."
+            )
+        for opt, state in zip(trainer.optimizers, states):
+            try:
+                opt.load_state_dict(state)
+            except (ValueError, KeyError, RuntimeError) as err:
+                raise CheckpointError(f"Optimizer state in {self._ckpt_path!r} does not fit: {err}") from err
+        scheds = ckpt["lr_schedulers"]
+        for config, state in zip(trainer.lr_scheduler_configs, scheds):
+            config.scheduler.load_state_dict(state)
+
+    def resume_end(self) -> None:
+        self._loaded = None
+        self._ckpt_path = None
+
+
+__all__ = ["atomic_save", "load_checkpoint_file", "dump_checkpoint", "CheckpointConnector", "CheckpointError"]

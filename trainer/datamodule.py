@@ -1,0 +1,74 @@
+"""LightningDataModule: data preparation, splits and dataloaders in one reusable object."""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Union
+
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from trainer.hooks import DataHooks
+from trainer.module import HyperparametersMixin
+
+
+class LightningDataModule(DataHooks, HyperparametersMixin):
+    """Override ``prepare_data``, ``setup`` and the ``*_dataloader`` methods."""
+
+    name: Optional[str] = None
+    CHECKPOINT_HYPER_PARAMS_KEY = "datamodule_hyper_parameters"
+    CHECKPOINT_HYPER_PARAMS_NAME = "datamodule_hparams_name"
+    CHECKPOINT_HYPER_PARAMS_TYPE = "datamodule_hparams_type"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trainer: Any = None
+        self.prepare_data_per_node = True
+        self.allow_zero_length_dataloader_with_multiple_devices = False
+
+    @classmethod
+    def from_datasets(
+        cls,
+        train_dataset: Optional[Union[Dataset, Iterable[Dataset]]] = None,
+        val_dataset: Optional[Union[Dataset, Iterable[Dataset]]] = None,
+        test_dataset: Optional[Union[Dataset, Iterable[Dataset]]] = None,
+        predict_dataset: Optional[Union[Dataset, Iterable[Dataset]]] = None,
+        batch_size: int = 1,
+        num_workers: int = 0,
+        **datamodule_kwargs: Any,
+    ) -> "LightningDataModule":
+        """A DataModule whose dataloaders wrap the given datasets (shuffled for training)."""
+
+        def loader(ds: Dataset, shuffle: bool = False) -> DataLoader:
+            shuffle &= not isinstance(ds, IterableDataset)
+            return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers)
+
+        def many(ds: Any, shuffle: bool = False) -> Any:
+            if isinstance(ds, Mapping):
+                return {k: loader(v, shuffle) for k, v in ds.items()}
+            if isinstance(ds, Sequence):
+                return [loader(v, shuffle) for v in ds]
+            return loader(ds, shuffle)
+
+        params = inspect.signature(cls.__init__).parameters
+        accepts_kwargs = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
+        special = {"batch_size": batch_size, "num_workers": num_workers}
+        kwargs = {k: v for k, v in special.items() if accepts_kwargs or k in params}
+        kwargs.update(datamodule_kwargs)
+        datamodule = cls(**kwargs)
+        if train_dataset is not None:
+            datamodule.train_dataloader = lambda: many(train_dataset, shuffle=True)  # type: ignore[method-assign]
+        if val_dataset is not None:
+            datamodule.val_dataloader = lambda: many(val_dataset)  # type: ignore[method-assign]
+        if test_dataset is not None:
+            datamodule.test_dataloader = lambda: many(test_dataset)  # type: ignore[method-assign]
+        if predict_dataset is not None:
+            datamodule.predict_dataloader = lambda: many(predict_dataset)  # type: ignore[method-assign]
+        return datamodule
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        pass
+
+    def on_exception(self, exception: BaseException) -> None:
+        pass

@@ -1,0 +1,250 @@
+"""Default hooks of LightningModule/LightningDataModule and the Trainer's hook dispatch.
+
+Dispatch is decided once per run: a callback hook list holds only the callbacks that override
+the hook, so an un-overridden hook costs one empty-list check per call site.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+import torch
+from torch.optim import Optimizer
+
+from trainer.utilities import move_data_to_device
+
+if TYPE_CHECKING:  # pragma: no cover
+    from trainer.trainer import Trainer
+
+
+class ModelHooks:
+    """Hooks a LightningModule may override; each is a no-op by default."""
+
+    def on_fit_start(self) -> None: ...
+
+    def on_fit_end(self) -> None: ...
+
+    def on_train_start(self) -> None: ...
+
+    def on_train_end(self) -> None: ...
+
+    def on_validation_start(self) -> None: ...
+
+    def on_validation_end(self) -> None: ...
+
+    def on_test_start(self) -> None: ...
+
+    def on_test_end(self) -> None: ...
+
+    def on_predict_start(self) -> None: ...
+
+    def on_predict_end(self) -> None: ...
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> Optional[int]: ...
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None: ...
+
+    def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+
+    def on_validation_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+
+    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+
+    def on_test_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+
+    def on_predict_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+
+    def on_predict_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+
+    def on_validation_model_zero_grad(self) -> None:
+        self.zero_grad(set_to_none=True)  # type: ignore[attr-defined]
+
+    def on_validation_model_eval(self) -> None:
+        self.trainer.model.eval()  # type: ignore[attr-defined]
+
+    def on_validation_model_train(self) -> None:
+        self.trainer.model.train()  # type: ignore[attr-defined]
+
+    def on_test_model_eval(self) -> None:
+        self.trainer.model.eval()  # type: ignore[attr-defined]
+
+    def on_test_model_train(self) -> None:
+        self.trainer.model.train()  # type: ignore[attr-defined]
+
+    def on_predict_model_eval(self) -> None:
+        self.trainer.model.eval()  # type: ignore[attr-defined]
+
+    def on_train_epoch_start(self) -> None: ...
+
+    def on_train_epoch_end(self) -> None: ...
+
+    def on_validation_epoch_start(self) -> None: ...
+
+    def on_validation_epoch_end(self) -> None: ...
+
+    def on_test_epoch_start(self) -> None: ...
+
+    def on_test_epoch_end(self) -> None: ...
+
+    def on_predict_epoch_start(self) -> None: ...
+
+    def on_predict_epoch_end(self) -> None: ...
+
+    def on_before_zero_grad(self, optimizer: Optimizer) -> None: ...
+
+    def on_before_backward(self, loss: torch.Tensor) -> None: ...
+
+    def on_after_backward(self) -> None: ...
+
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None: ...
+
+    def configure_sharded_model(self) -> None: ...
+
+    def configure_model(self) -> None: ...
+
+
+class DataHooks:
+    """Data hooks shared by LightningModule and LightningDataModule."""
+
+    def prepare_data(self) -> None: ...
+
+    def setup(self, stage: str) -> None: ...
+
+    def teardown(self, stage: str) -> None: ...
+
+    def train_dataloader(self) -> Any:
+        raise MisconfigurationError("train_dataloader")
+
+    def test_dataloader(self) -> Any:
+        raise MisconfigurationError("test_dataloader")
+
+    def val_dataloader(self) -> Any:
+        raise MisconfigurationError("val_dataloader")
+
+    def predict_dataloader(self) -> Any:
+        raise MisconfigurationError("predict_dataloader")
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        return move_data_to_device(batch, device)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return batch
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return batch
+
+
+def MisconfigurationError(name: str) -> Exception:
+    from trainer.exceptions import MisconfigurationException
+
+    return MisconfigurationException(f"`{name}` must be implemented to be used with the Trainer")
+
+
+# --------------------------------------------------------------------------- overrides
+_BASES: Dict[str, Any] = {}
+
+
+def is_overridden(method_name: str, instance: Any, parent: Optional[type] = None) -> bool:
+    """Whether ``instance``'s class (or the instance itself) redefines ``method_name`` of ``parent``."""
+    if instance is None:
+        return False
+    if parent is None:
+        from trainer.callbacks.callback import Callback
+        from trainer.datamodule import LightningDataModule
+        from trainer.module import LightningModule
+
+        for base in (LightningModule, LightningDataModule, Callback):
+            if isinstance(instance, base):
+                parent = base
+                break
+        else:
+            raise ValueError(f"Expected a LightningModule, LightningDataModule or Callback, got {type(instance)}")
+    if method_name in getattr(instance, "__dict__", {}):  # patched on the instance (e.g. mocks, LambdaCallback)
+        return True
+    instance_attr = getattr(type(instance), method_name, None)
+    parent_attr = getattr(parent, method_name, None)
+    if instance_attr is None:
+        return False
+    if parent_attr is None:
+        return True
+    instance_fn = getattr(instance_attr, "__code__", None) or getattr(instance_attr, "fget", None)
+    parent_fn = getattr(parent_attr, "__code__", None) or getattr(parent_attr, "fget", None)
+    return instance_fn is not parent_fn
+
+
+class HookDispatcher:
+    """Calls callback and module hooks in Lightning's order, skipping callbacks that do not override.
+
+    ``callbacks_for(name)`` is cached per hook name; the cache is rebuilt when the callback list
+    changes (``reset``).
+    """
+
+    def __init__(self, trainer: "Trainer") -> None:
+        self.trainer = trainer
+        self._cache: Dict[str, List[Any]] = {}
+
+    def reset(self) -> None:
+        self._cache = {}
+
+    def callbacks_for(self, hook_name: str) -> List[Any]:
+        cbs = self._cache.get(hook_name)
+        if cbs is None:
+            from trainer.callbacks.callback import Callback
+
+            cbs = [cb for cb in self.trainer.callbacks if is_overridden(hook_name, cb, Callback)]
+            self._cache[hook_name] = cbs
+        return cbs
+
+    def call_callbacks(self, hook_name: str, *args: Any, monitoring: Optional[bool] = None, **kwargs: Any) -> None:
+        cbs = self.callbacks_for(hook_name)
+        if not cbs:
+            return
+        trainer = self.trainer
+        pl_module = trainer.lightning_module
+        prev_fx = pl_module._current_fx_name if pl_module is not None else None
+        if pl_module is not None:
+            pl_module._current_fx_name = hook_name
+        try:
+            for cb in cbs:
+                if monitoring is not None and _is_monitoring(cb) != monitoring:
+                    continue
+                with trainer.profiler.profile(f"[Callback]{cb.state_key}.{hook_name}"):
+                    getattr(cb, hook_name)(trainer, pl_module, *args, **kwargs)
+        finally:
+            if pl_module is not None:
+                pl_module._current_fx_name = prev_fx
+
+    def call_module(self, hook_name: str, *args: Any, pl_module: Any = None, **kwargs: Any) -> Any:
+        trainer = self.trainer
+        pl_module = pl_module or trainer.lightning_module
+        fn = getattr(pl_module, hook_name, None)
+        if not callable(fn):
+            return None
+        prev_fx = pl_module._current_fx_name
+        pl_module._current_fx_name = hook_name
+        try:
+            with trainer.profiler.profile(f"[LightningModule]{type(pl_module).__name__}.{hook_name}"):
+                return fn(*args, **kwargs)
+        finally:
+            pl_module._current_fx_name = prev_fx
+
+    def call_datamodule(self, hook_name: str, *args: Any, **kwargs: Any) -> Any:
+        dm = self.trainer.datamodule
+        if dm is None:
+            return None
+        fn = getattr(dm, hook_name, None)
+        if not callable(fn):
+            return None
+        with self.trainer.profiler.profile(f"[LightningDataModule]{type(dm).__name__}.{hook_name}"):
+            return fn(*args, **kwargs)
+
+
+def _is_monitoring(cb: Any) -> bool:
+    from trainer.callbacks.callback import Checkpoint
+
+    if isinstance(cb, Checkpoint):
+        return True
+    try:
+        from trainer.callbacks.early_stopping import EarlyStopping
+    except ImportError:  # pragma: no cover - the callbacks package is always shipped
+        return False
+    return isinstance(cb, EarlyStopping)

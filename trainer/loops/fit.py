@@ -1,0 +1,503 @@
+"""The fit loop (epochs) and the training epoch loop (batches), with Lightning 2.x's hook order.
+
+Per epoch: ``on_train_epoch_start`` -> batches -> [end-of-epoch validation] ->
+``on_train_epoch_end`` (plain callbacks, module, then monitoring callbacks) -> plateau schedulers.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import TYPE_CHECKING, Any, Dict, Optional, Union
+
+import torch
+
+from trainer.exceptions import MisconfigurationException
+from trainer.logging import ResultCollection
+from trainer.loops.data import Fetcher, TrainLoader, disable_shuffle, parse_num_batches, request_dataloader, \
+    seed_workers, set_sampler_epoch, sized_len
+from trainer.loops.evaluation import EvaluationLoop
+from trainer.loops.optimization import AutomaticOptimization, ManualOptimization
+from trainer.loops.progress import BatchProgress, Progress
+from trainer.utilities import is_param_in_signature
+
+if TYPE_CHECKING:  # pragma: no cover
+    from trainer.trainer import Trainer
+
+log = logging.getLogger(__name__)
+Number = Union[int, float]
+
+
+def _is_max_limit_reached(current: int, maximum: int = -1) -> bool:
+    return maximum != -1 and current >= maximum
+
+
+class TrainingEpochLoop:
+    def __init__(self, trainer: "Trainer", min_steps: Optional[int] = None, max_steps: int = -1) -> None:
+        self.trainer = trainer
+        self.min_steps = min_steps
+        self.max_steps = max_steps
+        self.batch_progress = BatchProgress()
+        self.scheduler_progress = Progress.ready_completed()
+        self.automatic_optimization = AutomaticOptimization(trainer)
+        self.manual_optimization = ManualOptimization(trainer)
+        self.val_loop = EvaluationLoop(trainer, "fit", "validate", inference_mode=False)
+        self._results = ResultCollection(training=True)
+        self._batches_that_stepped = 0
+        self._step_takes_batch_idx = True
+
+    # ---------------------------------------------------------------- counters
+    @property
+    def total_batch_idx(self) -> int:
+        return self.batch_progress.total.ready - 1
+
+    @property
+    def batch_idx(self) -> int:
+        return self.batch_progress.current.ready - 1
+
+    @property
+    def global_step(self) -> int:
+        module = self.trainer.lightning_module
+        if module is None or module.automatic_optimization:
+            return self.automatic_optimization.optim_progress.optimizer_steps
+        return self.manual_optimization.optim_step_progress.total.completed
+
+    def _num_ready_batches_reached(self) -> bool:
+        bp = self.batch_progress
+        return bp.current.ready == self.trainer.num_training_batches or bp.is_last_batch
+
+    def _accumulated_batches_reached(self) -> bool:
+        return self.batch_progress.current.ready % self.trainer.accumulate_grad_batches == 0
+
+    def _should_accumulate(self) -> bool:
+        if self._accumulated_batches_reached():
+            return False
+        return self.trainer.strategy.handles_gradient_accumulation or not self._num_ready_batches_reached()
+
+    @property
+    def _is_training_done(self) -> bool:
+        return _is_max_limit_reached(self.global_step, self.max_steps) or self._num_ready_batches_reached()
+
+    @property
+    def done(self) -> bool:
+        if self._is_training_done:
+            return True
+        trainer = self.trainer
+        if trainer.should_stop:
+            can_stop = trainer.fit_loop._can_stop_early
+            if not can_stop:
+                trainer._info_once(
+                    f"Trainer was signaled to stop but the required `min_epochs={trainer.fit_loop.min_epochs!r}` or"
+                    f" `min_steps={self.min_steps!r}` has not been met. Training will continue..."
+                )
+            return can_stop
+        return False
+
+    # ---------------------------------------------------------------- run
+    def run(self, fetcher: Fetcher) -> None:
+        trainer = self.trainer
+        if not trainer.fit_loop._resuming_mid_epoch:
+            self.batch_progress.reset_on_run()
+            self.scheduler_progress.reset_on_run()
+            self.automatic_optimization.optim_progress.reset_on_run()
+            self.val_loop.batch_progress.total.reset()
+            if trainer.current_epoch > 0:
+                fetcher.reset_iterator()  # epoch 0 uses the iterator that setup_data made (Lightning's order)
+        module = trainer.lightning_module
+        self._step_takes_batch_idx = is_param_in_signature(module.training_step, "batch_idx", min_args=2)
+        while not self.done:
+            try:
+                self.advance(fetcher)
+                self.on_advance_end()
+            except StopIteration:
+                break
+
+    def advance(self, fetcher: Fetcher) -> None:
+        trainer = self.trainer
+        hooks = trainer._hooks
+        module = trainer.lightning_module
+        batch = next(fetcher)
+        batch_idx = self.batch_idx + 1
+        self.batch_progress.is_last_batch = fetcher.done
+        batch = trainer._transfer_batch(batch, 0)
+        self.batch_progress.increment_ready()
+        trainer._logger_connector.on_batch_start(batch)
+        batch_output: Any = None
+        skip_rest = False
+        if batch is None:
+            trainer._warn_once("train_dataloader yielded None. If this was on purpose, ignore this warning...")
+        else:
+            hooks.call_callbacks("on_train_batch_start", batch, batch_idx)
+            response = hooks.call_module("on_train_batch_start", batch, batch_idx)
+            skip_rest = response == -1
+            if skip_rest:
+                self.batch_progress.is_last_batch = True
+            else:
+                self.batch_progress.total.started += 1
+                self.batch_progress.current.started += 1
+                args = (batch, batch_idx) if self._step_takes_batch_idx else (batch,)
+                if module.automatic_optimization:
+                    batch_output = self.automatic_optimization.run(
+                        trainer.optimizers[0], batch_idx, args, self._should_accumulate()
+                    )
+                else:
+                    batch_output = self.manual_optimization.run(args)
+        self.batch_progress.increment_processed()
+        self.update_lr_schedulers("step", update_plateau_schedulers=False)
+        if self._num_ready_batches_reached():
+            self.update_lr_schedulers("epoch", update_plateau_schedulers=False)
+        if skip_rest:
+            raise StopIteration
+        hooks.call_callbacks("on_train_batch_end", batch_output, batch, batch_idx)
+        hooks.call_module("on_train_batch_end", batch_output, batch, batch_idx)
+        trainer._logger_connector.on_batch_end()
+        self.batch_progress.increment_completed()
+        trainer._logger_connector.update_train_step_metrics(self._should_accumulate())
+
+    def on_advance_end(self) -> None:
+        trainer = self.trainer
+        if self._should_check_val_fx():
+            trainer.validating = True
+            connector = trainer._logger_connector
+            first_loop_iter = connector._first_loop_iter
+            if not self._should_accumulate():
+                trainer._hooks.call_module("on_validation_model_zero_grad")
+            self.val_loop.run()
+            trainer.training = True
+            connector._first_loop_iter = first_loop_iter
+        self.update_lr_schedulers("step", update_plateau_schedulers=True)
+        if not self._should_accumulate():
+            self._batches_that_stepped += 1
+        if trainer.should_stop:
+            for logger in trainer.loggers:
+                logger.save()
+
+    # ---------------------------------------------------------------- validation placement
+    def _should_check_val_epoch(self) -> bool:
+        trainer = self.trainer
+        n = trainer.check_val_every_n_epoch
+        return trainer.enable_validation and (n is None or (trainer.current_epoch + 1) % n == 0)
+
+    def _should_check_val_fx(self) -> bool:
+        if not self._should_check_val_epoch():
+            return False
+        trainer = self.trainer
+        is_infinite = trainer.val_check_batch == float("inf")
+        is_last_batch = self.batch_progress.is_last_batch
+        if is_last_batch and is_infinite:
+            return True
+        if trainer.should_stop and trainer.fit_loop._can_stop_early:
+            return True
+        if trainer._val_check_time_interval is not None:
+            return time.monotonic() - trainer._last_val_time >= trainer._val_check_time_interval
+        is_val_check_batch = is_last_batch
+        if isinstance(trainer.limit_train_batches, int) and is_infinite:
+            is_val_check_batch = (self.batch_idx + 1) % trainer.limit_train_batches == 0
+        elif trainer.val_check_batch != float("inf"):
+            current = self.total_batch_idx if trainer.check_val_every_n_epoch is None else self.batch_idx
+            is_val_check_batch = (current + 1) % trainer.val_check_batch == 0
+        return is_val_check_batch
+
+    # ---------------------------------------------------------------- schedulers
+    def update_lr_schedulers(self, interval: str, update_plateau_schedulers: bool) -> None:
+        if interval == "step" and self._should_accumulate():
+            return
+        trainer = self.trainer
+        if not trainer.lr_scheduler_configs or not trainer.lightning_module.automatic_optimization:
+            return
+        for config in trainer.lr_scheduler_configs:
+            if update_plateau_schedulers ^ config.reduce_on_plateau:
+                continue
+            current_idx = (self.batch_idx if interval == "step" else trainer.current_epoch) + 1
+            if config.interval != interval or current_idx % config.frequency != 0:
+                continue
+            monitor_val = None
+            if config.reduce_on_plateau:
+                monitor_key = config.monitor
+                monitor_val = trainer.callback_metrics.get(monitor_key)
+                if monitor_val is None:
+                    if config.strict:
+                        avail = list(trainer.callback_metrics)
+                        raise MisconfigurationException(
+                            f"ReduceLROnPlateau conditioned on metric {monitor_key}"
+                            f" which is not available. Available metrics are: {avail}."
+                            " Condition can be set using `monitor` key in lr scheduler dict"
+                        )
+                    trainer._warn_once(
+                        f"ReduceLROnPlateau conditioned on metric {monitor_key} which is not available but strict"
+                        " is set to `False`. Skipping learning rate update."
+                    )
+                    continue
+            self.scheduler_progress.increment_ready()
+            trainer._hooks.call_module("lr_scheduler_step", config.scheduler, monitor_val)
+            self.scheduler_progress.increment_completed()
+
+    # ---------------------------------------------------------------- checkpoint
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "state_dict": {"_batches_that_stepped": self._batches_that_stepped},
+            "batch_progress": self.batch_progress.state_dict(),
+            "scheduler_progress": self.scheduler_progress.state_dict(),
+            "automatic_optimization.state_dict": {},
+            "automatic_optimization.optim_progress": self.automatic_optimization.optim_progress.state_dict(),
+            "manual_optimization.state_dict": {},
+            "manual_optimization.optim_step_progress": self.manual_optimization.optim_step_progress.state_dict(),
+            "val_loop.state_dict": {},
+            "val_loop.batch_progress": self.val_loop.batch_progress.state_dict(),
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self._batches_that_stepped = state.get("state_dict", {}).get("_batches_that_stepped", 0)
+        self.batch_progress.load_state_dict(state.get("batch_progress", {}))
+        self.scheduler_progress.load_state_dict(state.get("scheduler_progress", {}))
+        self.automatic_optimization.optim_progress.load_state_dict(
+            state.get("automatic_optimization.optim_progress", {})
+        )
+        self.manual_optimization.optim_step_progress.load_state_dict(
+            state.get("manual_optimization.optim_step_progress", {})
+        )
+        self.val_loop.batch_progress.load_state_dict(state.get("val_loop.batch_progress", {}))
+
+
+class FitLoop:
+    def __init__(self, trainer: "Trainer", min_epochs: Optional[int] = 0, max_epochs: Optional[int] = None) -> None:
+        self.trainer = trainer
+        self.max_epochs = max_epochs
+        self.min_epochs = min_epochs
+        self.epoch_loop = TrainingEpochLoop(trainer)
+        self.epoch_progress = Progress()
+        self.max_batches: Number = float("inf")
+        self._loader: Optional[TrainLoader] = None
+        self._fetcher: Optional[Fetcher] = None
+        self._last_train_dl_reload_epoch: Number = float("-inf")
+        self._resuming_mid_epoch = False
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def total_batch_idx(self) -> int:
+        return self.epoch_loop.total_batch_idx
+
+    @property
+    def batch_idx(self) -> int:
+        return self.epoch_loop.batch_idx
+
+    @property
+    def min_steps(self) -> Optional[int]:
+        return self.epoch_loop.min_steps
+
+    @property
+    def max_steps(self) -> int:
+        return self.epoch_loop.max_steps
+
+    @property
+    def _can_stop_early(self) -> bool:
+        met_min_epochs = self.epoch_progress.current.processed >= self.min_epochs if self.min_epochs else True
+        met_min_steps = self.epoch_loop.global_step >= self.min_steps if self.min_steps else True
+        return met_min_epochs and met_min_steps
+
+    @property
+    def _should_reload_train_dl(self) -> bool:
+        n = self.trainer.reload_dataloaders_every_n_epochs
+        return bool(n) and self.trainer.current_epoch - self._last_train_dl_reload_epoch >= n
+
+    @property
+    def done(self) -> bool:
+        if self.max_batches == 0:
+            log.info("`Trainer.fit` stopped: No training batches.")
+            return True
+        if _is_max_limit_reached(self.epoch_loop.global_step, self.max_steps):
+            log.info(f"`Trainer.fit` stopped: `max_steps={self.max_steps!r}` reached.")
+            return True
+        assert isinstance(self.max_epochs, int)
+        if _is_max_limit_reached(self.epoch_progress.current.processed, self.max_epochs):
+            self.epoch_progress.current.completed = self.epoch_progress.current.processed
+            log.info(f"`Trainer.fit` stopped: `max_epochs={self.max_epochs!r}` reached.")
+            return True
+        if self.trainer.should_stop and self._can_stop_early:
+            return True
+        return False
+
+    @property
+    def skip(self) -> bool:
+        return self.done or self.trainer.limit_train_batches == 0
+
+    # ---------------------------------------------------------------- data
+    def setup_data(self) -> None:
+        if self._loader is not None and not self._should_reload_train_dl:
+            return
+        trainer = self.trainer
+        if trainer.limit_train_batches == 0:
+            return
+        loaders = request_dataloader(trainer, "train_dataloader")
+        if loaders is None:
+            raise MisconfigurationException(
+                "No `train_dataloader()` method defined. Lightning `Trainer` expects as minimum a"
+                " `training_step()`, `train_dataloader()` and `configure_optimizers()` to be defined."
+            )
+        loader = loaders if isinstance(loaders, TrainLoader) else TrainLoader(loaders)
+        flat = []
+        for dl in loader.flattened:
+            if trainer.overfit_batches > 0:
+                if getattr(dl, "sampler", None) is not None and type(dl.sampler).__name__ == "RandomSampler":
+                    trainer._warn_once(
+                        "You requested to overfit but enabled train dataloader shuffling."
+                        " We are turning off the train dataloader shuffling for you."
+                    )
+                dl = disable_shuffle(dl)
+            flat.append(trainer.strategy.process_dataloader(seed_workers(dl), "train"))
+        loader.flattened = flat
+        limits = []
+        for dl in flat:
+            n = sized_len(dl)
+            length: Number = float("inf") if n is None else n
+            limits.append(parse_num_batches("train", length, trainer.limit_train_batches))
+        loader.limits = limits
+        self._loader = loader
+        self._fetcher = Fetcher(loader)
+        self._fetcher.reset_iterator()
+        m = sized_len(loader) if all(not math.isinf(x) for x in limits) else None
+        self.max_batches = m if m is not None else float("inf")
+        if self.max_batches == 0:
+            return
+        self._last_train_dl_reload_epoch = trainer.current_epoch
+        if trainer._val_check_time_interval is not None:
+            trainer.val_check_batch = None
+            trainer._train_start_time = time.monotonic()
+            trainer._last_val_time = trainer._train_start_time
+        elif isinstance(trainer.val_check_interval, int):
+            trainer.val_check_batch = trainer.val_check_interval
+            if (
+                trainer.val_check_batch > self.max_batches
+                and trainer.check_val_every_n_epoch is not None
+                and trainer.limit_val_batches > 0
+            ):
+                raise ValueError(
+                    f" `val_check_interval` ({trainer.val_check_interval}) must be less than or equal"
+                    f" to the number of the training batches ({self.max_batches})."
+                    " If you want to disable validation set `limit_val_batches` to 0.0 instead."
+                    " If you want to validate based on the total training batches, set `check_val_every_n_epoch=None`."
+                )
+        else:
+            if math.isinf(self.max_batches):
+                if trainer.val_check_interval == 1.0:
+                    trainer.val_check_batch = float("inf")
+                else:
+                    raise MisconfigurationException(
+                        "When using an IterableDataset for `train_dataloader`,"
+                        " `Trainer(val_check_interval)` must be time based, `1.0` or an int. An int k specifies"
+                        " checking validation every k training batches."
+                    )
+            else:
+                trainer.val_check_batch = max(1, int(self.max_batches * trainer.val_check_interval))
+
+    # ---------------------------------------------------------------- run
+    def run(self) -> None:
+        self.setup_data()
+        if self.skip:
+            return
+        torch.set_grad_enabled(True)
+        self.on_run_start()
+        while not self.done:
+            try:
+                self.on_advance_start()
+                self.advance()
+                self.on_advance_end()
+            except StopIteration:
+                break
+        self.on_run_end()
+
+    def on_run_start(self) -> None:
+        self.epoch_progress.current.completed = self.epoch_progress.current.processed
+        trainer = self.trainer
+        if self.epoch_loop._should_check_val_epoch() and self.epoch_loop.val_loop._loaders is None:
+            trainer.validating = True
+            self.epoch_loop.val_loop.setup_data()
+            trainer.training = True
+        trainer._hooks.call_callbacks("on_train_start")
+        trainer._hooks.call_module("on_train_start")
+
+    def on_advance_start(self) -> None:
+        trainer = self.trainer
+        self.setup_data()
+        assert self._loader is not None
+        for dl in self._loader.flattened:
+            set_sampler_epoch(dl, self.epoch_progress.current.processed)
+        if self._resuming_mid_epoch:
+            return  # the epoch already started before the checkpoint: no epoch-start hooks again
+        self.epoch_progress.increment_ready()
+        trainer._hooks.call_callbacks("on_train_epoch_start")
+        trainer._hooks.call_module("on_train_epoch_start")
+        self.epoch_progress.increment_started()
+
+    def advance(self) -> None:
+        assert self._fetcher is not None
+        with self.trainer.profiler.profile("run_training_epoch"):
+            self.epoch_loop.run(self._fetcher)
+        self._resuming_mid_epoch = False
+
+    def on_advance_end(self) -> None:
+        trainer = self.trainer
+        hooks = trainer._hooks
+        trainer._logger_connector.epoch_end_reached()
+        self.epoch_progress.increment_processed()
+        hooks.call_callbacks("on_train_epoch_end", monitoring=False)
+        hooks.call_module("on_train_epoch_end")
+        hooks.call_callbacks("on_train_epoch_end", monitoring=True)
+        trainer._logger_connector.on_epoch_end()
+        if self.epoch_loop._num_ready_batches_reached():
+            self.epoch_loop.update_lr_schedulers("epoch", update_plateau_schedulers=True)
+        # logged at the step of the last optimizer step of the epoch (Lightning's off-by-one dance)
+        self.epoch_loop._batches_that_stepped -= 1
+        trainer._logger_connector.update_train_epoch_metrics()
+        self.epoch_loop._batches_that_stepped += 1
+        self.epoch_progress.increment_completed()
+
+    def on_run_end(self) -> None:
+        trainer = self.trainer
+        trainer._hooks.call_callbacks("on_train_end")
+        trainer._hooks.call_module("on_train_end")
+
+    def teardown(self) -> None:
+        self._fetcher = None
+
+    # ---------------------------------------------------------------- checkpoint
+    def _restore_after_load(self) -> None:
+        """Turns the loaded counters into the position to continue from.
+
+        Saved after an epoch was processed (end-of-epoch checkpoints): continue with the next epoch.
+        Saved mid-epoch: continue the same epoch with its remaining batch count, like Lightning
+        (the loader restarts from its first sample; exact mid-epoch data resume is separate work).
+        """
+        ep = self.epoch_progress
+        bp = self.epoch_loop.batch_progress
+        if ep.current.processed > ep.current.completed:
+            ep.current.completed = ep.current.processed
+            ep.total.completed = ep.total.processed
+        if ep.current.started > ep.current.processed:
+            self._resuming_mid_epoch = True
+            bp.reset_on_restart()
+            import warnings
+
+            warnings.warn(
+                "You're resuming from a checkpoint that ended before the epoch ended. The dataloader restarts"
+                " from its first sample. This can cause unreliable results if further training is done.",
+                stacklevel=2,
+            )
+        else:
+            ep.current.ready = ep.current.started = ep.current.processed = ep.current.completed
+            ep.total.ready = ep.total.started = ep.total.processed = ep.total.completed
+            bp.reset_on_run()
+
+    def state_dict(self) -> Dict[str, Any]:
+        state: Dict[str, Any] = {"state_dict": {}, "epoch_progress": self.epoch_progress.state_dict()}
+        for k, v in self.epoch_loop.state_dict().items():
+            state[f"epoch_loop.{k}"] = v
+        return state
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.epoch_progress.load_state_dict(state.get("epoch_progress", {}))
+        prefix = "epoch_loop."
+        self.epoch_loop.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+
+
+__all__ = ["FitLoop", "TrainingEpochLoop", "request_dataloader"]

@@ -1,0 +1,180 @@
+"""One training batch under automatic or manual optimization (Lightning's closure semantics).
+
+Automatic optimization, for batch ``i`` of an accumulation window of ``k``::
+
+    closure = training_step -> [zero_grad on the window's first batch] -> backward(loss / k)
+    non-final micro-batch:  closure()                      (no optimizer step, no all-reduce)
+    final micro-batch:      module.optimizer_step(closure) -> optimizer.step(wrapped closure)
+                            wrapped closure = closure, unscale, on_before_optimizer_step, clip
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional
+
+from torch import Tensor
+
+from trainer.exceptions import MisconfigurationException
+from trainer.loops.progress import OptimizationProgress, Progress
+
+if TYPE_CHECKING:  # pragma: no cover
+    from trainer.trainer import Trainer
+
+
+@dataclass
+class ClosureResult:
+    closure_loss: Optional[Tensor]
+    loss: Optional[Tensor] = field(init=False, default=None)
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.closure_loss is not None:
+            self.loss = self.closure_loss.detach().clone()
+
+    @classmethod
+    def from_training_step_output(cls, output: Any, normalize: int = 1) -> "ClosureResult":
+        closure_loss, extra = None, {}
+        if isinstance(output, Mapping):
+            closure_loss = output.get("loss")
+            if closure_loss is None:
+                raise MisconfigurationException(
+                    "In automatic_optimization, when `training_step` returns a dict, the 'loss' key needs to be present"
+                )
+            extra = {k: v for k, v in output.items() if k != "loss"}
+        elif isinstance(output, Tensor):
+            closure_loss = output
+        elif output is not None:
+            raise MisconfigurationException(
+                "In automatic optimization, `training_step` must return a Tensor, a dict, or None (where the step"
+                f" will be skipped). Got {type(output).__name__}."
+            )
+        if closure_loss is not None:
+            if not isinstance(closure_loss, Tensor):
+                raise MisconfigurationException(
+                    f"`training_step` returned a loss of type {type(closure_loss).__name__}; it must be a Tensor."
+                )
+            if closure_loss.numel() != 1:
+                raise MisconfigurationException(
+                    "`training_step` must return a scalar loss (one element), got a tensor of shape"
+                    f" {tuple(closure_loss.shape)}. Reduce it, e.g. with `.mean()`."
+                )
+            if normalize > 1:
+                closure_loss = closure_loss / normalize
+        return cls(closure_loss, extra=extra)
+
+    def asdict(self) -> Dict[str, Any]:
+        return {"loss": self.loss, **self.extra}
+
+
+class _Closure:
+    """training_step -> zero_grad -> backward, run by ``optimizer.step(closure)`` or directly."""
+
+    __slots__ = ("loop", "args", "optimizer", "zero_grad", "result")
+
+    def __init__(self, loop: "AutomaticOptimization", args: tuple, optimizer: Any, zero_grad: bool) -> None:
+        self.loop = loop
+        self.args = args
+        self.optimizer = optimizer
+        self.zero_grad = zero_grad
+        self.result: Optional[ClosureResult] = None
+
+    def __call__(self) -> Optional[Tensor]:
+        loop = self.loop
+        trainer = loop.trainer
+        output = trainer.strategy.training_step(*self.args)
+        result = ClosureResult.from_training_step_output(output, trainer.accumulate_grad_batches)
+        self.result = result
+        if self.zero_grad:
+            loop.on_before_zero_grad(self.optimizer)
+            loop.optimizer_zero_grad(self.optimizer)
+        if result.closure_loss is not None:
+            trainer.strategy.backward(result.closure_loss, self.optimizer)
+        return result.closure_loss
+
+
+class AutomaticOptimization:
+    def __init__(self, trainer: "Trainer") -> None:
+        self.trainer = trainer
+        self.optim_progress = OptimizationProgress()
+        self._skip_backward = False
+        self._batch_idx = 0
+
+    def run(self, optimizer: Any, batch_idx: int, args: tuple, should_accumulate: bool) -> Dict[str, Any]:
+        trainer = self.trainer
+        self._batch_idx = batch_idx
+        zero_grad = not self._skip_backward and batch_idx % trainer.accumulate_grad_batches == 0
+        closure = _Closure(self, args, trainer.strategy._lightning_optimizers[0], zero_grad)
+        if should_accumulate:
+            with trainer.strategy.block_backward_sync():
+                closure()
+        else:
+            self._optimizer_step(batch_idx, closure)
+        result = closure.result
+        if result is None or result.loss is None:
+            return {}
+        return result.asdict()
+
+    def _optimizer_step(self, batch_idx: int, closure: _Closure) -> None:
+        trainer = self.trainer
+        step = self.optim_progress.step
+        step.increment_ready()
+        trainer._hooks.call_module(
+            "optimizer_step", trainer.current_epoch, batch_idx, trainer.strategy._lightning_optimizers[0], closure
+        )
+        step.increment_completed()
+
+    def on_before_zero_grad(self, optimizer: Any) -> None:
+        trainer = self.trainer
+        zg = self.optim_progress.zero_grad
+        zg.total.ready += 1
+        zg.current.ready += 1
+        trainer._hooks.call_callbacks("on_before_zero_grad", optimizer)
+        trainer._hooks.call_module("on_before_zero_grad", optimizer)
+        zg.increment_started()
+
+    def optimizer_zero_grad(self, optimizer: Any) -> None:
+        trainer = self.trainer
+        trainer._hooks.call_module("optimizer_zero_grad", trainer.current_epoch, self._batch_idx, optimizer)
+        self.optim_progress.zero_grad.increment_completed()
+
+
+class ManualOptimization:
+    """``automatic_optimization=False``: the user's training_step calls ``manual_backward`` and ``opt.step()``."""
+
+    def __init__(self, trainer: "Trainer") -> None:
+        self.trainer = trainer
+        self.optim_step_progress = Progress.ready_completed()
+
+    def _on_before_step(self) -> None:
+        self.optim_step_progress.increment_ready()
+        self.trainer.profiler.start("optimizer_step")
+
+    def _on_after_step(self) -> None:
+        self.trainer.profiler.stop("optimizer_step")
+        self.optim_step_progress.increment_completed()
+
+    def run(self, args: tuple) -> Dict[str, Any]:
+        trainer = self.trainer
+        for opt in trainer.strategy._lightning_optimizers:
+            opt._on_before_step = self._on_before_step
+            opt._on_after_step = self._on_after_step
+        try:
+            output = trainer.strategy.training_step(*args)
+        finally:
+            from trainer.optimizers import _do_nothing_closure
+
+            for opt in trainer.strategy._lightning_optimizers:
+                opt._on_before_step = _do_nothing_closure
+                opt._on_after_step = _do_nothing_closure
+        extra: Dict[str, Any] = {}
+        if isinstance(output, Mapping):
+            extra = dict(output)
+        elif isinstance(output, Tensor):
+            extra = {"loss": output}
+        elif output is not None:
+            raise MisconfigurationException(
+                "In manual optimization, `training_step` must either return a Tensor or have no return."
+            )
+        if "loss" in extra and isinstance(extra["loss"], Tensor):
+            extra["loss"] = extra["loss"].detach()
+        return extra

@@ -1,0 +1,1231 @@
+"""The Trainer: Lightning 2.x's constructor, ``fit/validate/test/predict`` and run order.
+
+Every constructor argument is checked here, at construction, and a bad one raises
+``MisconfigurationException`` naming the argument, the value and what is allowed.
+
+Run order (``_run``), each step's constraint noted where it matters:
+  connect module -> configure_callbacks (callbacks must be final before any hook runs) ->
+  prepare_data -> setup hooks -> configure_model -> restore module/callbacks from ckpt ->
+  strategy.setup (device move, precision cast, configure_optimizers: optimizers need the moved
+  parameters) -> on_fit_start -> log hparams -> restore optimizer/loop state -> stage ->
+  teardown -> on_fit_end -> teardown hooks.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import warnings
+from datetime import timedelta
+from enum import Enum
+from typing import Any, Dict, Iterable, List, Optional, Union
+
+import torch
+
+from trainer.accelerators import DeviceSpec, resolve_accelerator, resolve_devices
+from trainer.callbacks.callback import Callback, Checkpoint
+from trainer.checkpoint import CheckpointConnector, atomic_save, dump_checkpoint
+from trainer.datamodule import LightningDataModule
+from trainer.exceptions import MisconfigurationException
+from trainer.hooks import HookDispatcher, is_overridden
+from trainer.logging import LoggerConnector
+from trainer.loops.evaluation import EvaluationLoop, PredictionLoop
+from trainer.loops.fit import FitLoop
+from trainer.module import LightningModule
+from trainer.precision import Precision, build_precision, normalize_precision
+from trainer.profiler import Profiler, resolve_profiler
+from trainer.seed import isolate_rng
+from trainer.strategies.single_device import SingleDeviceStrategy, Strategy
+
+log = logging.getLogger(__name__)
+
+STRATEGY_CHOICES = ("auto", "single_device")
+_LATER_STRATEGIES = (
+    "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "fsdp", "deepspeed", "deepspeed_stage_1", "deepspeed_stage_2",
+    "deepspeed_stage_2_offload", "deepspeed_stage_3", "deepspeed_stage_3_offload", "deepspeed_stage_3_offload_nvme",
+)
+
+
+class TrainerFn(str, Enum):
+    FITTING = "fit"
+    VALIDATING = "validate"
+    TESTING = "test"
+    PREDICTING = "predict"
+
+
+class RunningStage(str, Enum):
+    TRAINING = "train"
+    SANITY_CHECKING = "sanity_check"
+    VALIDATING = "validate"
+    TESTING = "test"
+    PREDICTING = "predict"
+
+
+class TrainerStatus(str, Enum):
+    INITIALIZING = "initializing"
+    RUNNING = "running"
+    FINISHED = "finished"
+    INTERRUPTED = "interrupted"
+
+
+class TrainerState:
+    def __init__(self) -> None:
+        self.status = TrainerStatus.INITIALIZING
+        self.fn: Optional[TrainerFn] = None
+        self.stage: Optional[RunningStage] = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status == TrainerStatus.FINISHED
+
+    @property
+    def stopped(self) -> bool:
+        return self.status in (TrainerStatus.FINISHED, TrainerStatus.INTERRUPTED)
+
+
+def _bad(name: str, value: Any, allowed: str) -> MisconfigurationException:
+    return MisconfigurationException(f"`Trainer({name}={value!r})` is invalid: {allowed}.")
+
+
+def _check_int(name: str, value: Any, minimum: int, allow_none: bool = False, extra: str = "") -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _bad(name, value, f"expected an int >= {minimum}{extra}")
+
+
+def _batch_limit(name: str, value: Any) -> Union[int, float]:
+    """Lightning's ``_determine_batch_limits``: None -> 1.0; a float in [0, 1] or an int >= 0."""
+    if value is None:
+        return 1.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _bad(name, value, "expected a float in [0.0, 1.0] (a fraction) or an int >= 0 (a count)")
+    if 0 <= value <= 1:
+        return value
+    if value > 1 and value % 1.0 == 0:
+        return int(value)
+    raise MisconfigurationException(
+        f"`Trainer({name}={value!r})` is invalid: you have passed invalid value {value} for {name}, it has to be in"
+        " [0.0, 1.0] or an int."
+    )
+
+
+_TIME_RE = re.compile(r"^(\d+):(\d+):(\d+):(\d+)$")
+
+
+def _parse_max_time(value: Any) -> Optional[timedelta]:
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, dict):
+        try:
+            return timedelta(**value)
+        except TypeError:
+            raise _bad("max_time", value, "a dict must hold timedelta keys (days, hours, minutes, seconds)") from None
+    if isinstance(value, str):
+        m = _TIME_RE.match(value.strip())
+        if m:
+            d, h, mi, s = (int(x) for x in m.groups())
+            return timedelta(days=d, hours=h, minutes=mi, seconds=s)
+    raise _bad("max_time", value, "expected 'DD:HH:MM:SS', a datetime.timedelta or a dict like {'hours': 1}")
+
+
+class Trainer:
+    """Lightning 2.x's Trainer (eager engine): same arguments, hooks, metrics and results."""
+
+    def __init__(
+        self,
+        *,
+        accelerator: Union[str, Any] = "auto",
+        strategy: Union[str, Strategy] = "auto",
+        devices: Union[List[int], str, int] = "auto",
+        num_nodes: int = 1,
+        precision: Optional[Union[int, str]] = None,
+        logger: Optional[Union[Any, Iterable[Any], bool]] = None,
+        callbacks: Optional[Union[List[Callback], Callback]] = None,
+        fast_dev_run: Union[int, bool] = False,
+        max_epochs: Optional[int] = None,
+        min_epochs: Optional[int] = None,
+        max_steps: int = -1,
+        min_steps: Optional[int] = None,
+        max_time: Optional[Union[str, timedelta, Dict[str, int]]] = None,
+        limit_train_batches: Optional[Union[int, float]] = None,
+        limit_val_batches: Optional[Union[int, float]] = None,
+        limit_test_batches: Optional[Union[int, float]] = None,
+        limit_predict_batches: Optional[Union[int, float]] = None,
+        overfit_batches: Union[int, float] = 0.0,
+        val_check_interval: Optional[Union[int, float]] = None,
+        check_val_every_n_epoch: Optional[int] = 1,
+        num_sanity_val_steps: Optional[int] = None,
+        log_every_n_steps: Optional[int] = None,
+        enable_checkpointing: Optional[bool] = None,
+        enable_progress_bar: Optional[bool] = None,
+        enable_model_summary: Optional[bool] = None,
+        accumulate_grad_batches: int = 1,
+        gradient_clip_val: Optional[Union[int, float]] = None,
+        gradient_clip_algorithm: Optional[str] = None,
+        deterministic: Optional[Union[bool, str]] = None,
+        benchmark: Optional[bool] = None,
+        inference_mode: bool = True,
+        use_distributed_sampler: bool = True,
+        profiler: Optional[Union[Profiler, str]] = None,
+        detect_anomaly: bool = False,
+        barebones: bool = False,
+        plugins: Optional[Any] = None,
+        sync_batchnorm: bool = False,
+        reload_dataloaders_every_n_epochs: int = 0,
+        default_root_dir: Optional[Union[str, os.PathLike]] = None,
+        enable_autolog_hparams: bool = True,
+        model_registry: Optional[str] = None,
+    ) -> None:
+        # ------------------------------------------------------------ argument checks (all before any effect)
+        _check_int("max_steps", max_steps, -1)
+        _check_int("min_steps", min_steps, 0, allow_none=True)
+        _check_int("max_epochs", max_epochs, -1, allow_none=True, extra=" (-1 means no limit)")
+        _check_int("min_epochs", min_epochs, 0, allow_none=True)
+        _check_int("num_nodes", num_nodes, 1)
+        _check_int("accumulate_grad_batches", accumulate_grad_batches, 1)
+        _check_int("num_sanity_val_steps", num_sanity_val_steps, -1, allow_none=True, extra=" (-1 runs all)")
+        _check_int("log_every_n_steps", log_every_n_steps, 0, allow_none=True)
+        _check_int("reload_dataloaders_every_n_epochs", reload_dataloaders_every_n_epochs, 0)
+        if check_val_every_n_epoch is not None:
+            _check_int("check_val_every_n_epoch", check_val_every_n_epoch, 1, extra=" or None")
+        if isinstance(fast_dev_run, bool):
+            pass
+        elif not isinstance(fast_dev_run, int) or fast_dev_run < 0:
+            raise _bad("fast_dev_run", fast_dev_run, "expected a bool or an int >= 0")
+        if gradient_clip_val is not None:
+            if isinstance(gradient_clip_val, bool) or not isinstance(gradient_clip_val, (int, float)) or (
+                gradient_clip_val < 0 or math.isnan(gradient_clip_val)
+            ):
+                raise _bad("gradient_clip_val", gradient_clip_val, "expected a number >= 0 or None")
+        if gradient_clip_algorithm is not None:
+            if not isinstance(gradient_clip_algorithm, str) or gradient_clip_algorithm.lower() not in ("norm", "value"):
+                raise _bad("gradient_clip_algorithm", gradient_clip_algorithm, "allowed values are 'norm' and 'value'")
+            gradient_clip_algorithm = gradient_clip_algorithm.lower()
+        if deterministic not in (None, True, False, "warn"):
+            raise _bad("deterministic", deterministic, "allowed values are True, False, 'warn' and None")
+        if val_check_interval is not None:
+            if isinstance(val_check_interval, bool) or not isinstance(val_check_interval, (int, float)):
+                raise _bad("val_check_interval", val_check_interval,
+                           "expected a float in (0.0, 1.0] (a fraction of the epoch) or an int > 0 (batches)")
+            if val_check_interval <= 0 or (isinstance(val_check_interval, float) and val_check_interval > 1.0
+                                           and val_check_interval % 1.0 != 0):
+                raise _bad("val_check_interval", val_check_interval,
+                           "expected a float in (0.0, 1.0] (a fraction of the epoch) or an int > 0 (batches)")
+        for flag_name, flag in (
+            ("inference_mode", inference_mode), ("use_distributed_sampler", use_distributed_sampler),
+            ("detect_anomaly", detect_anomaly), ("barebones", barebones), ("sync_batchnorm", sync_batchnorm),
+        ):
+            if not isinstance(flag, bool):
+                raise _bad(flag_name, flag, "expected True or False")
+        for flag_name, flag in (
+            ("enable_checkpointing", enable_checkpointing), ("enable_progress_bar", enable_progress_bar),
+            ("enable_model_summary", enable_model_summary), ("benchmark", benchmark),
+        ):
+            if flag is not None and not isinstance(flag, bool):
+                raise _bad(flag_name, flag, "expected True, False or None")
+        self._max_time = _parse_max_time(max_time)
+        limits = {
+            name: _batch_limit(name, value)
+            for name, value in (
+                ("limit_train_batches", limit_train_batches), ("limit_val_batches", limit_val_batches),
+                ("limit_test_batches", limit_test_batches), ("limit_predict_batches", limit_predict_batches),
+            )
+        }
+        overfit = _batch_limit("overfit_batches", overfit_batches)
+        precision_flag = normalize_precision("32-true" if precision is None else precision)
+        if plugins is not None:
+            raise _bad("plugins", plugins, "custom plugins are not supported; use `precision=` instead")
+
+        # accelerator / devices / strategy
+        acc = resolve_accelerator(accelerator)
+        if isinstance(strategy, Strategy):
+            self.strategy: Strategy = strategy
+        elif isinstance(strategy, str):
+            name = strategy.lower()
+            if name in _LATER_STRATEGIES:
+                raise MisconfigurationException(
+                    f"`Trainer(strategy={strategy!r})`: distributed strategies are not available yet in this version"
+                    f" of `trainer`; use strategy='auto' (one device). Allowed now: {list(STRATEGY_CHOICES)}."
+                )
+            if name not in STRATEGY_CHOICES:
+                raise _bad("strategy", strategy, f"allowed values are {list(STRATEGY_CHOICES)} or a Strategy instance"
+                           f" (distributed: {', '.join(_LATER_STRATEGIES[:5])}, ... arrive with a later release)")
+            self.strategy = SingleDeviceStrategy()
+        else:
+            raise _bad("strategy", strategy, f"allowed values are {list(STRATEGY_CHOICES)} or a Strategy instance")
+        self._device_spec: DeviceSpec = resolve_devices(devices, acc)
+        if self._device_spec.num_devices > 1 or num_nodes > 1:
+            raise MisconfigurationException(
+                f"`Trainer(devices={devices!r}, num_nodes={num_nodes})` asks for {self._device_spec.num_devices}"
+                f" device(s) on {num_nodes} node(s), which needs a distributed strategy; this version runs on one"
+                " device (use devices=1)."
+            )
+        if precision_flag == "16-mixed" and acc == "cpu":
+            warnings.warn(
+                "You passed `Trainer(accelerator='cpu', precision='16-mixed')` but AMP with fp16 is not supported on"
+                " CPU. Using `precision='bf16-mixed'` instead."
+            )
+            precision_flag = "bf16-mixed"
+        self._accelerator = acc
+        self._precision_flag = precision_flag
+        root_device = self._device_spec.root_device()
+        self.strategy._root_device = root_device
+        self.strategy.precision_plugin = build_precision(precision_flag, root_device.type)
+        self.strategy.precision_plugin.trainer = self
+        self.strategy.trainer = self
+
+        # barebones
+        if barebones:
+            for name, value in (
+                ("logger", logger), ("enable_checkpointing", enable_checkpointing),
+                ("enable_progress_bar", enable_progress_bar), ("enable_model_summary", enable_model_summary),
+            ):
+                if value:
+                    raise MisconfigurationException(
+                        f"`Trainer(barebones=True)` turns off {name}, but `{name}={value!r}` was passed."
+                    )
+            if log_every_n_steps is not None and log_every_n_steps != 0:
+                raise MisconfigurationException(
+                    f"`Trainer(barebones=True)` turns off logging, but `log_every_n_steps={log_every_n_steps}` was passed."
+                )
+            if num_sanity_val_steps is not None and num_sanity_val_steps != 0:
+                raise MisconfigurationException(
+                    "`Trainer(barebones=True)` turns off the sanity check, but"
+                    f" `num_sanity_val_steps={num_sanity_val_steps}` was passed."
+                )
+            if detect_anomaly:
+                raise MisconfigurationException("`Trainer(barebones=True)` turns off `detect_anomaly`.")
+            if profiler is not None:
+                raise MisconfigurationException("`Trainer(barebones=True)` turns off the profiler.")
+            logger = False
+            enable_checkpointing = enable_progress_bar = enable_model_summary = False
+            log_every_n_steps = 0
+            num_sanity_val_steps = 0
+        self.barebones = barebones
+
+        # ------------------------------------------------------------ state
+        self.state = TrainerState()
+        self.should_stop = False
+        self.received_sigterm = False
+        self._default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else None
+        self.accumulate_grad_batches = accumulate_grad_batches
+        self.gradient_clip_val = gradient_clip_val
+        self.gradient_clip_algorithm = gradient_clip_algorithm
+        self.check_val_every_n_epoch = check_val_every_n_epoch
+        self.reload_dataloaders_every_n_epochs = reload_dataloaders_every_n_epochs
+        self.inference_mode = inference_mode
+        self.use_distributed_sampler = use_distributed_sampler
+        self._detect_anomaly = detect_anomaly
+        self.sync_batchnorm = sync_batchnorm
+        self.num_nodes = num_nodes
+        self.enable_autolog_hparams = enable_autolog_hparams
+        self.log_every_n_steps = 50 if log_every_n_steps is None else log_every_n_steps
+        self.enable_progress_bar = True if enable_progress_bar is None else enable_progress_bar
+        self.enable_model_summary = True if enable_model_summary is None else enable_model_summary
+        self.enable_checkpointing = True if enable_checkpointing is None else enable_checkpointing
+        self._deterministic = deterministic
+        self._benchmark = benchmark
+        self._set_determinism(deterministic, benchmark)
+        self.profiler: Profiler = resolve_profiler(profiler)
+
+        self.fit_loop = FitLoop(self, min_epochs=min_epochs, max_epochs=max_epochs)
+        self.fit_loop.epoch_loop.min_steps = min_steps
+        self.fit_loop.epoch_loop.max_steps = max_steps
+        self._min_epochs_arg = min_epochs
+        self._max_epochs_arg = max_epochs
+        self.validate_loop = EvaluationLoop(self, "validate", "validate", verbose=True, inference_mode=inference_mode)
+        self.test_loop = EvaluationLoop(self, "test", "test", verbose=True, inference_mode=inference_mode)
+        self.predict_loop = PredictionLoop(self, inference_mode=inference_mode)
+        self._evaluation_loop: Optional[EvaluationLoop] = None
+        self._logger_connector = LoggerConnector(self)
+        self._checkpoint_connector = CheckpointConnector(self)
+        self._hooks = HookDispatcher(self)
+        self.datamodule: Optional[LightningDataModule] = None
+        self._data_sources: Dict[str, Any] = {}
+        self._warned: set = set()
+        self.ckpt_path: Optional[str] = None
+        self.val_check_batch: Optional[Union[int, float]] = None
+        self._val_check_time_interval: Optional[float] = None
+        self._last_val_time = 0.0
+        self._train_start_time = 0.0
+
+        # loggers
+        self.loggers: List[Any] = self._configure_loggers(logger)
+
+        # callbacks (Lightning's defaults and order)
+        self.callbacks: List[Callback] = self._configure_callbacks(callbacks)
+
+        # debugging flags
+        self.limit_train_batches = limits["limit_train_batches"]
+        self.limit_val_batches = limits["limit_val_batches"]
+        self.limit_test_batches = limits["limit_test_batches"]
+        self.limit_predict_batches = limits["limit_predict_batches"]
+        self.overfit_batches = overfit
+        self.val_check_interval: Union[int, float] = 1.0 if val_check_interval is None else val_check_interval
+        self.num_sanity_val_steps: Union[int, float] = (
+            2 if num_sanity_val_steps is None else (float("inf") if num_sanity_val_steps == -1 else num_sanity_val_steps)
+        )
+        self.fast_dev_run: Union[int, bool] = True if fast_dev_run == 1 and not isinstance(fast_dev_run, bool) else fast_dev_run
+        if fast_dev_run:
+            n = int(fast_dev_run)
+            if overfit <= 0:
+                self.limit_train_batches = n
+                self.limit_val_batches = n
+            self.limit_test_batches = n
+            self.limit_predict_batches = n
+            self.fit_loop.epoch_loop.max_steps = n
+            self.num_sanity_val_steps = 0
+            self.fit_loop.max_epochs = 1
+            self._max_epochs_arg = 1
+            self.val_check_interval = 1.0
+            self.check_val_every_n_epoch = 1
+            self.loggers = []
+            log.info(f"Running in `fast_dev_run` mode: will run the requested loop using {n} batch(es)."
+                     " Logging and checkpointing is suppressed.")
+        if overfit > 0:
+            self.limit_train_batches = overfit
+            self.limit_val_batches = overfit
+
+    # ================================================================ set-up helpers
+    @staticmethod
+    def _set_determinism(deterministic: Optional[Union[bool, str]], benchmark: Optional[bool]) -> None:
+        if deterministic:
+            if benchmark:
+                warnings.warn("You passed `deterministic=True` and `benchmark=True`. Note that PyTorch ignores"
+                              " torch.backends.cudnn.deterministic=True when torch.backends.cudnn.benchmark=True.")
+            torch.use_deterministic_algorithms(True, warn_only=deterministic == "warn")
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+        elif deterministic is False:
+            torch.use_deterministic_algorithms(False)
+        if benchmark is None:
+            benchmark = False if deterministic else torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = benchmark
+        if deterministic:
+            torch.backends.cudnn.deterministic = True
+
+    def _configure_loggers(self, logger: Any) -> List[Any]:
+        if logger is None or logger is True:
+            from trainer.loggers import default_logger
+
+            return [default_logger(self.default_root_dir)]
+        if logger is False:
+            return []
+        if isinstance(logger, Iterable) and not isinstance(logger, (str, bytes)):
+            return list(logger)
+        return [logger]
+
+    def _configure_callbacks(self, callbacks: Optional[Union[List[Callback], Callback]]) -> List[Callback]:
+        from trainer.callbacks import ModelCheckpoint, ModelSummary, ProgressBar, TQDMProgressBar, Timer
+
+        if callbacks is None:
+            cbs: List[Callback] = []
+        elif isinstance(callbacks, Callback):
+            cbs = [callbacks]
+        else:
+            cbs = list(callbacks)
+            for cb in cbs:
+                if not isinstance(cb, Callback):
+                    raise _bad("callbacks", callbacks, f"every callback must be a Callback instance, got {type(cb).__name__}")
+        has_ckpt = any(isinstance(cb, Checkpoint) for cb in cbs)
+        if self.enable_checkpointing:
+            if not has_ckpt:
+                cbs.append(ModelCheckpoint())
+        elif has_ckpt:
+            raise MisconfigurationException(
+                "Trainer was configured with `enable_checkpointing=False`"
+                " but found `ModelCheckpoint` in callbacks list."
+            )
+        if self._max_time is not None and not any(isinstance(cb, Timer) for cb in cbs):
+            cbs.append(Timer(duration=self._max_time, interval="step"))
+        bars = [cb for cb in cbs if isinstance(cb, ProgressBar)]
+        if len(bars) > 1:
+            raise MisconfigurationException(
+                "You added multiple progress bar callbacks to the Trainer, but currently only one"
+                " progress bar is supported."
+            )
+        if bars and not self.enable_progress_bar:
+            raise MisconfigurationException(
+                f"Trainer was configured with `enable_progress_bar=False` but found `{type(bars[0]).__name__}`"
+                " in callbacks list."
+            )
+        if not bars and self.enable_progress_bar:
+            cbs.append(TQDMProgressBar())
+        if self.enable_model_summary and not any(isinstance(cb, ModelSummary) for cb in cbs):
+            cbs.append(ModelSummary())
+        return _reorder_callbacks(cbs)
+
+    def _attach_model_callbacks(self) -> None:
+        module = self.lightning_module
+        model_cbs = self._hooks.call_module("configure_callbacks")
+        if not model_cbs:
+            return
+        model_cbs = [model_cbs] if isinstance(model_cbs, Callback) else list(model_cbs)
+        model_types = {type(c) for c in model_cbs}
+        kept = [c for c in self.callbacks if type(c) not in model_types]
+        overridden = {type(c).__name__ for c in self.callbacks if type(c) in model_types}
+        if overridden:
+            log.info(
+                "The following callbacks returned in `LightningModule.configure_callbacks` will override"
+                f" existing callbacks passed to Trainer: {', '.join(sorted(overridden))}"
+            )
+        self.callbacks = _reorder_callbacks(kept + model_cbs)
+        self._hooks.reset()
+        del module
+
+    # ================================================================ public properties
+    @property
+    def default_root_dir(self) -> str:
+        return self._default_root_dir if self._default_root_dir is not None else os.getcwd()
+
+    @property
+    def lightning_module(self) -> Optional[LightningModule]:
+        return self.strategy.lightning_module
+
+    @property
+    def model(self) -> Optional[torch.nn.Module]:
+        return self.strategy.model
+
+    @property
+    def optimizers(self) -> List[torch.optim.Optimizer]:
+        return self.strategy.optimizers
+
+    @optimizers.setter
+    def optimizers(self, new: List[torch.optim.Optimizer]) -> None:
+        from trainer.optimizers import LightningOptimizer
+
+        self.strategy.optimizers = new
+        self.strategy._lightning_optimizers = [LightningOptimizer(o, self.strategy) for o in new]
+
+    @property
+    def lr_scheduler_configs(self) -> List[Any]:
+        return self.strategy.lr_scheduler_configs
+
+    @property
+    def precision_plugin(self) -> Precision:
+        return self.strategy.precision_plugin
+
+    @property
+    def precision(self) -> str:
+        return self.strategy.precision_plugin.precision
+
+    @property
+    def accelerator(self) -> str:
+        return self._accelerator
+
+    @property
+    def device_ids(self) -> List[int]:
+        return self._device_spec.device_ids
+
+    @property
+    def num_devices(self) -> int:
+        return self._device_spec.num_devices
+
+    @property
+    def global_rank(self) -> int:
+        return self.strategy.global_rank
+
+    @property
+    def local_rank(self) -> int:
+        return self.strategy.local_rank
+
+    @property
+    def node_rank(self) -> int:
+        return self.strategy.node_rank
+
+    @property
+    def world_size(self) -> int:
+        return self.strategy.world_size
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.strategy.is_global_zero
+
+    @property
+    def logger(self) -> Optional[Any]:
+        return self.loggers[0] if self.loggers else None
+
+    @logger.setter
+    def logger(self, logger: Optional[Any]) -> None:
+        self.loggers = [] if logger is None else [logger]
+
+    @property
+    def log_dir(self) -> Optional[str]:
+        logger = self.logger
+        if logger is None:
+            return self.default_root_dir
+        return getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None) or self.default_root_dir
+
+    @property
+    def current_epoch(self) -> int:
+        return self.fit_loop.epoch_progress.current.completed
+
+    @property
+    def global_step(self) -> int:
+        return self.fit_loop.epoch_loop.global_step
+
+    @property
+    def max_epochs(self) -> Optional[int]:
+        return self.fit_loop.max_epochs
+
+    @property
+    def min_epochs(self) -> Optional[int]:
+        return self.fit_loop.min_epochs
+
+    @property
+    def max_steps(self) -> int:
+        return self.fit_loop.max_steps
+
+    @property
+    def min_steps(self) -> Optional[int]:
+        return self.fit_loop.min_steps
+
+    @property
+    def is_last_batch(self) -> bool:
+        return self.fit_loop.epoch_loop.batch_progress.is_last_batch
+
+    @property
+    def num_training_batches(self) -> Union[int, float]:
+        return self.fit_loop.max_batches
+
+    @property
+    def num_sanity_val_batches(self) -> List[Union[int, float]]:
+        loop = self.fit_loop.epoch_loop.val_loop
+        return [min(self.num_sanity_val_steps, b) for b in loop._max_batches]
+
+    @property
+    def num_val_batches(self) -> List[Union[int, float]]:
+        if self.state.fn == TrainerFn.VALIDATING:
+            return self.validate_loop._max_batches
+        return self.fit_loop.epoch_loop.val_loop._max_batches
+
+    @property
+    def num_test_batches(self) -> List[Union[int, float]]:
+        return self.test_loop._max_batches
+
+    @property
+    def num_predict_batches(self) -> List[Union[int, float]]:
+        return self.predict_loop._max_batches
+
+    @property
+    def enable_validation(self) -> bool:
+        module = self.lightning_module
+        from trainer.loops.data import has_source
+
+        return (
+            module is not None
+            and has_source(self, "val_dataloader")
+            and is_overridden("validation_step", module)
+            and self.limit_val_batches > 0
+        )
+
+    @property
+    def estimated_stepping_batches(self) -> Union[int, float]:
+        if self.state.fn != TrainerFn.FITTING or self.lightning_module is None:
+            raise MisconfigurationException("`estimated_stepping_batches` is only available during `trainer.fit`.")
+        if self.max_steps != -1:
+            return self.max_steps
+        self.fit_loop.setup_data()
+        total = self.num_training_batches
+        if total == float("inf") or self.max_epochs == -1:
+            return float("inf")
+        per_epoch = math.ceil(total / self.accumulate_grad_batches)
+        return per_epoch * max(self.max_epochs or 1, 1)
+
+    # running stage flags
+    def _set_stage(self, stage: Optional[RunningStage]) -> None:
+        self.state.stage = stage
+
+    @property
+    def training(self) -> bool:
+        return self.state.stage == RunningStage.TRAINING
+
+    @training.setter
+    def training(self, val: bool) -> None:
+        if val:
+            self.state.stage = RunningStage.TRAINING
+        elif self.training:
+            self.state.stage = None
+
+    @property
+    def validating(self) -> bool:
+        return self.state.stage == RunningStage.VALIDATING
+
+    @validating.setter
+    def validating(self, val: bool) -> None:
+        if val:
+            self.state.stage = RunningStage.VALIDATING
+        elif self.validating:
+            self.state.stage = None
+
+    @property
+    def testing(self) -> bool:
+        return self.state.stage == RunningStage.TESTING
+
+    @testing.setter
+    def testing(self, val: bool) -> None:
+        if val:
+            self.state.stage = RunningStage.TESTING
+        elif self.testing:
+            self.state.stage = None
+
+    @property
+    def predicting(self) -> bool:
+        return self.state.stage == RunningStage.PREDICTING
+
+    @predicting.setter
+    def predicting(self, val: bool) -> None:
+        if val:
+            self.state.stage = RunningStage.PREDICTING
+        elif self.predicting:
+            self.state.stage = None
+
+    @property
+    def sanity_checking(self) -> bool:
+        return self.state.stage == RunningStage.SANITY_CHECKING
+
+    @sanity_checking.setter
+    def sanity_checking(self, val: bool) -> None:
+        if val:
+            self.state.stage = RunningStage.SANITY_CHECKING
+        elif self.sanity_checking:
+            self.state.stage = None
+
+    @property
+    def evaluating(self) -> bool:
+        return self.state.stage in (RunningStage.VALIDATING, RunningStage.TESTING) and self.state.fn != TrainerFn.FITTING
+
+    @property
+    def interrupted(self) -> bool:
+        return self.state.status == TrainerStatus.INTERRUPTED
+
+    # metrics
+    @property
+    def _results(self) -> Optional[Any]:
+        stage = self.state.stage
+        if stage == RunningStage.TRAINING:
+            return self.fit_loop.epoch_loop._results
+        if stage in (RunningStage.VALIDATING, RunningStage.SANITY_CHECKING):
+            if self.state.fn == TrainerFn.FITTING:
+                return self.fit_loop.epoch_loop.val_loop._results
+            return self.validate_loop._results
+        if stage == RunningStage.TESTING:
+            return self.test_loop._results
+        return None
+
+    @property
+    def callback_metrics(self) -> Dict[str, Any]:
+        return self._logger_connector.callback_metrics
+
+    @property
+    def logged_metrics(self) -> Dict[str, Any]:
+        return self._logger_connector.logged_metrics
+
+    @property
+    def progress_bar_metrics(self) -> Dict[str, float]:
+        return self._logger_connector.progress_bar_metrics
+
+    # callbacks
+    @property
+    def checkpoint_callbacks(self) -> List[Checkpoint]:
+        from trainer.callbacks import ModelCheckpoint
+
+        return [cb for cb in self.callbacks if isinstance(cb, ModelCheckpoint)]
+
+    @property
+    def checkpoint_callback(self) -> Optional[Checkpoint]:
+        cbs = self.checkpoint_callbacks
+        return cbs[0] if cbs else None
+
+    @property
+    def early_stopping_callbacks(self) -> List[Callback]:
+        from trainer.callbacks import EarlyStopping
+
+        return [cb for cb in self.callbacks if isinstance(cb, EarlyStopping)]
+
+    @property
+    def early_stopping_callback(self) -> Optional[Callback]:
+        cbs = self.early_stopping_callbacks
+        return cbs[0] if cbs else None
+
+    @property
+    def progress_bar_callback(self) -> Optional[Callback]:
+        from trainer.callbacks import ProgressBar
+
+        for cb in self.callbacks:
+            if isinstance(cb, ProgressBar):
+                return cb
+        return None
+
+    @property
+    def train_dataloader(self) -> Any:
+        loader = self.fit_loop._loader
+        if loader is None:
+            return None
+        flat = loader.flattened
+        return flat[0] if len(flat) == 1 else flat
+
+    @property
+    def val_dataloaders(self) -> Any:
+        loop = self.validate_loop if self.state.fn == TrainerFn.VALIDATING else self.fit_loop.epoch_loop.val_loop
+        loaders = loop._loaders
+        if not loaders:
+            return None
+        return loaders[0] if len(loaders) == 1 else loaders
+
+    @property
+    def test_dataloaders(self) -> Any:
+        loaders = self.test_loop._loaders
+        if not loaders:
+            return None
+        return loaders[0] if len(loaders) == 1 else loaders
+
+    @property
+    def predict_dataloaders(self) -> Any:
+        loaders = self.predict_loop._loaders
+        if not loaders:
+            return None
+        return loaders[0] if len(loaders) == 1 else loaders
+
+    # ================================================================ entry points
+    def fit(
+        self,
+        model: LightningModule,
+        train_dataloaders: Any = None,
+        val_dataloaders: Any = None,
+        datamodule: Optional[LightningDataModule] = None,
+        ckpt_path: Optional[Union[str, os.PathLike]] = None,
+        weights_only: Optional[bool] = None,
+    ) -> None:
+        model = _check_module(model, "fit")
+        if isinstance(train_dataloaders, LightningDataModule):
+            datamodule, train_dataloaders = train_dataloaders, None
+        if (train_dataloaders is not None or val_dataloaders is not None) and datamodule is not None:
+            raise MisconfigurationException(
+                "You cannot pass `train_dataloader` or `val_dataloaders` to `trainer.fit(datamodule=...)`"
+            )
+        self.state.fn = TrainerFn.FITTING
+        self.state.status = TrainerStatus.RUNNING
+        self.training = True
+        self.should_stop = False
+        self._attach(model, datamodule, train_dataloader=train_dataloaders, val_dataloader=val_dataloaders)
+        self._call_and_handle_interrupt(self._fit_impl, model, ckpt_path)
+
+    def _fit_impl(self, model: LightningModule, ckpt_path: Any) -> None:
+        path = self._checkpoint_connector.select_ckpt_path(TrainerFn.FITTING.value, ckpt_path, True, False)
+        self.ckpt_path = path
+        self._run(model, path)
+        self.training = False
+
+    def validate(
+        self,
+        model: Optional[LightningModule] = None,
+        dataloaders: Any = None,
+        ckpt_path: Optional[Union[str, os.PathLike]] = None,
+        verbose: bool = True,
+        datamodule: Optional[LightningDataModule] = None,
+        weights_only: Optional[bool] = None,
+    ) -> List[Dict[str, float]]:
+        return self._evaluate(TrainerFn.VALIDATING, model, dataloaders, ckpt_path, verbose, datamodule)
+
+    def test(
+        self,
+        model: Optional[LightningModule] = None,
+        dataloaders: Any = None,
+        ckpt_path: Optional[Union[str, os.PathLike]] = None,
+        verbose: bool = True,
+        datamodule: Optional[LightningDataModule] = None,
+        weights_only: Optional[bool] = None,
+    ) -> List[Dict[str, float]]:
+        return self._evaluate(TrainerFn.TESTING, model, dataloaders, ckpt_path, verbose, datamodule)
+
+    def _evaluate(self, fn: TrainerFn, model: Optional[LightningModule], dataloaders: Any, ckpt_path: Any,
+                  verbose: bool, datamodule: Optional[LightningDataModule]) -> List[Dict[str, float]]:
+        name = fn.value
+        model_provided = model is not None
+        if model is None:
+            if self.lightning_module is None:
+                raise MisconfigurationException(
+                    f"`model` must be provided to `trainer.{name}()` when it hasn't been passed in a previous run"
+                )
+            model = self.lightning_module
+        model = _check_module(model, name)
+        if isinstance(dataloaders, LightningDataModule):
+            datamodule, dataloaders = dataloaders, None
+        if dataloaders is not None and datamodule is not None:
+            raise MisconfigurationException(f"You cannot pass both `trainer.{name}(dataloaders=..., datamodule=...)`")
+        self.state.fn = fn
+        self.state.status = TrainerStatus.RUNNING
+        stage = RunningStage.VALIDATING if fn == TrainerFn.VALIDATING else RunningStage.TESTING
+        self.state.stage = stage
+        loop = self.validate_loop if fn == TrainerFn.VALIDATING else self.test_loop
+        loop.verbose = verbose
+        loop._loaders = None
+        key = "val_dataloader" if fn == TrainerFn.VALIDATING else "test_dataloader"
+        self._attach(model, datamodule, **{key: dataloaders}, keep_sources=not model_provided and dataloaders is None)
+        return self._call_and_handle_interrupt(self._evaluate_impl, model, fn, ckpt_path, model_provided, loop)
+
+    def _evaluate_impl(self, model: LightningModule, fn: TrainerFn, ckpt_path: Any, model_provided: bool,
+                       loop: EvaluationLoop) -> List[Dict[str, float]]:
+        connected = self.lightning_module is not None and not model_provided
+        path = self._checkpoint_connector.select_ckpt_path(fn.value, ckpt_path, model_provided, connected)
+        self.ckpt_path = path
+        self._evaluation_loop = loop
+        results = self._run(model, path)
+        self.state.stage = None
+        return results or []
+
+    def predict(
+        self,
+        model: Optional[LightningModule] = None,
+        dataloaders: Any = None,
+        datamodule: Optional[LightningDataModule] = None,
+        return_predictions: Optional[bool] = None,
+        ckpt_path: Optional[Union[str, os.PathLike]] = None,
+        weights_only: Optional[bool] = None,
+    ) -> Optional[List[Any]]:
+        model_provided = model is not None
+        if model is None:
+            if self.lightning_module is None:
+                raise MisconfigurationException(
+                    "`model` must be provided to `trainer.predict()` when it hasn't been passed in a previous run"
+                )
+            model = self.lightning_module
+        model = _check_module(model, "predict")
+        if isinstance(dataloaders, LightningDataModule):
+            datamodule, dataloaders = dataloaders, None
+        if dataloaders is not None and datamodule is not None:
+            raise MisconfigurationException("You cannot pass both `trainer.predict(dataloaders=..., datamodule=...)`")
+        self.state.fn = TrainerFn.PREDICTING
+        self.state.status = TrainerStatus.RUNNING
+        self.predicting = True
+        self.predict_loop.return_predictions = True if return_predictions is None else return_predictions
+        self._attach(model, datamodule, predict_dataloader=dataloaders,
+                     keep_sources=not model_provided and dataloaders is None)
+        return self._call_and_handle_interrupt(self._predict_impl, model, ckpt_path, model_provided)
+
+    def _predict_impl(self, model: LightningModule, ckpt_path: Any, model_provided: bool) -> Optional[List[Any]]:
+        connected = self.lightning_module is not None and not model_provided
+        path = self._checkpoint_connector.select_ckpt_path("predict", ckpt_path, model_provided, connected)
+        self.ckpt_path = path
+        results = self._run(model, path)
+        self.state.stage = None
+        return results
+
+    def save_checkpoint(self, filepath: Union[str, os.PathLike], weights_only: bool = False,
+                        storage_options: Optional[Any] = None) -> None:
+        """Writes the checkpoint atomically: the previous file at ``filepath`` survives any failure."""
+        if self.lightning_module is None:
+            raise AttributeError(
+                "Saving a checkpoint is only possible if a model is attached to the Trainer. Did you call"
+                " `Trainer.save_checkpoint()` before calling `Trainer.{fit,validate,test,predict}`?"
+            )
+        if storage_options is not None:
+            raise TypeError("`Trainer.save_checkpoint(..., storage_options=...)` is not supported by this Trainer.")
+        checkpoint = dump_checkpoint(self, weights_only)
+        if self.strategy.is_global_zero:
+            atomic_save(checkpoint, filepath)
+        self.strategy.barrier("Trainer.save_checkpoint")
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        if self.is_global_zero:
+            print(*args, **kwargs)
+
+    # ================================================================ internals
+    def _attach(self, model: LightningModule, datamodule: Optional[LightningDataModule], keep_sources: bool = False,
+                **sources: Any) -> None:
+        if not keep_sources:
+            self._data_sources = {k: v for k, v in sources.items() if v is not None}
+            self.datamodule = datamodule
+        elif datamodule is not None:
+            self.datamodule = datamodule
+        if self.datamodule is not None:
+            self.datamodule.trainer = self
+        model.trainer = self
+        self.strategy._lightning_module = model
+        self.strategy._model = model
+
+    def _call_and_handle_interrupt(self, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except KeyboardInterrupt as exc:
+            log.info("Detected KeyboardInterrupt, attempting graceful shutdown ...")
+            self.state.status = TrainerStatus.INTERRUPTED
+            self._on_exception(exc)
+            self._teardown()
+            raise
+        except BaseException as exc:
+            self.state.status = TrainerStatus.INTERRUPTED
+            self._on_exception(exc)
+            self._teardown()
+            self.state.stage = None
+            raise
+
+    def _on_exception(self, exc: BaseException) -> None:
+        try:
+            self._hooks.call_callbacks("on_exception", exc)
+            if self.lightning_module is not None:
+                self._hooks.call_module("on_exception", exc)
+            if self.datamodule is not None and hasattr(self.datamodule, "on_exception"):
+                self.datamodule.on_exception(exc)
+        except Exception:  # never hide the original error
+            log.exception("An on_exception hook raised while handling another error")
+        for logger in self.loggers:
+            try:
+                logger.finalize("failed")
+            except Exception:
+                pass
+
+    def _verify(self, model: LightningModule) -> None:
+        fn = self.state.fn
+        if fn == TrainerFn.FITTING:
+            if not is_overridden("training_step", model):
+                raise MisconfigurationException(
+                    "No `training_step()` method defined. Lightning `Trainer` expects as minimum a"
+                    " `training_step()`, `train_dataloader()` and `configure_optimizers()` to be defined."
+                )
+            if not is_overridden("configure_optimizers", model):
+                raise MisconfigurationException(
+                    "No `configure_optimizers()` method defined. Lightning `Trainer` expects as minimum a"
+                    " `training_step()`, `train_dataloader()` and `configure_optimizers()` to be defined."
+                )
+            from trainer.loops.data import has_source
+
+            if not has_source(self, "train_dataloader"):
+                raise MisconfigurationException(
+                    "No `train_dataloader()` method defined. Lightning `Trainer` expects as minimum a"
+                    " `training_step()`, `train_dataloader()` and `configure_optimizers()` to be defined."
+                )
+            has_val_loader = has_source(self, "val_dataloader")
+            has_val_step = is_overridden("validation_step", model)
+            if has_val_loader and not has_val_step:
+                self._warn_once("You passed in a `val_dataloader` but have no `validation_step`. Skipping val loop.")
+            if has_val_step and not has_val_loader:
+                self._warn_once("You defined a `validation_step` but have no `val_dataloader`. Skipping val loop.")
+            if not model.automatic_optimization:
+                if self.gradient_clip_val is not None and self.gradient_clip_val > 0:
+                    raise MisconfigurationException(
+                        "Automatic gradient clipping is not supported for manual optimization."
+                        f" Remove `Trainer(gradient_clip_val={self.gradient_clip_val})`"
+                        " or switch to automatic optimization."
+                    )
+                if self.accumulate_grad_batches != 1:
+                    raise MisconfigurationException(
+                        "Automatic gradient accumulation is not supported for manual optimization."
+                        f" Remove `Trainer(accumulate_grad_batches={self.accumulate_grad_batches})`"
+                        " or switch to automatic optimization."
+                    )
+        elif fn in (TrainerFn.VALIDATING, TrainerFn.TESTING):
+            step = "validation_step" if fn == TrainerFn.VALIDATING else "test_step"
+            if not is_overridden(step, model):
+                raise MisconfigurationException(f"No `{step}()` method defined to run `Trainer.{fn.value}`.")
+        elif fn == TrainerFn.PREDICTING:
+            pass
+
+    def _run(self, model: LightningModule, ckpt_path: Optional[str]) -> Any:
+        fn = self.state.fn
+        if fn == TrainerFn.FITTING:
+            self.fit_loop.min_epochs, self.fit_loop.max_epochs = self._loop_limits()
+        self.strategy.connect(model)
+        self._hooks.reset()
+        self._attach_model_callbacks()
+        self._verify(model)
+        self.profiler.setup(stage=fn.value if fn else "", local_rank=self.local_rank, log_dir=self.log_dir)
+        self._prepare_data()
+        for logger in self.loggers:  # create experiment folders/files before the setup hooks
+            if hasattr(logger, "experiment"):
+                _ = logger.experiment
+        self._call_setup_hook()
+        if is_overridden("configure_sharded_model", model):
+            self._hooks.call_module("configure_sharded_model")
+        self._hooks.call_module("configure_model")
+        self._checkpoint_connector.resume_start(ckpt_path)
+        self._checkpoint_connector.restore_modules_and_callbacks()
+        self._logger_connector.reset_results()
+        self._logger_connector.reset_metrics()
+        self.strategy.setup(self)
+        if fn == TrainerFn.FITTING and model.automatic_optimization and len(self.optimizers) > 1:
+            raise MisconfigurationException(
+                "Training with multiple optimizers is only supported with manual optimization. Remove the"
+                " `optimizer_idx` argument from `training_step`, set `self.automatic_optimization = False` and access"
+                " your optimizers in `training_step` with `opt1, opt2, ... = self.optimizers()`."
+            )
+        if fn == TrainerFn.FITTING:
+            self._hooks.call_callbacks("on_fit_start")
+            self._hooks.call_module("on_fit_start")
+        self._log_hyperparams()
+        self._checkpoint_connector.restore_training_state()
+        self._checkpoint_connector.resume_end()
+        results = self._run_stage()
+        self._teardown()
+        if fn == TrainerFn.FITTING:
+            self._hooks.call_callbacks("on_fit_end")
+            self._hooks.call_module("on_fit_end")
+        self._call_teardown_hook()
+        self.state.status = TrainerStatus.FINISHED
+        self.state.stage = None
+        return results
+
+    def _loop_limits(self) -> tuple:
+        max_epochs = self._max_epochs_arg
+        min_epochs = self._min_epochs_arg
+        if max_epochs is None:
+            from trainer.callbacks import Timer
+
+            if self.max_steps == -1 and not any(isinstance(cb, Timer) for cb in self.callbacks):
+                self._warn_once("`max_epochs` was not set. Setting it to 1000 epochs. To train without an epoch"
+                                " limit, set `max_epochs=-1`.")
+                max_epochs = 1000
+            else:
+                max_epochs = -1
+        if min_epochs is None and self.min_steps is not None:
+            min_epochs = 1
+        if min_epochs is None:
+            min_epochs = 0
+        return min_epochs, max_epochs
+
+    def _prepare_data(self) -> None:
+        dm = self.datamodule
+        module = self.lightning_module
+        if dm is not None and is_overridden("prepare_data", dm):
+            if (dm.prepare_data_per_node and self.local_rank == 0) or (
+                not dm.prepare_data_per_node and self.global_rank == 0
+            ):
+                self._hooks.call_datamodule("prepare_data")
+        if module is not None and is_overridden("prepare_data", module):
+            if (module.prepare_data_per_node and self.local_rank == 0) or (
+                not module.prepare_data_per_node and self.global_rank == 0
+            ):
+                self._hooks.call_module("prepare_data")
+        self.strategy.barrier("prepare_data")
+
+    def _call_setup_hook(self) -> None:
+        stage = self.state.fn.value if self.state.fn else None
+        self.strategy.barrier("pre_setup")
+        if self.datamodule is not None:
+            self._hooks.call_datamodule("setup", stage=stage)
+        self._hooks.call_callbacks("setup", stage=stage)
+        self._hooks.call_module("setup", stage=stage)
+        self.strategy.barrier("post_setup")
+
+    def _call_teardown_hook(self) -> None:
+        stage = self.state.fn.value if self.state.fn else None
+        if self.datamodule is not None:
+            self._hooks.call_datamodule("teardown", stage=stage)
+        self._hooks.call_callbacks("teardown", stage=stage)
+        self._hooks.call_module("teardown", stage=stage)
+        module = self.lightning_module
+        if module is not None:
+            module._current_fx_name = None
+        self.profiler.describe()
+
+    def _log_hyperparams(self) -> None:
+        if not self.loggers or not self.enable_autolog_hparams:
+            return
+        module = self.lightning_module
+        dm = self.datamodule
+        dm_log = dm._log_hyperparams if dm is not None else False
+        hparams: Optional[Dict[str, Any]] = None
+        if module._log_hyperparams and dm_log:
+            mh, dh = module.hparams_initial, dm.hparams_initial  # type: ignore[union-attr]
+            clash = [k for k in mh if k in dh and mh[k] != dh[k]]
+            if clash:
+                raise RuntimeError(
+                    f"Error while merging hparams: the keys {clash} are present in both the LightningModule's"
+                    " and LightningDataModule's hparams but have different values."
+                )
+            hparams = {**mh, **dh}
+        elif module._log_hyperparams:
+            hparams = module.hparams_initial
+        elif dm_log:
+            hparams = dm.hparams_initial  # type: ignore[union-attr]
+        for logger in self.loggers:
+            if hparams is not None:
+                logger.log_hyperparams(hparams)
+            if hasattr(logger, "log_graph"):
+                logger.log_graph(module)
+            logger.save()
+
+    def _run_stage(self) -> Any:
+        self.strategy.barrier("run-stage")
+        self.lightning_module.zero_grad()
+        fn = self.state.fn
+        if fn in (TrainerFn.VALIDATING, TrainerFn.TESTING):
+            assert self._evaluation_loop is not None
+            self.state.stage = RunningStage.VALIDATING if fn == TrainerFn.VALIDATING else RunningStage.TESTING
+            return self._evaluation_loop.run()
+        if fn == TrainerFn.PREDICTING:
+            self.state.stage = RunningStage.PREDICTING
+            return self.predict_loop.run()
+        with isolate_rng():
+            self._run_sanity_check()
+        with torch.autograd.set_detect_anomaly(self._detect_anomaly):
+            self.fit_loop.run()
+        return None
+
+    def _run_sanity_check(self) -> None:
+        val_loop = self.fit_loop.epoch_loop.val_loop
+        if not (self.enable_validation and self.num_sanity_val_steps > 0):
+            return
+        stage = self.state.stage
+        self.sanity_checking = True
+        self._logger_connector.reset_results()
+        self._logger_connector.reset_metrics()
+        self._hooks.call_callbacks("on_sanity_check_start")
+        val_loop.run()
+        self._hooks.call_callbacks("on_sanity_check_end")
+        self._logger_connector.reset_results()
+        self._logger_connector.reset_metrics()
+        val_loop.batch_progress.reset()
+        self.state.stage = stage
+
+    def _teardown(self) -> None:
+        self.strategy.teardown()
+        self.fit_loop.teardown()
+        self.profiler.teardown(self.state.fn.value if self.state.fn else None)
+        status = "success" if self.state.status != TrainerStatus.INTERRUPTED else "failed"
+        for logger in self.loggers:
+            if status == "success":
+                logger.finalize(status)
+
+    def _transfer_batch(self, batch: Any, dataloader_idx: int) -> Any:
+        """convert_input -> on_before_batch_transfer -> transfer_batch_to_device -> on_after_batch_transfer."""
+        batch = self.strategy.precision_plugin.convert_input(batch)
+        batch = self._call_batch_hook("on_before_batch_transfer", batch, dataloader_idx)
+        batch = self._call_batch_hook("transfer_batch_to_device", batch, self.strategy.root_device, dataloader_idx)
+        return self._call_batch_hook("on_after_batch_transfer", batch, dataloader_idx)
+
+    def _call_batch_hook(self, name: str, *args: Any) -> Any:
+        dm = self.datamodule
+        if dm is not None and is_overridden(name, dm):
+            return self._hooks.call_datamodule(name, *args)
+        return self._hooks.call_module(name, *args)
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            warnings.warn(message, stacklevel=3)
+
+    def _info_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            log.info(message)
+
+
+def _reorder_callbacks(callbacks: List[Callback]) -> List[Callback]:
+    """Checkpoint callbacks go last so they see every other callback's updates (Lightning's order)."""
+    others = [cb for cb in callbacks if not isinstance(cb, Checkpoint)]
+    ckpts = [cb for cb in callbacks if isinstance(cb, Checkpoint)]
+    return others + ckpts
+
+
+def _check_module(model: Any, fn: str) -> LightningModule:
+    if not isinstance(model, LightningModule):
+        raise TypeError(f"`Trainer.{fn}()` requires a `LightningModule`, got: {type(model).__qualname__}")
+    return model
+
+
+__all__ = ["Trainer", "TrainerFn", "RunningStage", "TrainerStatus", "TrainerState"]

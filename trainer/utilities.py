@@ -1,0 +1,138 @@
+"""Small helpers shared across the package: collections, batch sizes, attribute dicts."""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, Dict, Optional, Tuple, Type, Union
+
+import torch
+
+
+class AttributeDict(dict):
+    """A dict whose keys read and write as attributes (Lightning's ``hparams`` type)."""
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError as exp:
+            raise AttributeError(f"Missing attribute {key!r}") from exp
+
+    def __setattr__(self, key: str, val: Any) -> None:
+        self[key] = val
+
+    def __delattr__(self, item: str) -> None:
+        if item not in self:
+            raise AttributeError(item)
+        del self[item]
+
+    def __repr__(self) -> str:
+        if not len(self):
+            return ""
+        max_key_length = max(len(str(k)) for k in self)
+        tmp_name = "{:" + str(max_key_length + 3) + "s} {}"
+        rows = [tmp_name.format(f'"{n}":', self[n]) for n in sorted(self.keys())]
+        return "\n".join(rows)
+
+
+def apply_to_collection(data: Any, dtype: Union[Type, Tuple[Type, ...]], fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    """Applies ``fn`` to every element of type ``dtype`` in nested lists/tuples/dicts/dataclasses."""
+    if isinstance(data, dtype):
+        return fn(data, *args, **kwargs)
+    if isinstance(data, Mapping):
+        return type(data)({k: apply_to_collection(v, dtype, fn, *args, **kwargs) for k, v in data.items()}) \
+            if not hasattr(data, "default_factory") else {k: apply_to_collection(v, dtype, fn, *args, **kwargs)
+                                                          for k, v in data.items()}
+    if isinstance(data, tuple) and hasattr(data, "_fields"):  # namedtuple
+        return type(data)(*(apply_to_collection(d, dtype, fn, *args, **kwargs) for d in data))
+    if isinstance(data, (list, tuple)):
+        return type(data)(apply_to_collection(d, dtype, fn, *args, **kwargs) for d in data)
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+        changes = {
+            f.name: apply_to_collection(getattr(data, f.name), dtype, fn, *args, **kwargs)
+            for f in dataclasses.fields(data)
+            if f.init
+        }
+        return dataclasses.replace(data, **changes)
+    return data
+
+
+def move_data_to_device(batch: Any, device: torch.device) -> Any:
+    """Moves every tensor (or object with ``.to``) in a nested batch to ``device``."""
+    non_blocking = device.type == "cuda"
+
+    def _move(t: Any) -> Any:
+        if isinstance(t, torch.Tensor):
+            if t.device == device:
+                return t
+            return t.to(device, non_blocking=non_blocking)
+        return t.to(device)
+
+    if isinstance(batch, torch.Tensor):
+        return _move(batch)
+    return apply_to_collection(batch, torch.Tensor, _move)
+
+
+def extract_batch_size(batch: Any) -> int:
+    """Batch size of the first tensor found in ``batch`` (its first dimension), as Lightning infers it."""
+
+    def _find(b: Any) -> Optional[int]:
+        if isinstance(b, torch.Tensor):
+            return 1 if b.ndim == 0 else int(b.size(0))
+        if isinstance(b, (str, bytes)):
+            return len(b)
+        if isinstance(b, Mapping):
+            for v in b.values():
+                r = _find(v)
+                if r is not None:
+                    return r
+            return None
+        if isinstance(b, Sequence):
+            for v in b:
+                r = _find(v)
+                if r is not None:
+                    return r
+            return None
+        return None
+
+    size = _find(batch)
+    if size is None:
+        raise RuntimeError(
+            "We could not infer the batch_size from the batch. Either simplify its structure or provide the"
+            " batch_size as `self.log(..., batch_size=batch_size)`."
+        )
+    return size
+
+
+def is_param_in_signature(fn: Callable, name: str, min_args: Optional[int] = None) -> bool:
+    """Whether ``fn`` accepts an argument ``name`` (or at least ``min_args`` positional ones, or ``*args``)."""
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return True
+    if name in parameters:
+        return True
+    if any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in parameters.values()):
+        return True
+    if min_args is not None:
+        positional = [
+            p for p in parameters.values()
+            if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        ]
+        return len(positional) >= min_args
+    return False
+
+
+def to_float_dict(metrics: Dict[str, Any]) -> Dict[str, float]:
+    """Host-side conversion of metric tensors to Python numbers (one sync for all of them)."""
+    out: Dict[str, float] = {}
+    tensors = [(k, v) for k, v in metrics.items() if isinstance(v, torch.Tensor)]
+    if tensors:
+        stacked = torch.stack([v.detach().double().reshape(()).cpu() for _, v in tensors]).tolist()
+        for (k, _), val in zip(tensors, stacked):
+            out[k] = val
+    for k, v in metrics.items():
+        if isinstance(v, numbers.Number):
+            out[k] = float(v) if not isinstance(v, bool) else v
+    return {k: out[k] for k in metrics if k in out}
