@@ -388,3 +388,26 @@ def test_tqdm_leave_creates_bar_per_epoch(tmp_path, fake_trainer, drive_fit, cap
     bar.init_train_tqdm = spy
     drive_fit(trainer, bar, [{}, {}], batches=2, validate=False)
     assert len(bars) == 3  # one at train start, one per epoch
+
+
+def test_rich_model_summary_matches_lightning(capsys):
+    pytest.importorskip("rich")
+    from rich import get_console
+
+    from trainer.callbacks import RichModelSummary
+
+    get_console().width = 120
+    example = torch.randn(4, 8)
+    ours = _Net()
+    ours.example_input_array = example
+    RichModelSummary().on_fit_start(SimpleNamespace(is_global_zero=True), ours)
+    mine = capsys.readouterr().out
+    twin = _pl_twin(example)
+    theirs_cb = pl_callbacks.RichModelSummary()
+    from pytorch_lightning.utilities.model_summary import summarize as pl_summarize
+
+    s = pl_summarize(twin, max_depth=1)
+    theirs_cb.summarize(s._get_summary_data(), s.total_parameters, s.trainable_parameters, s.model_size,
+                        s.total_training_modes, total_flops=s.total_flops)
+    assert mine == capsys.readouterr().out
+    assert "Trainable params" in mine

@@ -6,6 +6,7 @@ from trainer.callbacks.lr_monitor import LearningRateMonitor
 from trainer.callbacks.model_checkpoint import ModelCheckpoint
 from trainer.callbacks.model_summary import ModelSummary, summarize
 from trainer.callbacks.progress import ProgressBar, TQDMProgressBar
+from trainer.callbacks.rich_model_summary import RichModelSummary
 from trainer.callbacks.timer import Timer
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "ModelCheckpoint",
     "ModelSummary",
     "ProgressBar",
+    "RichModelSummary",
     "TQDMProgressBar",
     "Timer",
     "summarize",
