@@ -48,7 +48,7 @@ def _module_class(L):
     return Logged
 
 
-def _fit(L, root, callbacks, logger="csv", max_epochs=4, module_kw=None, **trainer_kw):
+def _fit(L, root, callbacks, logger="csv", max_epochs=4, module_kw=None, ckpt_path=None, **trainer_kw):
     from importlib import import_module
 
     loggers = import_module(f"{L.__name__}.loggers")
@@ -72,7 +72,7 @@ def _fit(L, root, callbacks, logger="csv", max_epochs=4, module_kw=None, **train
     trainer = L.Trainer(**kwargs)
     torch.manual_seed(0)
     model = _module_class(L)(**(module_kw or {}))
-    trainer.fit(model, make_loader(16, 4, seed=0), make_loader(8, 4, seed=1))
+    trainer.fit(model, make_loader(16, 4, seed=0), make_loader(8, 4, seed=1), ckpt_path=ckpt_path)
     return trainer, model
 
 
@@ -204,4 +204,46 @@ def test_timer_zero_duration_stops_after_first_step(PL, TL, tmp_path):
     for L, sub in ((PL, "pl"), (TL, "ours")):
         trainer, _ = _fit(L, tmp_path / sub, [L.callbacks.Timer(duration=dict(seconds=0))], max_epochs=3)
         got.append((trainer.global_step, trainer.current_epoch))
+    assert got[0] == got[1]
+
+
+def test_resume_restores_checkpoint_and_early_stopping_state(PL, TL, tmp_path):
+    got = []
+    for L, sub in ((PL, "pl"), (TL, "ours")):
+        root = tmp_path / sub
+        mc = L.callbacks.ModelCheckpoint(monitor="forced", save_top_k=2, save_last=True)
+        es = L.callbacks.EarlyStopping(monitor="forced", patience=3)
+        _fit(L, root, [mc, es], max_epochs=2, module_kw=dict(forced=FORCED_VAL))
+        ckpt = torch.load(mc.last_model_path, weights_only=False)
+        keys = sorted(ckpt["callbacks"])
+        mc2 = L.callbacks.ModelCheckpoint(monitor="forced", save_top_k=2, save_last=True)
+        es2 = L.callbacks.EarlyStopping(monitor="forced", patience=3)
+        _fit(L, root, [mc2, es2], max_epochs=4, module_kw=dict(forced=FORCED_VAL), ckpt_path=mc.last_model_path)
+        got.append((keys, _ckpt_summary(mc2, root), es2.wait_count, float(es2.best_score)))
+    assert got[0] == got[1]
+
+
+def test_save_on_exception(PL, TL, tmp_path):
+    got = []
+    for L, sub in ((PL, "pl"), (TL, "ours")):
+        class Boom(L.Callback):
+            def on_train_batch_end(self, trainer, *args):
+                if trainer.global_step == 3:
+                    raise RuntimeError("boom")
+
+        mc = L.callbacks.ModelCheckpoint(save_on_exception=True, save_last=True)
+        with pytest.raises(RuntimeError, match="boom"):
+            _fit(L, tmp_path / sub, [Boom(), mc], max_epochs=3)
+        got.append(_tree(mc.dirpath))
+    assert got[0] == got[1] and got[0]
+
+
+@pytest.mark.parametrize("val_check_interval", [0.5, 1])
+def test_mid_epoch_validation_checkpoints(PL, TL, tmp_path, val_check_interval):
+    got = []
+    for L, sub in ((PL, "pl"), (TL, "ours")):
+        mc = L.callbacks.ModelCheckpoint(monitor="val_loss", save_top_k=-1)
+        es = L.callbacks.EarlyStopping(monitor="val_loss", patience=100)
+        _fit(L, tmp_path / sub, [mc, es], max_epochs=2, val_check_interval=val_check_interval, limit_train_batches=4)
+        got.append((_ckpt_summary(mc, tmp_path / sub)["files"], es._check_on_train_epoch_end))
     assert got[0] == got[1]
