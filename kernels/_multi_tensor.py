@@ -3,9 +3,9 @@
 A Triton kernel cannot index its arguments, and pointer tables (int64 tensors of data_ptrs) hide
 the mutated tensors from torch.compile (functionalization would clone the wrong buffers), so each
 tensor gets its own pointer arguments ("slots") and a generated kernel dispatches program ids to
-slots by the cumulative block counts ``B1..BK``:
+slots by the cumulative block counts ``BLOCK_END1..BLOCK_ENDK``:
 
-    pid < B1 -> tensor 0, block pid;  B1 <= pid < B2 -> tensor 1, block pid - B1; ...
+    pid < BLOCK_END1 -> tensor 0, block pid;  BLOCK_END1 <= pid < BLOCK_END2 -> tensor 1, ...
 
 The generated source is written to a file (Triton reads a kernel's source with ``inspect``) and
 cached per (body, slot count).
@@ -31,7 +31,7 @@ def _generate(body_module: str, body: str, slot_args: Sequence[str], common: Seq
     params = []
     for i in range(k):
         params += [f"{a}{i}" for a in slot_args] + [f"N{i}"]
-    params += [f"B{i}" for i in range(1, k + 1)] + ["BASE"] + list(common)
+    params += [f"BLOCK_END{i}" for i in range(1, k + 1)] + ["BASE"] + list(common)
     params += [f"{c}: tl.constexpr" for c in constexprs]
     lines = [
         "import triton",
@@ -44,11 +44,11 @@ def _generate(body_module: str, body: str, slot_args: Sequence[str], common: Seq
         "    pid = tl.program_id(0)",
     ]
     for i in range(k):
-        start = "0" if i == 0 else f"B{i}"
+        start = "0" if i == 0 else f"BLOCK_END{i}"
         call = ", ".join([f"{a}{i}" for a in slot_args] + [f"N{i}", f"pid - {start}", f"BASE + {i}"]
                          + list(common) + list(constexprs))
         kw = "if" if i == 0 else "elif"
-        lines += [f"    {kw} pid < B{i + 1}:", f"        _body({call})"]
+        lines += [f"    {kw} pid < BLOCK_END{i + 1}:", f"        _body({call})"]
     return "\n".join(lines) + "\n"
 
 
@@ -75,7 +75,7 @@ def get_kernel(body_module: str, body: str, slot_args: Sequence[str], common: Se
 
 
 def launches(numels: Sequence[int], block: int):
-    """Yields (first_index, block_starts B1..BK) for groups of at most MAX_SLOTS tensors."""
+    """Yields (lo, hi, cumulative block ends) for groups of at most MAX_SLOTS tensors."""
     n = len(numels)
     for lo in range(0, n, MAX_SLOTS):
         hi = min(n, lo + MAX_SLOTS)

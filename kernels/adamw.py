@@ -26,9 +26,12 @@ def _adamw_body(P, G, M, V, X, W, N, blk, IDX, TAB, SC, FI, beta1, beta2, eps, w
                 BLOCK: tl.constexpr, AMSGRAD: tl.constexpr, MASTER: tl.constexpr, DECOUPLED: tl.constexpr,
                 HAS_FI: tl.constexpr):
     offs = blk.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
     if HAS_FI:
-        mask = mask & (tl.load(FI) == 0)  # overflow: skip the update, no host sync
+        # overflow: an empty range, so the update is skipped on the device without a host sync
+        # (arithmetic rather than `mask & scalar_bool`, which the interpreter rejects)
+        mask = offs < N * (tl.load(FI) == 0).to(tl.int64)
+    else:
+        mask = offs < N
     step_size = tl.load(TAB + 2 * IDX)
     bc2_rsqrt = tl.load(TAB + 2 * IDX + 1)
     gmul = tl.load(SC)

@@ -21,9 +21,12 @@ BLOCK = 1024
 def _lion_body(P, G, M, W, N, blk, IDX, SC, FI, beta1, beta2, wd,
                BLOCK: tl.constexpr, MASTER: tl.constexpr, HAS_FI: tl.constexpr):
     offs = blk.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
     if HAS_FI:
-        mask = mask & (tl.load(FI) == 0)
+        # overflow: an empty range, so the update is skipped on the device without a host sync
+        # (arithmetic rather than `mask & scalar_bool`, which the interpreter rejects)
+        mask = offs < N * (tl.load(FI) == 0).to(tl.int64)
+    else:
+        mask = offs < N
     gmul = tl.load(SC)
     lr = tl.load(SC + 1)
     g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32) * gmul

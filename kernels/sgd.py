@@ -20,9 +20,12 @@ def _sgd_body(P, G, B, W, N, blk, IDX, SC, FI, momentum, dampening, wd,
               BLOCK: tl.constexpr, MOMENTUM: tl.constexpr, MASTER: tl.constexpr, NESTEROV: tl.constexpr,
               FIRST: tl.constexpr, HAS_FI: tl.constexpr):
     offs = blk.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
     if HAS_FI:
-        mask = mask & (tl.load(FI) == 0)
+        # overflow: an empty range, so the update is skipped on the device without a host sync
+        # (arithmetic rather than `mask & scalar_bool`, which the interpreter rejects)
+        mask = offs < N * (tl.load(FI) == 0).to(tl.int64)
+    else:
+        mask = offs < N
     gmul = tl.load(SC)
     lr = tl.load(SC + 1)
     if MASTER:
