@@ -459,3 +459,126 @@ def test_trainer_attributes(run):
     assert expected["after_fit"]["global_step"] == 6  # 5 batches / k=2 -> steps after 2, 4, 5
     got = run.trainer(scenario_attributes)
     assert_same(got, expected)
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoint round trips through the public API; RNG consumption; configure_callbacks
+# --------------------------------------------------------------------------------------------
+
+
+def scenario_best_checkpoint_roundtrip(L, root):
+    Base = mlp_module_class(L)
+
+    class HP(Base):
+        def __init__(self, lr=0.1, seed=0, hidden=16, note="x"):
+            super().__init__(lr=lr, seed=seed, hidden=hidden)
+            self.save_hyperparameters()
+
+        def validation_step(self, batch, batch_idx):
+            loss = self.loss(batch)
+            self.log("val_loss", loss)
+            return loss
+
+        def test_step(self, batch, batch_idx):
+            loss = self.loss(batch)
+            self.log("test_loss", loss)
+            return loss
+
+    model = HP(lr=0.05, note="hello")
+    kw = quiet_trainer_kwargs(root)
+    kw["enable_checkpointing"] = True
+    mc = L.callbacks.ModelCheckpoint(monitor="val_loss", dirpath=str(root / "ckpt"), save_top_k=1)
+    trainer = L.Trainer(max_epochs=3, callbacks=[mc], **kw)
+    trainer.fit(model, make_loader(16, 4), make_loader(8, 4, seed=1))
+    tested_best = trainer.test(ckpt_path="best", dataloaders=make_loader(8, 4, seed=2))
+    validated_no_model = trainer.validate(dataloaders=make_loader(8, 4, seed=1))
+    loaded = HP.load_from_checkpoint(mc.best_model_path)
+    return {
+        "hparams": dict(model.hparams),
+        "best": os.path.basename(mc.best_model_path),
+        "test_best": tested_best,
+        "validate_without_model": validated_no_model,
+        "loaded_hparams": dict(loaded.hparams),
+        "loaded_weights": state(loaded),
+        "loaded_training_mode": loaded.training,
+    }
+
+
+def test_best_checkpoint_roundtrip(run):
+    expected = run.lightning(scenario_best_checkpoint_roundtrip)
+    assert expected["loaded_hparams"] == {"lr": 0.05, "seed": 0, "hidden": 16, "note": "hello"}
+    got = run.trainer(scenario_best_checkpoint_roundtrip)
+    assert_same(got, expected)
+
+
+def scenario_rng(L, root):
+    """Global RNG consumption: a script seeded once must see the same shuffles and the same RNG
+    state after every entry point as under Lightning (else everything after the first fit diverges)."""
+    Base = mlp_module_class(L)
+    seen = []
+
+    class M(Base):
+        def training_step(self, batch, batch_idx):
+            seen.append(batch[0].sum())
+            return super().training_step(batch, batch_idx)
+
+        def validation_step(self, batch, batch_idx):
+            loss = self.loss(batch)
+            self.log("val_loss", loss)
+            return loss
+
+    after = {}
+    L.seed_everything(7)
+    shuffled = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(*make_loader(16, 16).dataset.tensors), batch_size=4, shuffle=True
+    )
+    model = M()
+    trainer = L.Trainer(max_epochs=2, **quiet_trainer_kwargs(root))
+    trainer.fit(model, shuffled, make_loader(8, 4, seed=1))
+    after["fit"] = torch.rand(2)
+    trainer.validate(model, make_loader(8, 4, seed=1))
+    after["validate"] = torch.rand(2)
+    trainer.predict(model, make_loader(8, 4, seed=1))
+    after["predict"] = torch.rand(2)
+    dm = L.LightningDataModule.from_datasets(train_dataset=shuffled.dataset, batch_size=4)  # shuffles
+    trainer = L.Trainer(max_epochs=1, **quiet_trainer_kwargs(root))
+    trainer.fit(model, datamodule=dm)
+    after["from_datasets"] = torch.rand(2)
+    return {"seen": seen, "after": after, "weights": state(model)}
+
+
+def test_rng_consumption_and_shuffling(run):
+    expected = run.lightning(scenario_rng)
+    got = run.trainer(scenario_rng)
+    assert_same(got, expected, rtol=0, atol=0)
+
+
+def scenario_configure_callbacks(L, root):
+    Base = mlp_module_class(L)
+
+    class M(Base):
+        def configure_callbacks(self):
+            # Replaces the Trainer's EarlyStopping (same type); the LambdaCallback is added.
+            return [L.callbacks.EarlyStopping(monitor="train_loss", patience=7), L.callbacks.LambdaCallback()]
+
+        def training_step(self, batch, batch_idx):
+            loss = self.loss(batch)
+            self.log("train_loss", loss)
+            return loss
+
+    trainer = L.Trainer(
+        max_epochs=1,
+        callbacks=[L.callbacks.EarlyStopping(monitor="x", patience=1), L.callbacks.Timer()],
+        **quiet_trainer_kwargs(root),
+    )
+    trainer.fit(M(), make_loader(8, 4))
+    return {"callbacks": [(type(c).__name__, getattr(c, "patience", None)) for c in trainer.callbacks]}
+
+
+def test_configure_callbacks_replaces_same_type(run):
+    expected = run.lightning(scenario_configure_callbacks)
+    names = [n for n, _ in expected["callbacks"]]
+    assert ("EarlyStopping", 7) in expected["callbacks"] and ("EarlyStopping", 1) not in expected["callbacks"]
+    assert "LambdaCallback" in names and "Timer" in names
+    got = run.trainer(scenario_configure_callbacks)
+    assert_same(got, expected)
