@@ -605,6 +605,53 @@ def run_monitoring_callbacks(L, tmp_path):
     return [c for c in calls if c.split(".")[0] in ("EarlyStopping", "ModelCheckpoint", "Callback") or c in MONITORING_KEEP_MODULE]
 
 
+# A KeyboardInterrupt in training_step: Lightning 2.6.6 calls on_exception, shuts down gracefully and
+# then raises SystemExit(1) (not the KeyboardInterrupt). The scenario appends "raised:<type>".
+EXPECTED_KEYBOARD_INTERRUPT = [*EXPECTED_EXCEPTION, "raised:SystemExit", "interrupted:True"]
+
+# fit() a second time on a trainer whose max_epochs is already reached: setup/start/end/teardown
+# hooks and the train dataloader request, but no on_train_start/on_train_end and no batches.
+EXPECTED_FIT_TWICE_SECOND_CALL = [
+    *setup_block("fit"),
+    *FIT_START,
+    "train_dataloader",
+    "Callback.on_fit_end",
+    "on_fit_end",
+    *teardown_block("fit"),
+]
+
+
+def run_keyboard_interrupt(L, tmp_path):
+    class Interrupt(boring_model_class(L)):
+        def training_step(self, batch, batch_idx):
+            if batch_idx == 1:
+                raise KeyboardInterrupt
+            return super().training_step(batch, batch_idx)
+
+    calls, model, cb = module_and_recorder(L, base=Interrupt)
+    trainer = L.Trainer(
+        callbacks=[cb], max_epochs=1, limit_train_batches=2, limit_val_batches=0, **quiet_trainer_kwargs(tmp_path)
+    )
+    try:
+        trainer.fit(model)
+    except BaseException as exc:  # noqa: BLE001 - must not let a KeyboardInterrupt end the session
+        calls.append(f"raised:{type(exc).__name__}")
+    calls.append(f"interrupted:{trainer.interrupted}")
+    return calls
+
+
+def run_fit_twice(L, tmp_path):
+    calls, model, cb = module_and_recorder(L)
+    trainer = L.Trainer(
+        callbacks=[cb], max_epochs=1, limit_train_batches=2, limit_val_batches=0, **quiet_trainer_kwargs(tmp_path)
+    )
+    trainer.fit(model)
+    del calls[:]
+    trainer.fit(model)
+    assert trainer.global_step == 2
+    return calls
+
+
 SCENARIOS: Dict[str, tuple] = {
     "fit_two_epochs": (run_fit_two_epochs, EXPECTED_FIT_TWO_EPOCHS),
     "fit_accumulate_clip": (run_fit_accumulate_clip, EXPECTED_FIT_ACCUMULATE_CLIP),
@@ -617,6 +664,8 @@ SCENARIOS: Dict[str, tuple] = {
     "datamodule": (run_datamodule, EXPECTED_DATAMODULE),
     "exception": (run_exception, EXPECTED_EXCEPTION),
     "monitoring_callbacks": (run_monitoring_callbacks, EXPECTED_MONITORING_CALLBACKS),
+    "keyboard_interrupt": (run_keyboard_interrupt, EXPECTED_KEYBOARD_INTERRUPT),
+    "fit_twice": (run_fit_twice, EXPECTED_FIT_TWICE_SECOND_CALL),
 }
 
 
