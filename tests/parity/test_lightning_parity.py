@@ -674,3 +674,54 @@ def test_seed_everything(run):
     assert expected["returned"] == 1234
     got = run.trainer(scenario_seed)
     assert_same(got, expected, rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Logging torchmetrics Metric objects (the common Lightning pattern: self.log("acc", self.acc))
+# --------------------------------------------------------------------------------------------
+
+
+def scenario_torchmetrics(L, root, max_epochs=2, num_sanity_val_steps=1):
+    torchmetrics = pytest.importorskip("torchmetrics")
+    Base = mlp_module_class(L)
+
+    class WithMetrics(Base):
+        def __init__(self):
+            super().__init__()
+            self.train_mse = torchmetrics.MeanSquaredError()
+            self.val_mse = torchmetrics.MeanSquaredError()
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            out = self(x)
+            self.train_mse(out, y)  # forward: updates state, returns the batch value
+            self.log("train_mse", self.train_mse, on_step=True, on_epoch=True)
+            return torch.nn.functional.mse_loss(out, y)
+
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            self.val_mse.update(self(x), y)
+            self.log("val_mse", self.val_mse)  # computed and RESET by the loop at epoch end
+
+    model = WithMetrics()
+    trainer = L.Trainer(max_epochs=max_epochs, num_sanity_val_steps=num_sanity_val_steps, **quiet_trainer_kwargs(root))
+    trainer.fit(model, make_loader(10, 4), make_loader(8, 4, seed=1))
+    return {
+        "callback_metrics": metrics_as_floats(trainer.callback_metrics),
+        "logged_metrics": metrics_as_floats(trainer.logged_metrics),
+    }
+
+
+@pytest.mark.parametrize(
+    "max_epochs, num_sanity_val_steps",
+    [(1, 0), (1, 1), (2, 0)],
+    ids=["one_epoch", "after_sanity_check", "second_epoch"],
+)
+def test_logging_torchmetrics_objects(run, max_epochs, num_sanity_val_steps):
+    """Lightning computes a logged Metric at epoch end and resets it after the sanity check and after
+    every epoch, so each epoch value covers that epoch's batches only."""
+    kw = dict(max_epochs=max_epochs, num_sanity_val_steps=num_sanity_val_steps)
+    expected = run.lightning(scenario_torchmetrics, **kw)
+    assert {"train_mse_step", "train_mse_epoch", "val_mse"} <= set(expected["callback_metrics"])
+    got = run.trainer(scenario_torchmetrics, **kw)
+    assert_same(got, expected)
