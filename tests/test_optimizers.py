@@ -1,0 +1,277 @@
+"""``configure_optimizers`` formats, scheduler configs and their stepping, run under Lightning and trainer."""
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.lr_scheduler import ExponentialLR, ReduceLROnPlateau, StepLR
+
+from helpers import make_loader, misconfiguration_exception, quiet_trainer_kwargs
+
+
+def _linear(seed=0):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.Linear(8, 2)
+
+
+def model_with(L, configure, manual=False):
+    """A module whose ``configure_optimizers`` is ``configure(module)``."""
+
+    class M(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.a = _linear(0)
+            self.b = _linear(1)
+            self.automatic_optimization = not manual
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = F.mse_loss(self.a(x) + self.b(x), y)
+            self.log("train_loss", loss)
+            if manual:
+                for opt in (self.optimizers() if isinstance(self.optimizers(), list) else [self.optimizers()]):
+                    opt.zero_grad()
+                self.manual_backward(loss)
+                return None
+            return loss
+
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            self.log("val_loss", F.mse_loss(self.a(x) + self.b(x), y))
+
+        def configure_optimizers(self):
+            return configure(self)
+
+        def train_dataloader(self):
+            return make_loader(16, 4)
+
+        def val_dataloader(self):
+            return make_loader(8, 4, seed=1)
+
+    return M()
+
+
+def fit(L, tmp_path, model, **kw):
+    args = quiet_trainer_kwargs(tmp_path)
+    args.update(dict(max_epochs=1, num_sanity_val_steps=0))
+    args.update(kw)
+    trainer = L.Trainer(**args)
+    trainer.fit(model)
+    return trainer
+
+
+def sgd(m, params=None, lr=0.1):
+    return torch.optim.SGD(m.parameters() if params is None else params, lr=lr)
+
+
+def cfg_tuple(c):
+    return (c.interval, c.frequency, c.monitor, c.name, c.strict, c.reduce_on_plateau)
+
+
+# ----------------------------------------------------------------------------- formats
+def test_single_optimizer(L, tmp_path):
+    t = fit(L, tmp_path, model_with(L, lambda m: sgd(m)))
+    assert len(t.optimizers) == 1 and isinstance(t.optimizers[0], torch.optim.SGD)
+    assert t.lr_scheduler_configs == []
+
+
+def test_list_of_optimizers_manual(L, tmp_path):
+    t = fit(L, tmp_path, model_with(L, lambda m: [sgd(m, m.a.parameters()), sgd(m, m.b.parameters())], manual=True))
+    assert len(t.optimizers) == 2 and t.lr_scheduler_configs == []
+
+
+def test_tuple_of_optimizers_and_schedulers(L, tmp_path):
+    def conf(m):
+        opt = sgd(m)
+        return [opt], [StepLR(opt, step_size=1, gamma=0.5)]
+
+    t = fit(L, tmp_path, model_with(L, conf), max_epochs=2)
+    (c,) = t.lr_scheduler_configs
+    assert cfg_tuple(c) == ("epoch", 1, None, None, True, False)
+    assert c.scheduler.last_epoch == 2
+    assert t.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.025)
+
+
+def test_dict_with_scheduler_object(L, tmp_path):
+    def conf(m):
+        opt = sgd(m)
+        return {"optimizer": opt, "lr_scheduler": ExponentialLR(opt, 0.5)}
+
+    t = fit(L, tmp_path, model_with(L, conf))
+    (c,) = t.lr_scheduler_configs
+    assert isinstance(c.scheduler, ExponentialLR)
+    assert cfg_tuple(c) == ("epoch", 1, None, None, True, False)
+
+
+def test_dict_with_scheduler_config(L, tmp_path):
+    def conf(m):
+        opt = sgd(m)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": StepLR(opt, 1), "interval": "step", "frequency": 2,
+                                                   "name": "my_lr", "strict": False, "monitor": "train_loss"}}
+
+    t = fit(L, tmp_path, model_with(L, conf), max_epochs=2)
+    (c,) = t.lr_scheduler_configs
+    assert cfg_tuple(c) == ("step", 2, "train_loss", "my_lr", False, False)
+    assert c.scheduler.last_epoch == 4  # 8 steps, every 2nd
+
+
+def test_dict_optimizer_only(L, tmp_path):
+    t = fit(L, tmp_path, model_with(L, lambda m: {"optimizer": sgd(m)}))
+    assert len(t.optimizers) == 1 and t.lr_scheduler_configs == []
+
+
+def test_list_of_dicts(L, tmp_path):
+    def conf(m):
+        a, b = sgd(m, m.a.parameters()), sgd(m, m.b.parameters())
+        return [{"optimizer": a, "lr_scheduler": {"scheduler": StepLR(a, 1), "interval": "step"}},
+                {"optimizer": b, "lr_scheduler": StepLR(b, 1)}]
+
+    t = fit(L, tmp_path, model_with(L, conf, manual=True))
+    assert len(t.optimizers) == 2
+    assert [c.interval for c in t.lr_scheduler_configs] == ["step", "epoch"]
+    assert [c.scheduler.optimizer for c in t.lr_scheduler_configs] == t.optimizers
+
+
+def test_reduce_on_plateau_with_monitor(L, tmp_path):
+    def conf(m):
+        opt = sgd(m)
+        return {"optimizer": opt, "lr_scheduler": ReduceLROnPlateau(opt, patience=0, factor=0.5), "monitor": "val_loss"}
+
+    t = fit(L, tmp_path, model_with(L, conf), max_epochs=2)
+    (c,) = t.lr_scheduler_configs
+    assert c.reduce_on_plateau and c.monitor == "val_loss"
+    assert c.scheduler.last_epoch == 2  # stepped once per epoch with the metric
+
+
+def test_reduce_on_plateau_missing_metric_strict(L, tmp_path):
+    def conf(m):
+        opt = sgd(m)
+        return {"optimizer": opt, "lr_scheduler": ReduceLROnPlateau(opt), "monitor": "nope"}
+
+    with pytest.raises(misconfiguration_exception(L), match="nope"):
+        fit(L, tmp_path, model_with(L, conf))
+
+
+def test_reduce_on_plateau_missing_metric_not_strict_warns(L, tmp_path):
+    def conf(m):
+        opt = sgd(m)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": ReduceLROnPlateau(opt), "monitor": "nope",
+                                                   "strict": False}}
+
+    with pytest.warns(RuntimeWarning if not L.__name__ == "trainer" else UserWarning, match="nope"):
+        fit(L, tmp_path, model_with(L, conf))
+
+
+def test_none_warns_and_runs_without_optimizer(L, tmp_path):
+    model = model_with(L, lambda m: None)
+    before = model.a.weight.detach().clone()
+    with pytest.warns(UserWarning, match="returned `None`"):
+        t = fit(L, tmp_path, model)
+    assert torch.equal(before, model.a.weight)
+    assert len(t.optimizers) == 1 and repr(t.optimizers[0]) == "No Optimizer"
+    assert t.global_step == 4
+
+
+# ----------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("conf", [
+    lambda m: 1,
+    lambda m: "sgd",
+    lambda m: {"lr_scheduler": None},
+    lambda m: [sgd(m), 3],
+])
+def test_bad_formats_raise(L, tmp_path, conf):
+    # Lightning raises a bare KeyError for a dict without 'optimizer'; trainer names the problem
+    expected = misconfiguration_exception(L) if L.__name__ == "trainer" else (misconfiguration_exception(L), KeyError)
+    with pytest.raises(expected):
+        fit(L, tmp_path, model_with(L, conf))
+
+
+@pytest.mark.parametrize("extra, match", [
+    ({"interval": "batch"}, "interval"),
+    ({"frequency": 0}, "frequency"),
+    ({"frequency": "2"}, "frequency"),
+])
+def test_bad_scheduler_config_raises(L, tmp_path, extra, match, request):
+    if L.__name__ == "pytorch_lightning" and extra.get("frequency") is not None:
+        pytest.skip("Lightning does not validate `frequency` (trainer checks it up front)")
+
+    def conf(m):
+        opt = sgd(m)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": StepLR(opt, 1), **extra}}
+
+    with pytest.raises(misconfiguration_exception(L), match=match):
+        fit(L, tmp_path, model_with(L, conf))
+
+
+def test_scheduler_dict_without_scheduler_key(L, tmp_path):
+    def conf(m):
+        return {"optimizer": sgd(m), "lr_scheduler": {"interval": "step"}}
+
+    with pytest.raises(misconfiguration_exception(L), match="scheduler"):
+        fit(L, tmp_path, model_with(L, conf))
+
+
+@pytest.mark.parametrize("fmt", ["tuple", "dict"])
+def test_plateau_without_monitor_raises(L, tmp_path, fmt):
+    def conf(m):
+        opt = sgd(m)
+        if fmt == "tuple":
+            return [opt], [ReduceLROnPlateau(opt)]
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": ReduceLROnPlateau(opt)}}
+
+    with pytest.raises(misconfiguration_exception(L), match="monitor"):
+        fit(L, tmp_path, model_with(L, conf))
+
+
+def test_scheduler_of_foreign_optimizer_raises(L, tmp_path):
+    def conf(m):
+        other = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+        return [sgd(m)], [StepLR(other, 1)]
+
+    with pytest.raises(misconfiguration_exception(L), match="optimizer"):
+        fit(L, tmp_path, model_with(L, conf))
+
+
+# ----------------------------------------------------------------------------- trainer.optimizers unit level
+def test_parse_optimizers_unit(TL):
+    from trainer.optimizers import LRSchedulerConfig, _MockOptimizer, parse_optimizers
+
+    p = nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sch = StepLR(opt, 1)
+    assert parse_optimizers(opt) == ([opt], [])
+    assert parse_optimizers((opt,)) == ([opt], [])
+    opts, cfgs = parse_optimizers(([opt], sch))
+    assert opts == [opt] and cfgs == [LRSchedulerConfig(sch)]
+    with pytest.warns(UserWarning, match="unsupported keys"):
+        parse_optimizers({"optimizer": opt, "lr_scheduler": {"scheduler": sch, "bogus": 1}})
+    with pytest.warns(UserWarning, match="None"):
+        opts, cfgs = parse_optimizers(None)
+    assert isinstance(opts[0], _MockOptimizer) and cfgs == []
+    assert opts[0].step(lambda: 3) == 3
+    # manual optimization may use ReduceLROnPlateau without a monitor
+    _, cfgs = parse_optimizers(([opt], [ReduceLROnPlateau(opt)]), is_manual=True)
+    assert cfgs[0].reduce_on_plateau and cfgs[0].monitor is None
+
+
+def test_lightning_optimizer_step_goes_through_strategy(TL, tmp_path):
+    from trainer.optimizers import LightningOptimizer
+
+    calls = []
+
+    class FakeStrategy:
+        def optimizer_step(self, optimizer, closure, **kw):
+            calls.append(kw)
+            return closure()
+
+    p = nn.Parameter(torch.ones(1))
+    lo = LightningOptimizer(torch.optim.SGD([p], lr=1.0), FakeStrategy())
+    assert lo.step(lambda: "closure-ran", foo=1) == "closure-ran"
+    assert calls == [{"foo": 1}]
+    assert lo.param_groups[0]["lr"] == 1.0 and lo.defaults["lr"] == 1.0  # attribute passthrough
+    with pytest.raises(TL.MisconfigurationException, match="callable"):
+        lo.step(closure=3)
