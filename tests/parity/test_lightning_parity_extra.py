@@ -582,3 +582,119 @@ def test_configure_callbacks_replaces_same_type(run):
     assert "LambdaCallback" in names and "Timer" in names
     got = run.trainer(scenario_configure_callbacks)
     assert_same(got, expected)
+
+
+# --------------------------------------------------------------------------------------------
+# User overrides of the optimisation hooks; iterable datasets; dict batches
+# --------------------------------------------------------------------------------------------
+
+
+class _Iterable(torch.utils.data.IterableDataset):
+    def __init__(self, n: int):
+        from helpers import make_tensors
+
+        self.x, self.y = make_tensors(n)
+
+    def __iter__(self):
+        return iter(zip(self.x, self.y))
+
+
+class _DictDataset(torch.utils.data.Dataset):
+    def __init__(self, n: int, seed: int):
+        from helpers import make_tensors
+
+        self.x, self.y = make_tensors(n, seed)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "y": self.y[i]}
+
+
+def scenario_overrides(L, root, case):
+    Base = mlp_module_class(L)
+    kw: Dict[str, Any] = dict(max_epochs=2)
+    train, val = make_loader(16, 4), make_loader(8, 4, seed=1)
+    cls = Base
+    if case == "warmup_in_optimizer_step":
+
+        class cls(Base):  # noqa: N801
+            def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+                for group in optimizer.param_groups:
+                    group["lr"] = 0.1 * min(1.0, (self.trainer.global_step + 1) / 3)
+                optimizer.step(closure=optimizer_closure)
+
+    elif case == "custom_configure_gradient_clipping":
+
+        class cls(Base):  # noqa: N801
+            def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+                self.clip_gradients(optimizer, gradient_clip_val=0.01 * (1 + self.current_epoch), gradient_clip_algorithm="value")
+
+    elif case == "log_in_gradient_hooks":
+
+        class cls(Base):  # noqa: N801
+            def on_after_backward(self):
+                self.log("grad_norm", sum(p.grad.norm() ** 2 for p in self.parameters()) ** 0.5)
+
+            def on_before_optimizer_step(self, optimizer):
+                self.log("lr", optimizer.param_groups[0]["lr"], prog_bar=True)
+
+        kw.update(accumulate_grad_batches=2)
+    elif case == "iterable_dataset_val_check_interval":
+        train = torch.utils.data.DataLoader(_Iterable(14), batch_size=4)
+        kw.update(val_check_interval=2)
+    elif case == "iterable_dataset_max_steps":
+        train = torch.utils.data.DataLoader(_Iterable(14), batch_size=4)
+        kw = dict(max_steps=6, limit_val_batches=1)
+    elif case == "dict_batches":
+        train = torch.utils.data.DataLoader(_DictDataset(16, 0), batch_size=4)
+        val = torch.utils.data.DataLoader(_DictDataset(8, 1), batch_size=4)
+
+        class cls(Base):  # noqa: N801
+            def loss(self, batch):
+                return torch.nn.functional.mse_loss(self(batch["x"]), batch["y"])
+
+    elif case == "accumulate_max_steps_limit":
+        kw = dict(max_epochs=5, accumulate_grad_batches=3, limit_train_batches=5, max_steps=5, limit_val_batches=1)
+    else:
+        raise AssertionError(case)
+
+    counter = {"val": 0}
+
+    class Counted(cls):
+        def validation_step(self, batch, batch_idx):
+            counter["val"] += 1
+            return super().validation_step(batch, batch_idx)
+
+    model = Counted()
+    trainer = L.Trainer(**{**quiet_trainer_kwargs(root), "num_sanity_val_steps": 0, **kw})
+    trainer.fit(model, train, val)
+    return {
+        "weights": state(model),
+        "global_step": trainer.global_step,
+        "current_epoch": trainer.current_epoch,
+        "val_batches": counter["val"],
+        "callback_metrics": metrics_as_floats(trainer.callback_metrics),
+        "progress_bar_metrics": metrics_as_floats(trainer.progress_bar_metrics),
+        "lr": lrs(trainer),
+    }
+
+
+OVERRIDE_STEPS = {
+    "warmup_in_optimizer_step": 8,
+    "custom_configure_gradient_clipping": 8,
+    "log_in_gradient_hooks": 4,
+    "iterable_dataset_val_check_interval": 8,
+    "iterable_dataset_max_steps": 6,
+    "dict_batches": 8,
+    "accumulate_max_steps_limit": 5,
+}
+
+
+@pytest.mark.parametrize("case", list(OVERRIDE_STEPS))
+def test_user_overrides_and_data_shapes(run, case):
+    expected = run.lightning(scenario_overrides, case=case)
+    assert expected["global_step"] == OVERRIDE_STEPS[case]
+    got = run.trainer(scenario_overrides, case=case)
+    assert_same(got, expected)
