@@ -148,11 +148,7 @@ def is_overridden(method_name: str, instance: Any, parent: Optional[type] = None
     if instance is None:
         return False
     if parent is None:
-        from trainer.callbacks.callback import Callback
-        from trainer.datamodule import LightningDataModule
-        from trainer.module import LightningModule
-
-        for base in (LightningModule, LightningDataModule, Callback):
+        for base in _base_classes():
             if isinstance(instance, base):
                 parent = base
                 break
@@ -171,6 +167,20 @@ def is_overridden(method_name: str, instance: Any, parent: Optional[type] = None
     return instance_fn is not parent_fn
 
 
+_BASE_CLASSES: tuple = ()
+
+
+def _base_classes() -> tuple:
+    global _BASE_CLASSES
+    if not _BASE_CLASSES:
+        from trainer.callbacks.callback import Callback
+        from trainer.datamodule import LightningDataModule
+        from trainer.module import LightningModule
+
+        _BASE_CLASSES = (LightningModule, LightningDataModule, Callback)
+    return _BASE_CLASSES
+
+
 class HookDispatcher:
     """Calls callback and module hooks in Lightning's order, skipping callbacks that do not override.
 
@@ -181,9 +191,20 @@ class HookDispatcher:
     def __init__(self, trainer: "Trainer") -> None:
         self.trainer = trainer
         self._cache: Dict[str, List[Any]] = {}
+        self._module_noops: frozenset = frozenset()
 
     def reset(self) -> None:
+        """Re-reads which callbacks and module hooks are overridden (call when either changes)."""
         self._cache = {}
+        module = self.trainer.lightning_module
+        if module is None:
+            self._module_noops = frozenset()
+        else:
+            from trainer.module import LightningModule
+
+            self._module_noops = frozenset(
+                name for name in _NOOP_MODULE_HOOKS if not is_overridden(name, module, LightningModule)
+            )
 
     def callbacks_for(self, hook_name: str) -> List[Any]:
         cbs = self._cache.get(hook_name)
@@ -202,30 +223,40 @@ class HookDispatcher:
         pl_module = trainer.lightning_module
         prev_fx = pl_module._current_fx_name if pl_module is not None else None
         if pl_module is not None:
-            pl_module._current_fx_name = hook_name
+            _set_fx(pl_module, hook_name)
+        profiler = trainer.profiler
         try:
             for cb in cbs:
                 if monitoring is not None and _is_monitoring(cb) != monitoring:
                     continue
-                with trainer.profiler.profile(f"[Callback]{cb.state_key}.{hook_name}"):
+                if profiler.enabled:
+                    with profiler.profile(f"[Callback]{cb.state_key}.{hook_name}"):
+                        getattr(cb, hook_name)(trainer, pl_module, *args, **kwargs)
+                else:
                     getattr(cb, hook_name)(trainer, pl_module, *args, **kwargs)
         finally:
             if pl_module is not None:
-                pl_module._current_fx_name = prev_fx
+                _set_fx(pl_module, prev_fx)
 
     def call_module(self, hook_name: str, *args: Any, pl_module: Any = None, **kwargs: Any) -> Any:
         trainer = self.trainer
-        pl_module = pl_module or trainer.lightning_module
+        if pl_module is None:
+            if hook_name in self._module_noops:  # a default no-op nobody overrode: nothing to run
+                return None
+            pl_module = trainer.lightning_module
         fn = getattr(pl_module, hook_name, None)
-        if not callable(fn):
+        if fn is None:
             return None
         prev_fx = pl_module._current_fx_name
-        pl_module._current_fx_name = hook_name
+        _set_fx(pl_module, hook_name)
         try:
-            with trainer.profiler.profile(f"[LightningModule]{type(pl_module).__name__}.{hook_name}"):
-                return fn(*args, **kwargs)
+            profiler = trainer.profiler
+            if profiler.enabled:
+                with profiler.profile(f"[LightningModule]{type(pl_module).__name__}.{hook_name}"):
+                    return fn(*args, **kwargs)
+            return fn(*args, **kwargs)
         finally:
-            pl_module._current_fx_name = prev_fx
+            _set_fx(pl_module, prev_fx)
 
     def call_datamodule(self, hook_name: str, *args: Any, **kwargs: Any) -> Any:
         dm = self.trainer.datamodule
@@ -236,6 +267,18 @@ class HookDispatcher:
             return None
         with self.trainer.profiler.profile(f"[LightningDataModule]{type(dm).__name__}.{hook_name}"):
             return fn(*args, **kwargs)
+
+
+# ModelHooks/DataHooks defaults whose body does nothing: skipped unless the module overrides them
+_NOOP_MODULE_HOOKS = tuple(
+    name
+    for name, fn in list(vars(ModelHooks).items()) + list(vars(DataHooks).items())
+    if callable(fn) and not name.startswith("_") and getattr(fn, "__code__", None) is not None
+    and fn.__code__.co_code == (lambda self: None).__code__.co_code
+) + ("on_save_checkpoint", "on_load_checkpoint")
+
+# nn.Module.__setattr__ runs several isinstance checks; this plain attribute is set ~20 times a step
+_set_fx = lambda module, name: object.__setattr__(module, "_current_fx_name", name)  # noqa: E731
 
 
 def _is_monitoring(cb: Any) -> bool:

@@ -143,6 +143,7 @@ class _Metric:
     computed: Optional[Tensor] = None
     has_reset: bool = False
     sync_fn: Optional[Callable] = field(default=None, repr=False)
+    sig: Optional[tuple] = field(default=None, repr=False)
 
     def reset(self) -> None:
         self.value = None
@@ -251,26 +252,31 @@ class ResultCollection(dict):
         sync_dist_fn: Optional[Callable] = None,
         sync_dist_group: Any = None,
     ) -> None:
-        if not on_step and not on_epoch:
-            raise MisconfigurationException("`self.log(on_step=False, on_epoch=False)` is not useful.")
-        reduce = _parse_reduce_fx(reduce_fx)
         key = f"{fx}.{name}"
         if add_dataloader_idx and self.dataloader_idx is not None:
             key += f".{self.dataloader_idx}"
             fx += f".{self.dataloader_idx}"
-        meta = _Meta(
-            fx=fx, name=name, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch, reduce=reduce,
-            enable_graph=enable_graph, add_dataloader_idx=add_dataloader_idx, dataloader_idx=self.dataloader_idx,
-            sync_dist=sync_dist,
-        )
+        # the per-step fast path: same key logged with the same arguments as before
+        sig = (fx, prog_bar, logger, on_step, on_epoch, reduce_fx, enable_graph, add_dataloader_idx,
+               self.dataloader_idx, sync_dist)
         metric = self.get(key)
-        if metric is None:
-            metric = _Metric(meta, isinstance(value, Tensor), sync_fn=sync_dist_fn)
-            self[key] = metric
-        elif meta != metric.meta:
-            raise MisconfigurationException(
-                f"You called `self.log({name}, ...)` twice in `{fx}` with different arguments. This is not allowed"
+        if metric is None or metric.sig != sig:
+            if not on_step and not on_epoch:
+                raise MisconfigurationException("`self.log(on_step=False, on_epoch=False)` is not useful.")
+            meta = _Meta(
+                fx=fx, name=name, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,
+                reduce=_parse_reduce_fx(reduce_fx), enable_graph=enable_graph, add_dataloader_idx=add_dataloader_idx,
+                dataloader_idx=self.dataloader_idx, sync_dist=sync_dist,
             )
+            if metric is None:
+                metric = _Metric(meta, isinstance(value, Tensor), sync_fn=sync_dist_fn)
+                self[key] = metric
+            elif meta != metric.meta:
+                raise MisconfigurationException(
+                    f"You called `self.log({name}, ...)` twice in `{fx}` with different arguments. This is not allowed"
+                )
+            metric.sig = sig
+        reduce = metric.meta.reduce
         if batch_size is None:
             batch_size = self.batch_size
         if batch_size is None:

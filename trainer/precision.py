@@ -97,8 +97,11 @@ class Precision:
     ) -> None:
         if not getattr(model, "automatic_optimization", False):
             return  # manual optimization clips with self.clip_gradients()
-        assert self.trainer is not None
-        self.trainer._hooks.call_module(
+        trainer = self.trainer
+        assert trainer is not None
+        if not clip_val and not trainer._clipping_overridden:
+            return  # the default hook would clip by 0, i.e. do nothing
+        trainer._hooks.call_module(
             "configure_gradient_clipping", optimizer, gradient_clip_val=clip_val, gradient_clip_algorithm=algorithm
         )
 

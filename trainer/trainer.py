@@ -37,6 +37,7 @@ from trainer.precision import Precision, build_precision, normalize_precision
 from trainer.profiler import Profiler, resolve_profiler
 from trainer.seed import isolate_rng
 from trainer.strategies.single_device import SingleDeviceStrategy, Strategy
+from trainer.utilities import move_data_to_device
 
 log = logging.getLogger(__name__)
 
@@ -347,6 +348,9 @@ class Trainer:
         self.datamodule: Optional[LightningDataModule] = None
         self._data_sources: Dict[str, Any] = {}
         self._warned: set = set()
+        self._batch_hooks_overridden = True
+        self._enable_validation: Optional[bool] = None
+        self._clipping_overridden = True
         self.ckpt_path: Optional[str] = None
         self.val_check_batch: Optional[Union[int, float]] = None
         self._val_check_time_interval: Optional[float] = None
@@ -455,7 +459,9 @@ class Trainer:
         if not bars and self.enable_progress_bar:
             cbs.append(TQDMProgressBar())
         if self.enable_model_summary and not any(isinstance(cb, ModelSummary) for cb in cbs):
-            cbs.append(ModelSummary())
+            from trainer.callbacks import RichModelSummary
+
+            cbs.append(RichModelSummary() if _rich_available() else ModelSummary())
         return _reorder_callbacks(cbs)
 
     def _attach_model_callbacks(self) -> None:
@@ -612,15 +618,20 @@ class Trainer:
 
     @property
     def enable_validation(self) -> bool:
-        module = self.lightning_module
-        from trainer.loops.data import has_source
+        cached = self._enable_validation
+        if cached is None:
+            from trainer.loops.data import has_source
 
-        return (
-            module is not None
-            and has_source(self, "val_dataloader")
-            and is_overridden("validation_step", module)
-            and self.limit_val_batches > 0
-        )
+            module = self.lightning_module
+            cached = (
+                module is not None
+                and has_source(self, "val_dataloader")
+                and is_overridden("validation_step", module)
+                and self.limit_val_batches > 0
+            )
+            if self.state.status == TrainerStatus.RUNNING:  # fixed for the rest of this run
+                self._enable_validation = cached
+        return cached
 
     @property
     def estimated_stepping_batches(self) -> Union[int, float]:
@@ -937,6 +948,7 @@ class Trainer:
     # ================================================================ internals
     def _attach(self, model: LightningModule, datamodule: Optional[LightningDataModule], keep_sources: bool = False,
                 **sources: Any) -> None:
+        self._enable_validation = None
         if not keep_sources:
             self._data_sources = {k: v for k, v in sources.items() if v is not None}
             self.datamodule = datamodule
@@ -1033,6 +1045,11 @@ class Trainer:
         self._hooks.reset()
         self._attach_model_callbacks()
         self._verify(model)
+        self._clipping_overridden = is_overridden("configure_gradient_clipping", model)
+        self._batch_hooks_overridden = any(
+            is_overridden(h, model) or (self.datamodule is not None and is_overridden(h, self.datamodule))
+            for h in ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
+        )
         self.profiler.setup(stage=fn.value if fn else "", local_rank=self.local_rank, log_dir=self.log_dir)
         self._prepare_data()
         for logger in self.loggers:  # create experiment folders/files before the setup hooks
@@ -1194,6 +1211,8 @@ class Trainer:
     def _transfer_batch(self, batch: Any, dataloader_idx: int) -> Any:
         """convert_input -> on_before_batch_transfer -> transfer_batch_to_device -> on_after_batch_transfer."""
         batch = self.strategy.precision_plugin.convert_input(batch)
+        if not self._batch_hooks_overridden:  # the defaults: one move, no hook dispatch
+            return move_data_to_device(batch, self.strategy.root_device)
         batch = self._call_batch_hook("on_before_batch_transfer", batch, dataloader_idx)
         batch = self._call_batch_hook("transfer_batch_to_device", batch, self.strategy.root_device, dataloader_idx)
         return self._call_batch_hook("on_after_batch_transfer", batch, dataloader_idx)
@@ -1213,6 +1232,12 @@ class Trainer:
         if message not in self._warned:
             self._warned.add(message)
             log.info(message)
+
+
+def _rich_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("rich") is not None
 
 
 def _reorder_callbacks(callbacks: List[Callback]) -> List[Callback]:

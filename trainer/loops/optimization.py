@@ -9,8 +9,8 @@ Automatic optimization, for batch ``i`` of an accumulation window of ``k``::
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
 from torch import Tensor
 
@@ -21,15 +21,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from trainer.trainer import Trainer
 
 
-@dataclass
 class ClosureResult:
-    closure_loss: Optional[Tensor]
-    loss: Optional[Tensor] = field(init=False, default=None)
-    extra: Dict[str, Any] = field(default_factory=dict)
+    """What one training_step produced: the (normalized) loss for backward, its detached copy, extras."""
 
-    def __post_init__(self) -> None:
-        if self.closure_loss is not None:
-            self.loss = self.closure_loss.detach().clone()
+    __slots__ = ("closure_loss", "loss", "extra")
+
+    def __init__(self, closure_loss: Optional[Tensor], extra: Optional[Dict[str, Any]] = None) -> None:
+        self.closure_loss = closure_loss
+        self.loss = closure_loss.detach().clone() if closure_loss is not None else None
+        self.extra = extra if extra is not None else {}
 
     @classmethod
     def from_training_step_output(cls, output: Any, normalize: int = 1) -> "ClosureResult":
