@@ -146,6 +146,14 @@ class _Metric:
     sig: Optional[tuple] = field(default=None, repr=False)
 
     def reset(self) -> None:
+        if not self.is_tensor:
+            # a logged torchmetrics.Metric is reset in place, as Lightning does (its state is the epoch's)
+            if self.value is not None:
+                self.value.reset()
+            self.step_value = None
+            self.computed = None
+            self.has_reset = True
+            return
         self.value = None
         self.cumulated_batch_size = None
         self.step_value = None

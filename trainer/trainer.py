@@ -16,6 +16,9 @@ import logging
 import math
 import os
 import re
+import signal
+import sys
+import threading
 import warnings
 from datetime import timedelta
 from enum import Enum
@@ -823,6 +826,8 @@ class Trainer:
         self.training = True
         self.should_stop = False
         self._attach(model, datamodule, train_dataloader=train_dataloaders, val_dataloader=val_dataloaders)
+        self.fit_loop._loader = None  # every fit requests its loaders again (Lightning's order of hooks)
+        self.fit_loop.epoch_loop.val_loop._loaders = None
         self._call_and_handle_interrupt(self._fit_impl, model, ckpt_path)
 
     def _fit_impl(self, model: LightningModule, ckpt_path: Any) -> None:
@@ -964,32 +969,31 @@ class Trainer:
         try:
             return fn(*args)
         except KeyboardInterrupt as exc:
-            log.info("Detected KeyboardInterrupt, attempting graceful shutdown ...")
-            self.state.status = TrainerStatus.INTERRUPTED
-            self._on_exception(exc)
-            self._teardown()
-            raise
+            # Lightning's behaviour: graceful shutdown, then exit(1); a second Ctrl+C is ignored meanwhile
+            log.info("\nDetected KeyboardInterrupt, attempting graceful shutdown ...")
+            previous = signal.getsignal(signal.SIGINT) if _main_thread() else None
+            if previous is not None:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                self._interrupt(exc)
+                self._teardown()
+            finally:
+                if previous is not None:
+                    signal.signal(signal.SIGINT, previous)
+            sys.exit(1)
         except BaseException as exc:
-            self.state.status = TrainerStatus.INTERRUPTED
-            self._on_exception(exc)
+            self._interrupt(exc)
             self._teardown()
             self.state.stage = None
             raise
 
-    def _on_exception(self, exc: BaseException) -> None:
-        try:
-            self._hooks.call_callbacks("on_exception", exc)
-            if self.lightning_module is not None:
-                self._hooks.call_module("on_exception", exc)
-            if self.datamodule is not None and hasattr(self.datamodule, "on_exception"):
-                self.datamodule.on_exception(exc)
-        except Exception:  # never hide the original error
-            log.exception("An on_exception hook raised while handling another error")
+    def _interrupt(self, exc: BaseException) -> None:
+        self.state.status = TrainerStatus.INTERRUPTED
+        self._hooks.call_callbacks("on_exception", exc)
+        if self.datamodule is not None and hasattr(self.datamodule, "on_exception"):
+            self.datamodule.on_exception(exc)
         for logger in self.loggers:
-            try:
-                logger.finalize("failed")
-            except Exception:
-                pass
+            logger.finalize("failed")
 
     def _verify(self, model: LightningModule) -> None:
         fn = self.state.fn
@@ -1064,12 +1068,6 @@ class Trainer:
         self._logger_connector.reset_results()
         self._logger_connector.reset_metrics()
         self.strategy.setup(self)
-        if fn == TrainerFn.FITTING and model.automatic_optimization and len(self.optimizers) > 1:
-            raise MisconfigurationException(
-                "Training with multiple optimizers is only supported with manual optimization. Remove the"
-                " `optimizer_idx` argument from `training_step`, set `self.automatic_optimization = False` and access"
-                " your optimizers in `training_step` with `opt1, opt2, ... = self.optimizers()`."
-            )
         if fn == TrainerFn.FITTING:
             self._hooks.call_callbacks("on_fit_start")
             self._hooks.call_module("on_fit_start")
@@ -1232,6 +1230,10 @@ class Trainer:
         if message not in self._warned:
             self._warned.add(message)
             log.info(message)
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def _rich_available() -> bool:

@@ -77,6 +77,7 @@ class Strategy:
         assert module is not None
         output = trainer._hooks.call_module("configure_optimizers")
         self.optimizers, self.lr_scheduler_configs = parse_optimizers(output, not module.automatic_optimization)
+        _check_multiple_optimizers(self.optimizers, module)
         self._lightning_optimizers = [LightningOptimizer(opt, self) for opt in self.optimizers]
 
     def process_dataloader(self, dataloader: Any, stage: str) -> Any:
@@ -176,6 +177,30 @@ class Strategy:
     def teardown(self) -> None:
         if self._lightning_module is not None and self.root_device.type != "cpu":
             self._lightning_module.cpu()
+
+
+def _check_multiple_optimizers(optimizers: List[Optimizer], module: Any) -> None:
+    if "optimizer_idx" in _explicit_params(module.training_step):
+        raise RuntimeError(
+            "Training with multiple optimizers is only supported with manual optimization. Remove the `optimizer_idx`"
+            " argument from `training_step`, set `self.automatic_optimization = False` and access your optimizers"
+            " in `training_step` with `opt1, opt2, ... = self.optimizers()`."
+        )
+    if module.automatic_optimization and len(optimizers) > 1:
+        raise RuntimeError(
+            "Training with multiple optimizers is only supported with manual optimization. Set"
+            " `self.automatic_optimization = False`, then access your optimizers in `training_step` with"
+            " `opt1, opt2, ... = self.optimizers()`."
+        )
+
+
+def _explicit_params(fn: Any) -> List[str]:
+    import inspect
+
+    try:
+        return list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return []
 
 
 class SingleDeviceStrategy(Strategy):
