@@ -21,6 +21,7 @@ import pytest
 import torch
 from helpers import (
     boring_model_class,
+    make_loader,
     make_hook_recorder,
     make_recording_datamodule,
     make_recording_module,
@@ -621,6 +622,46 @@ EXPECTED_FIT_TWICE_SECOND_CALL = [
 ]
 
 
+# Two val dataloaders (2 and 1 batches), num_sanity_val_steps=2: the sanity check runs 2 batches
+# of loader 0 and the single batch of loader 1 inside ONE on_validation_start/end bracket.
+EXPECTED_FIT_TWO_VAL_LOADERS = [
+    *setup_block("fit"),
+    *FIT_START,
+    "Callback.on_sanity_check_start",
+    "val_dataloader",
+    *eval_loop("validation", 3),
+    "Callback.on_sanity_check_end",
+    "train_dataloader",
+    "Callback.on_train_start",
+    "on_train_start",
+    "Callback.on_train_epoch_start",
+    "on_train_epoch_start",
+    *TRAIN_BATCH,
+    "on_validation_model_zero_grad",
+    *eval_loop("validation", 3),
+    "Callback.on_train_epoch_end",
+    "on_train_epoch_end",
+    *FIT_END,
+    *teardown_block("fit"),
+]
+
+
+def run_fit_two_val_loaders(L, tmp_path):
+    class TwoVal(boring_model_class(L)):
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
+            return self.loss(batch)
+
+        def val_dataloader(self):
+            return [make_loader(8, 4, seed=1), make_loader(4, 4, seed=2)]
+
+    calls, model, cb = module_and_recorder(L, base=TwoVal)
+    trainer = L.Trainer(
+        callbacks=[cb], max_epochs=1, limit_train_batches=1, num_sanity_val_steps=2, **quiet_trainer_kwargs(tmp_path)
+    )
+    trainer.fit(model)
+    return calls
+
+
 def run_keyboard_interrupt(L, tmp_path):
     class Interrupt(boring_model_class(L)):
         def training_step(self, batch, batch_idx):
@@ -666,6 +707,7 @@ SCENARIOS: Dict[str, tuple] = {
     "monitoring_callbacks": (run_monitoring_callbacks, EXPECTED_MONITORING_CALLBACKS),
     "keyboard_interrupt": (run_keyboard_interrupt, EXPECTED_KEYBOARD_INTERRUPT),
     "fit_twice": (run_fit_twice, EXPECTED_FIT_TWICE_SECOND_CALL),
+    "fit_two_val_loaders": (run_fit_two_val_loaders, EXPECTED_FIT_TWO_VAL_LOADERS),
 }
 
 
