@@ -238,3 +238,21 @@ def test_mid_epoch_checkpoint_resume_warns(tmp_path):
     with pytest.warns(UserWarning, match="before the epoch ended"):
         t = _fit(tmp_path, m, ckpt_path=str(tmp_path / "mid.ckpt"), max_epochs=1)
     assert t.global_step == 2 and t.current_epoch == 1
+
+
+def test_atomic_save_permission_denied_keeps_old_file(tmp_path, monkeypatch):
+    # a read-only folder as seen by a non-root user (root ignores chmod, so fake the refusal)
+    import tempfile
+
+    path = tmp_path / "a.ckpt"
+    atomic_save({"v": 1}, path)
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    with pytest.raises(OSError, match="a.ckpt") as info:
+        atomic_save({"v": 2}, path)
+    assert info.value.errno == 13
+    monkeypatch.undo()
+    assert torch.load(path) == {"v": 1}
