@@ -1,0 +1,155 @@
+"""Dataloader plumbing: Fetcher, TrainLoader (max_size_cycle), batch limits, shuffle removal."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler, TensorDataset
+
+from trainer.exceptions import MisconfigurationException
+from trainer.loops.data import Fetcher, TrainLoader, disable_shuffle, flatten_loaders, parse_num_batches, sized_len
+
+
+class Counting:
+    """An iterable that records how many items were pulled."""
+
+    def __init__(self, n, sized=True):
+        self.n, self.sized, self.pulled = n, sized, 0
+
+    def __iter__(self):
+        for i in range(self.n):
+            self.pulled += 1
+            yield i
+
+    def __len__(self):
+        if not self.sized:
+            raise TypeError("no len")
+        return self.n
+
+
+def test_fetcher_sized_is_lazy_and_done_on_last():
+    src = Counting(3)
+    f = Fetcher(src)
+    f.reset_iterator()
+    assert src.pulled == 0 and not f.done
+    seen = []
+    for _ in range(3):
+        seen.append(next(f))
+        assert src.pulled == len(seen)  # nothing fetched ahead
+        assert f.done == (len(seen) == 3)
+    assert seen == [0, 1, 2]
+    with pytest.raises(StopIteration):
+        next(f)
+
+
+def test_fetcher_unsized_fetches_one_ahead():
+    src = Counting(3, sized=False)
+    f = Fetcher(src)
+    f.reset_iterator()
+    assert src.pulled == 1 and not f.done
+    assert next(f) == 0 and src.pulled == 2 and not f.done
+    assert next(f) == 1 and not f.done
+    assert next(f) == 2 and f.done  # known to be last when it is handed out
+    with pytest.raises(StopIteration):
+        next(f)
+
+
+def test_fetcher_empty_and_reset():
+    f = Fetcher(Counting(0))
+    f.reset_iterator()
+    assert f.done
+    with pytest.raises(StopIteration):
+        next(f)
+    f = Fetcher(Counting(0, sized=False))
+    f.reset_iterator()
+    with pytest.raises(StopIteration):
+        next(f)
+    g = Fetcher([1, 2])
+    assert next(g) == 1  # lazily starts
+    g.reset_iterator()
+    assert [next(g), next(g)] == [1, 2]
+
+
+def test_train_loader_single_and_limit():
+    dl = DataLoader(TensorDataset(torch.arange(10.0)), batch_size=2)
+    assert len(TrainLoader(dl)) == 5
+    limited = TrainLoader(dl, limits=[3])
+    assert len(limited) == 3 and len(list(limited)) == 3
+
+
+def test_train_loader_max_size_cycle_list():
+    a = DataLoader(torch.arange(6), batch_size=2)  # 3 batches
+    b = DataLoader(torch.arange(100, 104), batch_size=2)  # 2 batches
+    loader = TrainLoader([a, b], limits=[3, 2])
+    batches = list(loader)
+    assert len(loader) == 3 and len(batches) == 3
+    assert all(isinstance(x, list) and len(x) == 2 for x in batches)
+    assert [x[0].tolist() for x in batches] == [[0, 1], [2, 3], [4, 5]]
+    assert [x[1].tolist() for x in batches] == [[100, 101], [102, 103], [100, 101]]  # shorter one restarts
+
+
+def test_train_loader_max_size_cycle_dict():
+    a = DataLoader(torch.arange(2), batch_size=1)
+    b = DataLoader(torch.arange(10, 15), batch_size=1)
+    batches = list(TrainLoader({"a": a, "b": b}, limits=[2, 5]))
+    assert len(batches) == 5
+    assert all(set(x) == {"a", "b"} for x in batches)
+    assert [int(x["a"]) for x in batches] == [0, 1, 0, 1, 0]
+    assert [int(x["b"]) for x in batches] == [10, 11, 12, 13, 14]
+
+
+def test_train_loader_matches_lightning_combined_loader():
+    from pytorch_lightning.utilities import CombinedLoader
+
+    a = DataLoader(torch.arange(6), batch_size=2)
+    b = DataLoader(torch.arange(100, 104), batch_size=2)
+    ours = [[t.tolist() for t in x] for x in TrainLoader([a, b], limits=[3, 2])]
+    theirs = [[t.tolist() for t in x[0]] for x in CombinedLoader([a, b], mode="max_size_cycle")]
+    assert ours == theirs
+
+
+def test_train_loader_single_in_list_keeps_structure():
+    dl = DataLoader(torch.arange(4), batch_size=2)
+    assert all(isinstance(b, list) and len(b) == 1 for b in TrainLoader([dl]))
+    assert all(set(b) == {"x"} for b in TrainLoader({"x": dl}, limits=[1]))
+
+
+def test_flatten_loaders():
+    assert flatten_loaders({"a": 1, "b": 2})[0] == [1, 2]
+    assert flatten_loaders((1, 2))[0] == [1, 2]
+    assert flatten_loaders(5)[0] == [5]
+
+
+@pytest.mark.parametrize("length, limit, expected", [
+    (10, 1.0, 10), (10, 0.5, 5), (10, 3, 3), (10, 20, 10), (10, 0.0, 0), (10, 0, 0), (0, 0.5, 0),
+    (float("inf"), 1.0, float("inf")), (float("inf"), 7, 7),
+])
+def test_parse_num_batches(length, limit, expected):
+    assert parse_num_batches("train", length, limit) == expected
+
+
+def test_parse_num_batches_errors():
+    with pytest.raises(MisconfigurationException, match="limit_val_batches=0.1"):
+        parse_num_batches("val", 10, 0.05)
+    with pytest.raises(MisconfigurationException, match="IterableDataset"):
+        parse_num_batches("train", float("inf"), 0.5)
+
+
+def test_disable_shuffle():
+    ds = TensorDataset(torch.arange(8.0))
+    shuffled = DataLoader(ds, batch_size=3, shuffle=True, drop_last=True)
+    plain = disable_shuffle(shuffled)
+    assert isinstance(plain.sampler, SequentialSampler) and isinstance(shuffled.sampler, RandomSampler)
+    assert plain.batch_size == 3 and plain.drop_last and plain.dataset is ds
+    assert [b[0].tolist() for b in plain] == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+    seq = DataLoader(ds)
+    assert disable_shuffle(seq) is seq
+    assert disable_shuffle([1, 2]) == [1, 2]
+
+
+def test_sized_len():
+    class It(IterableDataset):
+        def __iter__(self):
+            return iter([1])
+
+    assert sized_len([1, 2]) == 2 and sized_len(Counting(3, sized=False)) is None
+    assert sized_len(DataLoader(It())) is None
