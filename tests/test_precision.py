@@ -98,8 +98,6 @@ def test_normalize_precision_unit():
             normalize_precision(bad)
 
 
-@pytest.mark.xfail(strict=True, reason="normalize_precision maps floats through the int aliases (16.0 == 16 as a"
-                   " dict key) and accepts them; Lightning rejects float precision values")
 @pytest.mark.parametrize("flag", [16.0, 32.0, 64.0])
 def test_float_precision_rejected(flag):
     from trainer.exceptions import MisconfigurationException

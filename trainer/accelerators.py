@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, List, Union
+from typing import Any, Dict, List, Union
 
 import torch
 
@@ -41,6 +41,79 @@ class DeviceSpec:
 
             return xm.xla_device()
         return torch.device(self.accelerator, self.device_ids[0])
+
+
+class Accelerator:
+    """The hardware a run uses (Lightning's Accelerator interface, for code that inspects it)."""
+
+    name = "cpu"
+
+    def setup_device(self, device: torch.device) -> None:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+
+    def teardown(self) -> None:
+        pass
+
+    def get_device_stats(self, device: Any) -> Dict[str, Any]:
+        return {}
+
+    @staticmethod
+    def is_available() -> bool:
+        return True
+
+    @staticmethod
+    def auto_device_count() -> int:
+        return 1
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class CPUAccelerator(Accelerator):
+    name = "cpu"
+
+    def get_device_stats(self, device: Any) -> Dict[str, Any]:
+        try:
+            import psutil  # optional, as in Lightning
+        except ImportError:
+            return {}
+        return {"cpu_percent": psutil.cpu_percent(), "cpu_vm_percent": psutil.virtual_memory().percent}
+
+
+class CUDAAccelerator(Accelerator):
+    name = "cuda"
+
+    def get_device_stats(self, device: Any) -> Dict[str, Any]:
+        return dict(torch.cuda.memory_stats(device))
+
+    @staticmethod
+    def is_available() -> bool:
+        return torch.cuda.is_available()
+
+    @staticmethod
+    def auto_device_count() -> int:
+        return torch.cuda.device_count()
+
+
+class MPSAccelerator(Accelerator):
+    name = "mps"
+
+    @staticmethod
+    def is_available() -> bool:
+        return _mps_available()
+
+
+class XLAAccelerator(Accelerator):
+    name = "tpu"
+
+    @staticmethod
+    def is_available() -> bool:
+        return _xla_available()
+
+
+def build_accelerator(name: str) -> Accelerator:
+    return {"cpu": CPUAccelerator, "cuda": CUDAAccelerator, "mps": MPSAccelerator, "tpu": XLAAccelerator}[name]()
 
 
 def resolve_accelerator(accelerator: Any) -> str:

@@ -28,7 +28,7 @@ _ALIASES = {64: "64-true", "64": "64-true", 32: "32-true", "32": "32-true", 16: 
 
 def normalize_precision(value: Any) -> str:
     """Maps Lightning's precision spellings to one of PRECISION_CHOICES, or raises naming the value."""
-    if isinstance(value, bool):
+    if isinstance(value, (bool, float)):
         raise MisconfigurationException(
             f"`Trainer(precision={value!r})` is not supported. Allowed values: {list(PRECISION_CHOICES)}"
             " (and the aliases 64, 32, 16, '64', '32', '16', 'bf16')."

@@ -26,7 +26,7 @@ from typing import Any, Dict, Iterable, List, Optional, Union
 
 import torch
 
-from trainer.accelerators import DeviceSpec, resolve_accelerator, resolve_devices
+from trainer.accelerators import Accelerator, DeviceSpec, build_accelerator, resolve_accelerator, resolve_devices
 from trainer.callbacks.callback import Callback, Checkpoint
 from trainer.checkpoint import CheckpointConnector, atomic_save, dump_checkpoint
 from trainer.datamodule import LightningDataModule
@@ -275,6 +275,7 @@ class Trainer:
             )
             precision_flag = "bf16-mixed"
         self._accelerator = acc
+        self._accelerator_obj = build_accelerator(acc)
         self._precision_flag = precision_flag
         root_device = self._device_spec.root_device()
         self.strategy._root_device = root_device
@@ -522,8 +523,8 @@ class Trainer:
         return self.strategy.precision_plugin.precision
 
     @property
-    def accelerator(self) -> str:
-        return self._accelerator
+    def accelerator(self) -> Accelerator:
+        return self._accelerator_obj
 
     @property
     def device_ids(self) -> List[int]:
