@@ -60,6 +60,15 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+@torch.no_grad()
+def final_loss(model: torch.nn.Module, workload: Workload, batches: List[Batch], device: str) -> float:
+    """Loss of the trained model on the last batch, computed after the fit (outside the timed
+    epochs, so that no runner pays for keeping a loss around). Equal across runners when their
+    updates are bit-identical, a cheap check that every runner trained the same thing."""
+    x, y = batches[-1]
+    return float(workload.loss_fn(model(x.to(device)), y.to(device)))
+
+
 # --------------------------------------------------------------------------- runner: hand loop
 
 def run_hand_loop(workload: Workload, batches: List[Batch], cfg: RunConfig) -> Dict[str, Any]:
@@ -82,8 +91,9 @@ def run_hand_loop(workload: Workload, batches: List[Batch], cfg: RunConfig) -> D
             optimizer.step()
         _sync(cfg.device)
         epoch_seconds.append(time.perf_counter() - t0)
-    return {"epoch_seconds": epoch_seconds, "fit_seconds": time.perf_counter() - t_fit,
-            "final_loss": float(loss.detach())}
+    fit_seconds = time.perf_counter() - t_fit
+    return {"epoch_seconds": epoch_seconds, "fit_seconds": fit_seconds,
+            "final_loss": final_loss(model, workload, batches, cfg.device)}
 
 
 # --------------------------------------------------------------------------- runners: Trainers
@@ -98,13 +108,10 @@ def _framework_classes(module_name: str) -> tuple:
             super().__init__()
             self.net = net
             self.loss_fn = loss_fn
-            self.last_loss: Optional[torch.Tensor] = None
 
         def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
             x, y = batch
-            loss = self.loss_fn(self.net(x), y)
-            self.last_loss = loss
-            return loss
+            return self.loss_fn(self.net(x), y)
 
         def configure_optimizers(self) -> torch.optim.Optimizer:
             return torch.optim.AdamW(self.parameters(), lr=LR)
@@ -165,9 +172,9 @@ def framework_runner(module_name: str, compile: Optional[bool] = None,
             enable_checkpointing=False, num_sanity_val_steps=0,
             callbacks=[timer], **extra)
         trainer.fit(model, train_dataloaders=make_loader(batches))
-        loss = model.last_loss
-        return {"epoch_seconds": timer.epoch_seconds, "fit_seconds": time.perf_counter() - t_fit,
-                "final_loss": float(loss.detach()) if loss is not None else float("nan")}
+        fit_seconds = time.perf_counter() - t_fit
+        return {"epoch_seconds": timer.epoch_seconds, "fit_seconds": fit_seconds,
+                "final_loss": final_loss(model.net, workload, batches, cfg.device)}
 
     return run
 
@@ -301,6 +308,7 @@ def result_rows(results: List[Result]) -> List[Dict[str, Any]]:
             # throughput relative to Lightning: 2.0 = twice Lightning's samples/s
             "speedup_vs_lightning": res.median / light.median if ok and light and light.samples_per_s else None,
             "fit_overhead_s": statistics.median(res.fit_overhead_s) if res.fit_overhead_s else None,
+            # loss on the last batch after the fit: equal across runners that update bit-identically
             "final_loss": res.final_loss[-1] if res.final_loss else None,
             "all_samples_per_s": res.samples_per_s,
             "error": res.error,
@@ -415,6 +423,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           "samples/s over Lightning's. fit start-up: fit() time outside the training epochs (median).")
     for w in args.workloads:
         print(f"  {w}: {WORKLOADS[w].description}")
+    for w in args.workloads:
+        losses = {r["runner"]: r["final_loss"] for r in rows if r["workload"] == w and r["final_loss"] is not None}
+        if len(losses) > 1:
+            same = len(set(losses.values())) == 1
+            print(f"  {w}: loss on the last batch after the fit "
+                  + (f"bit-identical across runners ({next(iter(losses.values())):.6f})" if same else
+                     "differs: " + ", ".join(f"{k} {v:.6f}" for k, v in losses.items())))
 
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
