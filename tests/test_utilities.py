@@ -79,20 +79,15 @@ def test_extract_batch_size_matches_lightning():
         assert extract_batch_size(batch) == pl_extract(batch)
 
 
-@pytest.mark.xfail(strict=True, reason="extract_batch_size counts a string as a batch of len(string); Lightning"
-                   " skips strings ({'meta': 'abc', 'x': zeros(6)} -> 6, ours 3)")
 def test_extract_batch_size_skips_strings():
     assert extract_batch_size({"meta": "abc", "x": torch.zeros(6)}) == 6
     assert extract_batch_size((["str", 1], torch.zeros(2))) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="extract_batch_size does not look inside dataclasses; Lightning does")
 def test_extract_batch_size_dataclass():
     assert extract_batch_size(Pair(torch.zeros(5, 1), 3)) == 5
 
 
-@pytest.mark.xfail(strict=True, reason="no tensor in the batch raises RuntimeError; Lightning raises"
-                   " MisconfigurationException")
 def test_extract_batch_size_fails_clearly():
     from trainer.exceptions import MisconfigurationException
 
@@ -107,8 +102,6 @@ def test_move_data_to_device_keeps_same_device_tensors():
     assert move_data_to_device(t, torch.device("cpu")) is t
 
 
-@pytest.mark.xfail(strict=True, reason="move_data_to_device only moves torch.Tensor; objects with a `.to` method"
-                   " (Lightning's _TransferableDataType, e.g. a custom batch class) are left where they are")
 def test_move_data_to_device_moves_objects_with_to():
     class Custom:
         def __init__(self):
@@ -174,8 +167,6 @@ def test_to_float_dict_one_tolist_without_item(monkeypatch):
     assert out == {f"m{i}": float(i) for i in range(5)}
 
 
-@pytest.mark.xfail(strict=True, reason="to_float_dict calls .cpu() on every tensor before stacking: N device->host"
-                   " copies (N syncs on CUDA) instead of stacking on the device and copying once")
 def test_to_float_dict_one_device_to_host_copy(monkeypatch):
     metrics = {f"m{i}": torch.tensor(float(i)) for i in range(5)}
     _no_item(monkeypatch)

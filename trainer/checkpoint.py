@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
 LIGHTNING_VERSION_KEY = "pytorch-lightning_version"
 _COMPAT_VERSION = "2.6.0"  # the Lightning checkpoint format these files follow
+# Exact-resume data (RNG states, data position, unfinished accumulation window); Lightning ignores it.
+RESUME_KEY = "trainer_resume"
 
 
 class CheckpointError(RuntimeError):
@@ -100,6 +102,8 @@ def dump_checkpoint(trainer: "Trainer", weights_only: bool = False) -> Dict[str,
         prec_state = prec.state_dict()
         if prec_state:
             checkpoint[_precision_key(prec)] = prec_state
+        if trainer.state.fn == "fit":
+            checkpoint[RESUME_KEY] = trainer.fit_loop.resume_state_dict()
     for obj in (model, datamodule):
         if obj is not None and obj.hparams:
             if hasattr(obj, "_hparams_name"):
@@ -166,14 +170,21 @@ class CheckpointConnector:
                         " model."
                     )
                 return best
-            # "last"
-            candidates = [getattr(cb, "last_model_path", "") for cb in cbs]
-            candidates = [c for c in candidates if c and os.path.exists(c)]
+            # "last": the newest last*.ckpt in any ModelCheckpoint's folder (Lightning's lookup)
+            found = set()
+            for cb in cbs:
+                if hasattr(cb, "_find_last_checkpoints"):
+                    found |= cb._find_last_checkpoints(trainer)
+                if getattr(cb, "last_model_path", ""):
+                    found.add(cb.last_model_path)
+            candidates = [c for c in found if c and os.path.exists(c)]
             if not candidates:
                 import warnings
 
-                warnings.warn(f".{fn}(ckpt_path=\"last\") is set, but there is no last checkpoint available."
-                              " No checkpoint will be loaded. HINT: Set `ModelCheckpoint(..., save_last=True)`.")
+                warnings.warn(
+                    f'.{fn}(ckpt_path="last") is set, but there is no last checkpoint available.'
+                    " No checkpoint will be loaded. HINT: Set `ModelCheckpoint(..., save_last=True)`."
+                )
                 return None
             return max(candidates, key=os.path.getmtime)
         return ckpt_path
@@ -223,10 +234,6 @@ class CheckpointConnector:
             prec.load_state_dict(ckpt[key])
         if trainer.state.fn != "fit":
             return
-        loops = ckpt.get("loops")
-        if loops is not None and "fit_loop" in loops:
-            trainer.fit_loop.load_state_dict(loops["fit_loop"])
-            trainer.fit_loop._restore_after_load()
         if "optimizer_states" not in ckpt or "lr_schedulers" not in ckpt:
             raise CheckpointError(
                 f"Checkpoint {self._ckpt_path!r} holds only weights (`weights_only=True`): it cannot resume training."
@@ -246,6 +253,15 @@ class CheckpointConnector:
         scheds = ckpt["lr_schedulers"]
         for config, state in zip(trainer.lr_scheduler_configs, scheds):
             config.scheduler.load_state_dict(state)
+        # loops last: finishing an interrupted epoch may step a plateau scheduler
+        loops = ckpt.get("loops")
+        if loops is not None and "fit_loop" in loops:
+            resume = ckpt.get(RESUME_KEY)
+            if resume is not None and resume.get("callback_metrics"):
+                trainer._logger_connector._callback_metrics.update(resume["callback_metrics"])
+            trainer.fit_loop.load_state_dict(loops["fit_loop"])
+            trainer.fit_loop._restore_after_load(resume)
+            trainer._resumed_from_loops = True
 
     def resume_end(self) -> None:
         self._loaded = None

@@ -50,9 +50,11 @@ def reset_seed() -> None:
 
 
 def collect_rng_states(include_cuda: bool = True) -> Dict[str, Any]:
+    """Every RNG state, as tensors and plain Python values only (loadable with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     states: Dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": (kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)),
         "python": random.getstate(),
     }
     if include_cuda and torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -64,7 +66,10 @@ def set_rng_states(states: Dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     if "torch.cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["torch.cuda"])
-    np.random.set_state(states["numpy"])
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    if isinstance(keys, torch.Tensor):
+        keys = keys.numpy()
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     version, state, gauss = states["python"]
     random.setstate((version, tuple(state), gauss))
 

@@ -59,7 +59,7 @@ def apply_to_collection(data: Any, dtype: Union[Type, Tuple[Type, ...]], fn: Cal
 
 
 def move_data_to_device(batch: Any, device: torch.device) -> Any:
-    """Moves every tensor (or object with ``.to``) in a nested batch to ``device``."""
+    """Moves every tensor (and every object with a ``.to`` method) in a nested batch to ``device``."""
     non_blocking = device.type == "cuda"
 
     def _move(t: Any) -> Any:
@@ -67,11 +67,24 @@ def move_data_to_device(batch: Any, device: torch.device) -> Any:
             if t.device == device:
                 return t
             return t.to(device, non_blocking=non_blocking)
-        return t.to(device)
+        out = t.to(device)
+        return t if out is None else out  # some user .to() methods work in place and return None
 
     if isinstance(batch, torch.Tensor):
         return _move(batch)
-    return apply_to_collection(batch, torch.Tensor, _move)
+    return apply_to_collection(batch, _Movable, _move)
+
+
+class _MovableMeta(type):
+    def __instancecheck__(cls, obj: Any) -> bool:
+        return isinstance(obj, torch.Tensor) or (
+            callable(getattr(obj, "to", None)) and not isinstance(obj, (type, str, bytes))
+            and not isinstance(obj, (Mapping, list, tuple)) and not dataclasses.is_dataclass(obj)
+        )
+
+
+class _Movable(metaclass=_MovableMeta):
+    """isinstance target: tensors and objects with ``.to`` (Lightning's ``_TransferableDataType``)."""
 
 
 def extract_batch_size(batch: Any) -> int:
@@ -81,10 +94,16 @@ def extract_batch_size(batch: Any) -> int:
         if isinstance(b, torch.Tensor):
             return 1 if b.ndim == 0 else int(b.size(0))
         if isinstance(b, (str, bytes)):
-            return len(b)
+            return None
         if isinstance(b, Mapping):
             for v in b.values():
                 r = _find(v)
+                if r is not None:
+                    return r
+            return None
+        if dataclasses.is_dataclass(b) and not isinstance(b, type):
+            for f in dataclasses.fields(b):
+                r = _find(getattr(b, f.name))
                 if r is not None:
                     return r
             return None
@@ -98,7 +117,9 @@ def extract_batch_size(batch: Any) -> int:
 
     size = _find(batch)
     if size is None:
-        raise RuntimeError(
+        from trainer.exceptions import MisconfigurationException
+
+        raise MisconfigurationException(
             "We could not infer the batch_size from the batch. Either simplify its structure or provide the"
             " batch_size as `self.log(..., batch_size=batch_size)`."
         )
@@ -125,13 +146,17 @@ def is_param_in_signature(fn: Callable, name: str, min_args: Optional[int] = Non
 
 
 def to_float_dict(metrics: Dict[str, Any]) -> Dict[str, float]:
-    """Host-side conversion of metric tensors to Python numbers (one sync for all of them)."""
+    """Host-side conversion of metric tensors to Python numbers: one device-to-host copy for all of them."""
     out: Dict[str, float] = {}
     tensors = [(k, v) for k, v in metrics.items() if isinstance(v, torch.Tensor)]
     if tensors:
-        stacked = torch.stack([v.detach().double().reshape(()).cpu() for _, v in tensors]).tolist()
-        for (k, _), val in zip(tensors, stacked):
-            out[k] = val
+        by_device: Dict[torch.device, list] = {}
+        for k, v in tensors:
+            by_device.setdefault(v.device, []).append((k, v))
+        for items in by_device.values():
+            stacked = torch.stack([v.detach().reshape(()).to(torch.float64) for _, v in items]).cpu().tolist()
+            for (k, _), val in zip(items, stacked):
+                out[k] = val
     for k, v in metrics.items():
         if isinstance(v, numbers.Number):
             out[k] = float(v) if not isinstance(v, bool) else v

@@ -99,11 +99,7 @@ def test_scheduler_steps_with_accumulation(L, tmp_path):
     assert t.lr_scheduler_configs[0].scheduler.last_epoch == 4
 
 
-def test_sampler_set_epoch(L, tmp_path, request):
-    if L.__name__ == "trainer":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "set_sampler_epoch calls set_epoch twice per epoch when loader.sampler is also"
-            " loader.batch_sampler.sampler; Lightning de-duplicates the samplers (one call per epoch)")))
+def test_sampler_set_epoch(L, tmp_path):
     seen = []
 
     class Sampler(DistributedSampler):

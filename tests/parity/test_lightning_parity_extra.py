@@ -124,7 +124,8 @@ def scenario_checkpoint_contents(L, root):
     (ckpt,) = glob.glob(str(root / "**" / "*.ckpt"), recursive=True)
     data = torch.load(ckpt, map_location="cpu", weights_only=False)
     return {
-        "keys": sorted(k for k in data if "version" not in k),
+        # "trainer_resume" is this Trainer's documented addition (exact-resume RNG/data position)
+        "keys": sorted(k for k in data if "version" not in k and k != "trainer_resume"),
         "epoch": data["epoch"],
         "global_step": data["global_step"],
         "state_dict_keys": sorted(data["state_dict"]),

@@ -257,12 +257,16 @@ class Fetcher:
 
 
 def set_sampler_epoch(loader: Any, epoch: int) -> None:
+    """Calls ``set_epoch`` once on each distinct sampler of ``loader`` (e.g. a DistributedSampler)."""
+    seen = set()
     for obj in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
-        if obj is not None and hasattr(obj, "set_epoch") and callable(obj.set_epoch):
-            obj.set_epoch(epoch)
-        inner = getattr(obj, "sampler", None)
-        if inner is not None and hasattr(inner, "set_epoch") and callable(inner.set_epoch):
-            inner.set_epoch(epoch)
+        for candidate in (obj, getattr(obj, "sampler", None)):
+            if candidate is None or id(candidate) in seen:
+                continue
+            seen.add(id(candidate))
+            fn = getattr(candidate, "set_epoch", None)
+            if callable(fn):
+                fn(epoch)
 
 
 def is_inf(x: Number) -> bool:

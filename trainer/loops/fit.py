@@ -19,6 +19,7 @@ from trainer.loops.data import Fetcher, TrainLoader, disable_shuffle, parse_num_
 from trainer.loops.evaluation import EvaluationLoop
 from trainer.loops.optimization import AutomaticOptimization, ManualOptimization
 from trainer.loops.progress import BatchProgress, Progress
+from trainer.seed import collect_rng_states, set_rng_states
 from trainer.utilities import is_param_in_signature
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -96,13 +97,16 @@ class TrainingEpochLoop:
     # ---------------------------------------------------------------- run
     def run(self, fetcher: Fetcher) -> None:
         trainer = self.trainer
-        if not trainer.fit_loop._resuming_mid_epoch:
+        fit_loop = trainer.fit_loop
+        if not fit_loop._resuming_mid_epoch:
             self.batch_progress.reset_on_run()
             self.scheduler_progress.reset_on_run()
             self.automatic_optimization.optim_progress.reset_on_run()
             self.val_loop.batch_progress.total.reset()
             if trainer.current_epoch > 0:
-                fetcher.reset_iterator()  # epoch 0 uses the iterator that setup_data made (Lightning's order)
+                fit_loop._new_epoch_iterator()  # epoch 0 uses the iterator that setup_data made (Lightning's order)
+        else:
+            self._finish_interrupted_batch(fit_loop._resume_tail)
         module = trainer.lightning_module
         self._step_takes_batch_idx = is_param_in_signature(module.training_step, "batch_idx", min_args=2)
         while not self.done:
@@ -111,6 +115,21 @@ class TrainingEpochLoop:
                 self.on_advance_end()
             except StopIteration:
                 break
+
+    def _finish_interrupted_batch(self, tail: Optional[str]) -> None:
+        """Runs what the interrupted run still did after its checkpoint was written, for the same batch.
+
+        ``"batch_end"``: saved in ``on_train_batch_end`` -> the batch completes, then ``on_advance_end``
+        (validation if due, step-plateau schedulers, the stepped-batch counter).
+        ``"advance_end"``: saved during that validation -> only what follows it in ``on_advance_end``.
+        """
+        if tail == "batch_end":
+            self.batch_progress.increment_completed()
+            self.on_advance_end()
+        elif tail == "advance_end":
+            self.update_lr_schedulers("step", update_plateau_schedulers=True)
+            if not self._should_accumulate():
+                self._batches_that_stepped += 1
 
     def advance(self, fetcher: Fetcher) -> None:
         trainer = self.trainer
@@ -271,6 +290,10 @@ class FitLoop:
         self._fetcher: Optional[Fetcher] = None
         self._last_train_dl_reload_epoch: Number = float("-inf")
         self._resuming_mid_epoch = False
+        self._resume_tail: Optional[str] = None
+        self._resume_state: Optional[Dict[str, Any]] = None
+        self._resume_end_of_epoch = False
+        self._epoch_start_rng: Optional[Dict[str, Any]] = None
 
     # ---------------------------------------------------------------- properties
     @property
@@ -354,7 +377,7 @@ class FitLoop:
         loader.limits = limits
         self._loader = loader
         self._fetcher = Fetcher(loader)
-        self._fetcher.reset_iterator()
+        self._new_epoch_iterator()
         m = sized_len(loader) if all(not math.isinf(x) for x in limits) else None
         self.max_batches = m if m is not None else float("inf")
         if self.max_batches == 0:
@@ -390,6 +413,80 @@ class FitLoop:
             else:
                 trainer.val_check_batch = max(1, int(self.max_batches * trainer.val_check_interval))
 
+    def _new_epoch_iterator(self) -> None:
+        """Creates the epoch's data iterator, remembering the RNG state it was drawn from.
+
+        A checkpoint stores that state: a resumed run recreates the very same sample order.
+        """
+        assert self._fetcher is not None
+        self._epoch_start_rng = collect_rng_states()
+        self._fetcher.reset_iterator()
+
+    def _apply_resume_state(self) -> None:
+        """Mid-epoch: rebuild the epoch's iterator from its RNG state and skip the batches already
+        trained; then (any save point) put every RNG back where the saved run had it."""
+        state = self._resume_state
+        self._resume_state = None
+        if state is None:
+            return
+        if self._resuming_mid_epoch:
+            assert self._fetcher is not None
+            epoch_rng = state.get("epoch_start_rng_states")
+            if epoch_rng is not None:
+                set_rng_states(epoch_rng)
+            self._epoch_start_rng = epoch_rng
+            loader_states = state.get("train_loader_states")
+            assert self._loader is not None
+            stateful = loader_states is not None and all(
+                hasattr(dl, "load_state_dict") for dl in self._loader.flattened
+            )
+            if stateful:
+                for dl, st in zip(self._loader.flattened, loader_states):
+                    dl.load_state_dict(st)
+                self._fetcher.reset_iterator()
+            else:
+                self._fetcher.reset_iterator()
+                for _ in range(self.epoch_loop.batch_progress.current.ready):
+                    try:
+                        next(self._fetcher)
+                    except StopIteration:
+                        break
+            grads = state.get("accumulated_grads")
+            if grads is not None:
+                params = [p for p in self.trainer.lightning_module.parameters()]
+                for p, g in zip(params, grads):
+                    p.grad = None if g is None else g.to(p.device)
+        rng = state.get("rng_states")
+        if rng is not None:
+            set_rng_states(rng)
+
+    def resume_state_dict(self) -> Dict[str, Any]:
+        """What exact resume needs beyond the loop counters (stored under ``trainer_resume``)."""
+        state: Dict[str, Any] = {
+            "rng_states": collect_rng_states(),
+            "epoch_start_rng_states": self._epoch_start_rng,
+            # monitored values (ReduceLROnPlateau, EarlyStopping) must survive the restart
+            "callback_metrics": {
+                k: v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v
+                for k, v in self.trainer.callback_metrics.items()
+            },
+        }
+        if self._loader is not None and all(hasattr(dl, "state_dict") for dl in self._loader.flattened):
+            state["train_loader_states"] = [dl.state_dict() for dl in self._loader.flattened]
+        module = self.trainer.lightning_module
+        epoch_loop = self.epoch_loop
+        mid_window = (
+            module is not None
+            and module.automatic_optimization
+            and epoch_loop.batch_progress.current.ready > 0
+            and epoch_loop._should_accumulate()
+        )
+        if mid_window:  # gradients of the unfinished accumulation window
+            state["accumulated_grads"] = [
+                None if p.grad is None else p.grad.detach().clone() for p in module.parameters()
+            ]
+        return state
+
     # ---------------------------------------------------------------- run
     def run(self) -> None:
         self.setup_data()
@@ -422,6 +519,8 @@ class FitLoop:
         assert self._loader is not None
         for dl in self._loader.flattened:
             set_sampler_epoch(dl, self.epoch_progress.current.processed)
+        if self._resume_state is not None:
+            self._apply_resume_state()
         if self._resuming_mid_epoch:
             return  # the epoch already started before the checkpoint: no epoch-start hooks again
         self.epoch_progress.increment_ready()
@@ -434,6 +533,7 @@ class FitLoop:
         with self.trainer.profiler.profile("run_training_epoch"):
             self.epoch_loop.run(self._fetcher)
         self._resuming_mid_epoch = False
+        self._resume_tail = None
 
     def on_advance_end(self) -> None:
         trainer = self.trainer
@@ -461,28 +561,43 @@ class FitLoop:
         self._fetcher = None
 
     # ---------------------------------------------------------------- checkpoint
-    def _restore_after_load(self) -> None:
+    def _restore_after_load(self, resume_state: Optional[Dict[str, Any]]) -> None:
         """Turns the loaded counters into the position to continue from.
 
-        Saved after an epoch was processed (end-of-epoch checkpoints): continue with the next epoch.
-        Saved mid-epoch: continue the same epoch with its remaining batch count, like Lightning
-        (the loader restarts from its first sample; exact mid-epoch data resume is separate work).
+        Saved after an epoch's batches and validation were processed (``on_train_epoch_end``):
+        finish that epoch's tail (plateau schedulers) and continue with the next epoch. Saved
+        mid-epoch: continue the same epoch at the next batch, with the same data order (see
+        ``_apply_resume_state``) — unlike Lightning, which restarts the loader from sample 0.
         """
         ep = self.epoch_progress
         bp = self.epoch_loop.batch_progress
+        self._resume_state = resume_state
+        self._resume_tail = None
+        self._resuming_mid_epoch = False
         if ep.current.processed > ep.current.completed:
+            # saved in on_train_epoch_end: only the epoch-interval plateau schedulers were still to run
+            if self.epoch_loop._num_ready_batches_reached():
+                self.epoch_loop.update_lr_schedulers("epoch", update_plateau_schedulers=True)
             ep.current.completed = ep.current.processed
             ep.total.completed = ep.total.processed
         if ep.current.started > ep.current.processed:
             self._resuming_mid_epoch = True
-            bp.reset_on_restart()
-            import warnings
+            b = bp.current.ready
+            if bp.current.completed == b - 1:
+                self._resume_tail = "batch_end"
+            elif bp.current.completed == b and b > 0:
+                self._resume_tail = "advance_end"
+            if resume_state is None:
+                import warnings
 
-            warnings.warn(
-                "You're resuming from a checkpoint that ended before the epoch ended. The dataloader restarts"
-                " from its first sample. This can cause unreliable results if further training is done.",
-                stacklevel=2,
-            )
+                warnings.warn(
+                    "You're resuming from a checkpoint that ended before the epoch ended and holds no data position"
+                    " (it was not written by this Trainer). The dataloader restarts from its first sample. This can"
+                    " cause unreliable results if further training is done.",
+                    stacklevel=2,
+                )
+                bp.reset_on_restart()
+                self._resume_tail = None
         else:
             ep.current.ready = ep.current.started = ep.current.processed = ep.current.completed
             ep.total.ready = ep.total.started = ep.total.processed = ep.total.completed
