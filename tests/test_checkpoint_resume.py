@@ -68,3 +68,72 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path, scenario, kill_at, ckpt):
     start_step, start_epoch = (int(v) for v in (killed / "start.txt").read_text().split())
     assert start_step > 0, "the second run did not resume from the checkpoint"
     _assert_same_final(ref, killed)
+
+
+class _StatefulLoader:
+    """A loader that knows its position (``state_dict``/``load_state_dict``), like torchdata's."""
+
+    def __init__(self, batches):
+        self.batches = batches
+        self.pos = 0
+        self.loaded_state = None
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        start = self.pos if self.pos < len(self.batches) else 0  # a finished epoch starts over
+        for i in range(start, len(self.batches)):
+            self.pos = i + 1
+            yield self.batches[i]
+
+    def state_dict(self):
+        return {"pos": self.pos}
+
+    def load_state_dict(self, state):
+        self.loaded_state = dict(state)
+        self.pos = state["pos"]
+
+
+def test_stateful_loader_resumes_through_its_state_dict(tmp_path):
+    import trainer as L
+    from torch import nn
+
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(4, 3, generator=g), torch.randn(4, 1, generator=g)) for _ in range(6)]
+
+    class Net(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 1)
+            self.seen = []
+
+        def training_step(self, batch, batch_idx):
+            self.seen.append(float(batch[0][0, 0]))
+            return nn.functional.mse_loss(self.lin(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    class SaveAt(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.current_epoch == 1 and batch_idx == 2:
+                trainer.save_checkpoint(tmp_path / "mid.ckpt")
+
+    def fit(model, loader, ckpt_path=None, **kw):
+        t = L.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                      enable_checkpointing=False, **kw)
+        t.fit(model, loader, ckpt_path=ckpt_path)
+        return t
+
+    torch.manual_seed(0)
+    ref = Net()
+    fit(ref, _StatefulLoader(batches), callbacks=[SaveAt()])
+    torch.manual_seed(0)
+    resumed, loader = Net(), _StatefulLoader(batches)
+    t = fit(resumed, loader, ckpt_path=str(tmp_path / "mid.ckpt"))
+    assert loader.loaded_state == {"pos": 3}
+    assert resumed.seen == ref.seen[-3:]  # only batches 3..5 of epoch 1 were trained after the resume
+    assert t.global_step == 12
+    for a, b in zip(ref.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)

@@ -444,6 +444,7 @@ class FitLoop:
                 for dl, st in zip(self._loader.flattened, loader_states):
                     dl.load_state_dict(st)
                 self._fetcher.reset_iterator()
+                self._fetcher.fetched = self.epoch_loop.batch_progress.current.ready
             else:
                 self._fetcher.reset_iterator()
                 for _ in range(self.epoch_loop.batch_progress.current.ready):
