@@ -88,6 +88,19 @@ class TrainerState:
         return self.status in (TrainerStatus.FINISHED, TrainerStatus.INTERRUPTED)
 
 
+def _stage_flag(stage: RunningStage) -> property:
+    def get(self: "Trainer") -> bool:
+        return self.state.stage == stage
+
+    def set_(self: "Trainer", value: bool) -> None:
+        if value:
+            self.state.stage = stage
+        elif self.state.stage == stage:
+            self.state.stage = None
+
+    return property(get, set_, doc=f"Whether the Trainer is in the {stage.value!r} stage.")
+
+
 def _bad(name: str, value: Any, allowed: str) -> MisconfigurationException:
     return MisconfigurationException(f"`Trainer({name}={value!r})` is invalid: {allowed}.")
 
@@ -651,64 +664,12 @@ class Trainer:
         per_epoch = math.ceil(total / self.accumulate_grad_batches)
         return per_epoch * max(self.max_epochs or 1, 1)
 
-    # running stage flags
-    def _set_stage(self, stage: Optional[RunningStage]) -> None:
-        self.state.stage = stage
-
-    @property
-    def training(self) -> bool:
-        return self.state.stage == RunningStage.TRAINING
-
-    @training.setter
-    def training(self, val: bool) -> None:
-        if val:
-            self.state.stage = RunningStage.TRAINING
-        elif self.training:
-            self.state.stage = None
-
-    @property
-    def validating(self) -> bool:
-        return self.state.stage == RunningStage.VALIDATING
-
-    @validating.setter
-    def validating(self, val: bool) -> None:
-        if val:
-            self.state.stage = RunningStage.VALIDATING
-        elif self.validating:
-            self.state.stage = None
-
-    @property
-    def testing(self) -> bool:
-        return self.state.stage == RunningStage.TESTING
-
-    @testing.setter
-    def testing(self, val: bool) -> None:
-        if val:
-            self.state.stage = RunningStage.TESTING
-        elif self.testing:
-            self.state.stage = None
-
-    @property
-    def predicting(self) -> bool:
-        return self.state.stage == RunningStage.PREDICTING
-
-    @predicting.setter
-    def predicting(self, val: bool) -> None:
-        if val:
-            self.state.stage = RunningStage.PREDICTING
-        elif self.predicting:
-            self.state.stage = None
-
-    @property
-    def sanity_checking(self) -> bool:
-        return self.state.stage == RunningStage.SANITY_CHECKING
-
-    @sanity_checking.setter
-    def sanity_checking(self, val: bool) -> None:
-        if val:
-            self.state.stage = RunningStage.SANITY_CHECKING
-        elif self.sanity_checking:
-            self.state.stage = None
+    # running stage flags (Lightning's: setting one True selects that stage; setting it False clears it)
+    training = _stage_flag(RunningStage.TRAINING)
+    validating = _stage_flag(RunningStage.VALIDATING)
+    testing = _stage_flag(RunningStage.TESTING)
+    predicting = _stage_flag(RunningStage.PREDICTING)
+    sanity_checking = _stage_flag(RunningStage.SANITY_CHECKING)
 
     @property
     def evaluating(self) -> bool:
@@ -779,32 +740,20 @@ class Trainer:
     @property
     def train_dataloader(self) -> Any:
         loader = self.fit_loop._loader
-        if loader is None:
-            return None
-        flat = loader.flattened
-        return flat[0] if len(flat) == 1 else flat
+        return _one_or_list(loader.flattened if loader is not None else None)
 
     @property
     def val_dataloaders(self) -> Any:
         loop = self.validate_loop if self.state.fn == TrainerFn.VALIDATING else self.fit_loop.epoch_loop.val_loop
-        loaders = loop._loaders
-        if not loaders:
-            return None
-        return loaders[0] if len(loaders) == 1 else loaders
+        return _one_or_list(loop._loaders)
 
     @property
     def test_dataloaders(self) -> Any:
-        loaders = self.test_loop._loaders
-        if not loaders:
-            return None
-        return loaders[0] if len(loaders) == 1 else loaders
+        return _one_or_list(self.test_loop._loaders)
 
     @property
     def predict_dataloaders(self) -> Any:
-        loaders = self.predict_loop._loaders
-        if not loaders:
-            return None
-        return loaders[0] if len(loaders) == 1 else loaders
+        return _one_or_list(self.predict_loop._loaders)
 
     # ================================================================ entry points
     def fit(
@@ -1233,6 +1182,12 @@ class Trainer:
         if message not in self._warned:
             self._warned.add(message)
             log.info(message)
+
+
+def _one_or_list(loaders: Optional[List[Any]]) -> Any:
+    if not loaders:
+        return None
+    return loaders[0] if len(loaders) == 1 else loaders
 
 
 def _main_thread() -> bool:
