@@ -160,25 +160,12 @@ class EvaluationLoop:
         max_batches = self.max_batches
         step_fn = getattr(module, self._step_name)
         takes_batch_idx = is_param_in_signature(step_fn, "batch_idx", min_args=2)
-        first = True
-        for dl_idx, dl in enumerate(self._loaders or []):
-            limit = max_batches[dl_idx]
-            if limit == 0:
-                continue
-            if not first:
+        previous_idx = 0
+        for dl_idx, batch_idx, batch in _sequential_batches(self._loaders or [], max_batches, self.batch_progress):
+            if dl_idx != previous_idx:  # the dataloader changed: its epoch-level results are complete
                 self._store_dataloader_outputs()
-            first = False
-            fetcher = Fetcher(_Limited(dl, limit))
-            fetcher.reset_iterator()
-            batch_idx = 0
-            while True:
-                try:
-                    batch = next(fetcher)
-                except StopIteration:
-                    break
-                self.batch_progress.is_last_batch = fetcher.done
-                self._evaluation_step(batch, batch_idx, dl_idx if multi else None, takes_batch_idx)
-                batch_idx += 1
+            previous_idx = dl_idx
+            self._evaluation_step(batch, batch_idx, dl_idx if multi else None, takes_batch_idx)
         self._store_dataloader_outputs()
         return self._on_run_end()
 
@@ -261,6 +248,26 @@ class EvaluationLoop:
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.batch_progress.load_state_dict(state.get("batch_progress", {}))
+
+
+def _sequential_batches(loaders: List[Any], max_batches: List[Number], progress: BatchProgress) -> Any:
+    """Yields ``(dataloader_idx, batch_idx, batch)`` over each loader in turn, at most its limit of
+    batches, keeping ``progress.is_last_batch`` current (Lightning's sequential mode)."""
+    for dl_idx, dl in enumerate(loaders):
+        limit = max_batches[dl_idx]
+        if limit == 0:
+            continue
+        fetcher = Fetcher(_Limited(dl, limit))
+        fetcher.reset_iterator()
+        batch_idx = 0
+        while True:
+            try:
+                batch = next(fetcher)
+            except StopIteration:
+                break
+            progress.is_last_batch = fetcher.done
+            yield dl_idx, batch_idx, batch
+            batch_idx += 1
 
 
 class _Limited:
@@ -365,36 +372,23 @@ class PredictionLoop:
         hooks.call_module("on_predict_epoch_start")
         multi = len(self._loaders) > 1
         takes_batch_idx = is_param_in_signature(module.predict_step, "batch_idx", min_args=2)
-        for dl_idx, dl in enumerate(self._loaders):
-            limit = self._max_batches[dl_idx]
-            if limit == 0:
-                continue
-            fetcher = Fetcher(_Limited(dl, limit))
-            fetcher.reset_iterator()
-            batch_idx = 0
-            while True:
-                try:
-                    batch = next(fetcher)
-                except StopIteration:
-                    break
-                self.batch_progress.is_last_batch = fetcher.done
-                batch = trainer._transfer_batch(batch, dl_idx)
-                hook_args: tuple = (batch, batch_idx) if not multi else (batch, batch_idx, dl_idx)
-                self.batch_progress.increment_ready()
-                hooks.call_callbacks("on_predict_batch_start", *hook_args)
-                hooks.call_module("on_predict_batch_start", *hook_args)
-                self.batch_progress.increment_started()
-                step_args = hook_args if takes_batch_idx or multi else (batch,)
-                output = trainer.strategy.predict_step(*step_args)
-                if output is None:
-                    trainer._warn_once("predict returned None if it was on purpose, ignore this warning...")
-                self.batch_progress.increment_processed()
-                hooks.call_callbacks("on_predict_batch_end", output, *hook_args)
-                hooks.call_module("on_predict_batch_end", output, *hook_args)
-                self.batch_progress.increment_completed()
-                if self.return_predictions:
-                    self.predictions[dl_idx].append(_to_cpu(output))
-                batch_idx += 1
+        for dl_idx, batch_idx, batch in _sequential_batches(self._loaders, self._max_batches, self.batch_progress):
+            batch = trainer._transfer_batch(batch, dl_idx)
+            hook_args: tuple = (batch, batch_idx) if not multi else (batch, batch_idx, dl_idx)
+            self.batch_progress.increment_ready()
+            hooks.call_callbacks("on_predict_batch_start", *hook_args)
+            hooks.call_module("on_predict_batch_start", *hook_args)
+            self.batch_progress.increment_started()
+            step_args = hook_args if takes_batch_idx or multi else (batch,)
+            output = trainer.strategy.predict_step(*step_args)
+            if output is None:
+                trainer._warn_once("predict returned None if it was on purpose, ignore this warning...")
+            self.batch_progress.increment_processed()
+            hooks.call_callbacks("on_predict_batch_end", output, *hook_args)
+            hooks.call_module("on_predict_batch_end", output, *hook_args)
+            self.batch_progress.increment_completed()
+            if self.return_predictions:
+                self.predictions[dl_idx].append(_to_cpu(output))
         hooks.call_callbacks("on_predict_epoch_end")
         hooks.call_module("on_predict_epoch_end")
         hooks.call_callbacks("on_predict_end")
