@@ -1,40 +1,99 @@
 """Builds the optional C++/CUDA extension ``trainer._C`` with ninja.
 
 The Python package works without it: ``trainer.optim`` falls back to Triton or ``torch.optim``.
-CUDA sources are compiled only where both a CUDA toolkit and a CUDA build of torch exist.
-Set ``TRAINER_NO_EXT=1`` to skip the extension entirely.
+CUDA sources are compiled only where both a CUDA toolkit and a CUDA build of torch exist (see
+:func:`cuda_build_decision`; ``TRAINER_CUDA=0`` skips them, ``TRAINER_CUDA=1`` overrides a toolkit
+version mismatch). Set ``TRAINER_NO_EXT=1`` to skip the extension entirely.
+
+Importable without side effects (``setup()`` runs only as ``__main__``, which is how both
+``python setup.py`` and pip's setuptools backend execute it), so tests can check the decision.
 """
+from __future__ import annotations
+
 import glob
 import os
+import re
+import subprocess
 
 from setuptools import setup
 
-ext_modules = []
-cmdclass = {}
-if os.environ.get("TRAINER_NO_EXT", "0") != "1":
+
+def nvcc_version(cuda_home: str | None) -> str | None:
+    """``"13.0"`` from ``$CUDA_HOME/bin/nvcc --version``, or None when nvcc cannot be run."""
+    if not cuda_home:
+        return None
+    try:
+        out = subprocess.run([os.path.join(cuda_home, "bin", "nvcc"), "--version"], capture_output=True, text=True,
+                             timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"release (\d+)\.(\d+)", out)
+    return f"{m.group(1)}.{m.group(2)}" if m else None
+
+
+def cuda_build_decision(cuda_sources: list[str], torch_cuda: str | None, torch_hip: str | None,
+                        cuda_home: str | None, nvcc: str | None, env: dict | None = None) -> tuple[bool, str]:
+    """Whether to compile ``csrc/*.cu`` into ``trainer._C``, and why (printed by the build).
+
+    ``torch_cuda``/``torch_hip``: ``torch.version.cuda``/``.hip`` (None for a CPU build);
+    ``cuda_home``: ``torch.utils.cpp_extension.CUDA_HOME``; ``nvcc``: :func:`nvcc_version`.
+    A CPU torch never gets CUDA sources, even where a toolkit is installed: the objects would
+    link against CUDA libraries torch does not ship.
+    """
+    env = os.environ if env is None else env
+    if not cuda_sources:
+        return False, "no csrc/*.cu sources"
+    if env.get("TRAINER_CUDA") == "0":
+        return False, "disabled by TRAINER_CUDA=0"
+    if torch_hip:
+        return False, f"torch is a ROCm build (HIP {torch_hip}); the CUDA sources are not hipified"
+    if not torch_cuda:
+        return False, "torch is a CPU build (torch.version.cuda is None)"
+    if not cuda_home:
+        return False, "no CUDA toolkit found (set CUDA_HOME or put nvcc on PATH)"
+    if not os.path.isfile(os.path.join(cuda_home, "include", "cuda_runtime.h")):
+        # e.g. torch guessed CUDA_HOME=/usr/local from a /usr/local/bin/nvcc wrapper script
+        return False, f"CUDA_HOME={cuda_home} has no include/cuda_runtime.h (set CUDA_HOME to the toolkit root)"
+    if nvcc and nvcc.split(".")[0] != torch_cuda.split(".")[0] and env.get("TRAINER_CUDA") != "1":
+        # torch's BuildExtension refuses a major-version mismatch; build CPU-only rather than fail.
+        return False, (f"nvcc {nvcc} and torch's CUDA {torch_cuda} differ in major version "
+                       "(TRAINER_CUDA=1 tries anyway)")
+    return True, f"CUDA {torch_cuda} torch, nvcc {nvcc or '?'} at {cuda_home}"
+
+
+def _extensions() -> tuple[list, dict]:
+    if os.environ.get("TRAINER_NO_EXT", "0") == "1":
+        return [], {}
     cpp_sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
-    if cpp_sources:
-        import torch
-        from torch.utils import cpp_extension
+    if not cpp_sources:
+        return [], {}
+    import torch
+    from torch.utils import cpp_extension
 
-        cuda_sources = sorted(glob.glob(os.path.join("csrc", "*.cu")))
-        with_cuda = bool(cuda_sources) and torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
-        # -fno-math-errno: without it gcc keeps sqrtf scalar (errno on negative input) and the
-        # AdamW loop does not vectorise at all.
-        cxx_flags = ["-O3", "-fopenmp", "-fno-math-errno"]
-        if os.environ.get("TRAINER_NATIVE", "1") == "1":
-            cxx_flags.append("-march=native")
-        extra = {"cxx": cxx_flags + (["-DTRAINER_WITH_CUDA"] if with_cuda else [])}
-        if with_cuda:
-            extra["nvcc"] = ["-O3", "--use_fast_math", "-DTRAINER_WITH_CUDA"]
-            ext_cls = cpp_extension.CUDAExtension
-            sources = cpp_sources + cuda_sources
-        else:
-            ext_cls = cpp_extension.CppExtension
-            sources = cpp_sources
-        ext_modules.append(
-            ext_cls(name="trainer._C", sources=sources, extra_compile_args=extra, extra_link_args=["-fopenmp"])
-        )
-        cmdclass["build_ext"] = cpp_extension.BuildExtension.with_options(use_ninja=True)
+    cuda_sources = sorted(glob.glob(os.path.join("csrc", "*.cu")))
+    cuda_home = cpp_extension.CUDA_HOME
+    with_cuda, why = cuda_build_decision(cuda_sources, torch.version.cuda, getattr(torch.version, "hip", None),
+                                         cuda_home, nvcc_version(cuda_home) if torch.version.cuda else None)
+    print(f"trainer._C: {'with' if with_cuda else 'without'} CUDA kernels: {why}")
+    # -fno-math-errno: without it gcc keeps sqrtf scalar (errno on negative input) and the
+    # AdamW loop does not vectorise at all.
+    cxx_flags = ["-O3", "-fopenmp", "-fno-math-errno"]
+    if os.environ.get("TRAINER_NATIVE", "1") == "1":
+        cxx_flags.append("-march=native")
+    extra = {"cxx": cxx_flags + (["-DTRAINER_WITH_CUDA"] if with_cuda else [])}
+    if with_cuda:
+        # No --use_fast_math: the kernels are memory bound, and IEEE sqrt/division (no flush of
+        # denormals) keep them within float rounding of torch.optim and of the CPU kernels.
+        extra["nvcc"] = ["-O3", "-lineinfo", "-DTRAINER_WITH_CUDA"]
+        ext_cls = cpp_extension.CUDAExtension
+        sources = cpp_sources + cuda_sources
+    else:
+        ext_cls = cpp_extension.CppExtension
+        sources = cpp_sources
+    ext = ext_cls(name="trainer._C", sources=sources, extra_compile_args=extra, extra_link_args=["-fopenmp"])
+    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
 
-setup(ext_modules=ext_modules, cmdclass=cmdclass)
+
+if __name__ == "__main__":
+    ext_modules, cmdclass = _extensions()
+    setup(ext_modules=ext_modules, cmdclass=cmdclass)

@@ -19,6 +19,10 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#ifdef TRAINER_WITH_CUDA
+#include "fused_optim_cuda.h"  // CUDA kernels of the same ops (fused_optim_cuda.cu)
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -470,6 +474,17 @@ TORCH_LIBRARY_IMPL(trainer, CPU, m) {
   m.impl("fused_lion_", &fused_lion_cpu);
   m.impl("grad_norm", &grad_norm_cpu);
 }
+
+#ifdef TRAINER_WITH_CUDA
+// The same schemas for CUDA tensors: CPU scalar tensors (lr, steps, ...) next to CUDA tensor
+// lists dispatch here too, since CUDA outranks CPU in the dispatch key set.
+TORCH_LIBRARY_IMPL(trainer, CUDA, m) {
+  m.impl("fused_adamw_", &cuda::fused_adamw);
+  m.impl("fused_sgd_", &cuda::fused_sgd);
+  m.impl("fused_lion_", &cuda::fused_lion);
+  m.impl("grad_norm", &cuda::grad_norm);
+}
+#endif
 
 }  // namespace trainer
 

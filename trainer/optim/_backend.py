@@ -3,7 +3,8 @@
 Importing this module never raises: each backend sets an availability flag. The order tried for
 a device is the fastest first:
 
-- cuda tensors: ``cuda`` (trainer._C built with CUDA) -> ``triton`` -> ``torch``
+- cuda tensors: ``cuda`` (the CUDA kernels of trainer._C, registered for the CUDA dispatch key of
+  the same ``torch.ops.trainer.*`` ops) -> ``triton`` -> ``torch``
 - cpu tensors:  ``cpp`` (trainer._C) -> ``torch``  (``triton`` only on request, under TRITON_INTERPRET=1)
 
 ``torch`` is ``torch._fused_adamw_``/``_fused_sgd_`` (present for cpu and cuda since torch 2.4) plus
@@ -29,7 +30,21 @@ except Exception as e:  # ImportError, or an ABI mismatch after a torch upgrade 
     _C_ERROR = f"{type(e).__name__}: {e}"
 
 HAS_CPP: bool = _C is not None
-HAS_CUDA_EXT: bool = bool(HAS_CPP and getattr(_C, "with_cuda", 0))
+
+_CUDA_OPS = ("fused_adamw_", "fused_sgd_", "fused_lion_", "grad_norm")
+
+
+def _has_cuda_kernels() -> bool:
+    """trainer._C was built with CUDA and every op has a kernel for the CUDA dispatch key."""
+    if not (HAS_CPP and getattr(_C, "with_cuda", 0)):
+        return False
+    try:
+        return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"trainer::{op}", "CUDA") for op in _CUDA_OPS)
+    except Exception:  # private API moved: trust the build flag
+        return True
+
+
+HAS_CUDA_EXT: bool = _has_cuda_kernels()
 
 if HAS_CPP:
     # Fake (meta) implementations: the ops mutate their list arguments in place and return
