@@ -13,6 +13,18 @@ pytest.importorskip("rich")
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
+@pytest.fixture(autouse=True)
+def _restore_rich_console():
+    """Lightning's bar applies ``console_kwargs`` to rich's global console (``rich.reconfigure``); put it back so
+    later tests do not print into this test's buffer."""
+    import rich
+
+    console = rich.get_console()
+    saved = dict(console.__dict__)
+    yield
+    console.__dict__ = saved
+
+
 def _callbacks(L):
     return __import__(f"{L.__name__}.callbacks", fromlist=["RichProgressBar"])
 
