@@ -196,6 +196,7 @@ class Trainer:
         default_root_dir: Optional[Union[str, os.PathLike]] = None,
         enable_autolog_hparams: bool = True,
         model_registry: Optional[str] = None,
+        compile: Union[bool, str, Any] = False,
     ) -> None:
         # ------------------------------------------------------------ argument checks (all before any effect)
         _check_int("max_steps", max_steps, -1)
@@ -254,6 +255,9 @@ class Trainer:
         }
         overfit = _batch_limit("overfit_batches", overfit_batches)
         precision_flag = normalize_precision("32-true" if precision is None else precision)
+        from trainer.compile import resolve_compile
+
+        self._compile_config = resolve_compile(compile)
         if plugins is not None:
             raise _bad("plugins", plugins, "custom plugins are not supported; use `precision=` instead")
 
@@ -501,6 +505,11 @@ class Trainer:
         del module
 
     # ================================================================ public properties
+    @property
+    def compile_report(self) -> Any:
+        """What the compiled engine did in the last ``fit`` (a ``trainer.compile.report.CompileReport``)."""
+        return self.fit_loop.epoch_loop.automatic_optimization.compile_report
+
     @property
     def default_root_dir(self) -> str:
         return self._default_root_dir if self._default_root_dir is not None else os.getcwd()

@@ -98,9 +98,35 @@ class AutomaticOptimization:
         self.optim_progress = OptimizationProgress()
         self._skip_backward = False
         self._batch_idx = 0
+        self._engine: Any = None  # trainer.compile.engine.CompiledEngine, one per fit (see compile_report)
+        self._engine_key: Any = None
+        self.compile_report: Any = None
+
+    def _compiled_engine(self) -> Any:
+        """The compiled engine for this fit, or None when ``Trainer(compile=False)``."""
+        trainer = self.trainer
+        config = trainer._compile_config
+        if not config.enabled:
+            return None
+        key = (id(trainer.lightning_module), id(trainer.optimizers[0]) if trainer.optimizers else None)
+        if self._engine is None or self._engine_key != key:
+            from trainer.compile.engine import CompiledEngine
+            from trainer.compile.report import CompileReport
+
+            self.compile_report = CompileReport()
+            self._engine = CompiledEngine(trainer, config, self.compile_report)
+            self._engine_key = key
+        return self._engine
 
     def run(self, optimizer: Any, batch_idx: int, args: tuple, should_accumulate: bool) -> Dict[str, Any]:
         trainer = self.trainer
+        engine = self._engine if self._engine is not None and trainer._compile_config.enabled else None
+        if engine is None or self._engine_key[0] != id(trainer.lightning_module):
+            engine = self._compiled_engine()
+        if engine is not None and not self._skip_backward:
+            out = engine.run(self, optimizer, batch_idx, args, should_accumulate)
+            if out is not None:
+                return out
         self._batch_idx = batch_idx
         zero_grad = not self._skip_backward and batch_idx % trainer.accumulate_grad_batches == 0
         closure = _Closure(self, args, trainer.strategy._lightning_optimizers[0], zero_grad)

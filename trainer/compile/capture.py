@@ -1,0 +1,287 @@
+"""Capture: the whole training step as one ATen-level FX graph.
+
+Design (why this capture method):
+
+The step is written as a *functional* program and traced, rather than handing the user's eager
+loop to dynamo:
+
+    grads, (loss, logs, extras) = torch.func.grad_and_value(step_loss, has_aux=True)(params, ...)
+    for each parameter: trainer_compile::adam_param_(param, grad, exp_avg, ...)   # in place
+
+``step_loss`` runs ``training_step`` on the module re-parametrised with the graph's inputs
+(``torch.nn.utils.stateless._reparametrize_module``, tied weights kept), inside the precision
+plugin's autocast context, with ``self.log`` redirected to a recorder: logged tensors become
+graph outputs that the engine replays into the eager ResultCollection after each call.
+``make_fx(tracing_mode="fake")`` turns that program into one FX GraphModule of ATen ops holding
+forward, loss (/k), backward and the per-parameter optimizer update. Reasons:
+
+- ONE graph for forward+backward+update, with the optimizer state as graph inputs mutated in
+  place (torch.optim's own state tensors, so ``state_dict`` and checkpoints are unchanged).
+  Dynamo + AOTAutograd splits forward and backward into two graphs at the autograd boundary and
+  treats ``optimizer.step`` as a separate region; here backward is just more ATen ops.
+- The passes see the real thing: gradients, update nodes and placeholders with known roles, at
+  ATen level, before inductor; they are plain FX rewrites, testable by running the GraphModule.
+- Fake-tensor tracing fails loudly on what it cannot represent (``if loss > 0``, ``.item()``):
+  the engine turns that into one fallback warning naming the user's source line. The tracer
+  never silently bakes a tensor value.
+- No guards and no per-call bytecode hooks: the engine keys its graphs on the batch's
+  structure/shapes itself, and lr/step are input tensors, so LR schedules never recompile.
+
+What fake tracing cannot see is Python state read inside ``training_step`` (``batch_idx``,
+``self.current_epoch``, ``self.global_step``, ``self.trainer...``): it would be frozen at capture
+time. The capture checks ``training_step``'s bytecode for those reads and refuses (fallback with
+the cause) rather than produce a silently wrong graph. Randomness (dropout) is captured as RNG
+ops; inductor draws from its own generator seeded from torch's, so dropout masks are not the
+eager engine's bit for bit (same distribution; see the statistical test).
+"""
+from __future__ import annotations
+
+import dis
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, fx
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.nn.utils.stateless import _reparametrize_module
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from trainer.compile.ops import ADAM, SGD
+
+_ZERO_TARGETS = {
+    torch.ops.aten.zeros_like.default, torch.ops.aten.zeros.default, torch.ops.aten.new_zeros.default,
+    torch.ops.aten.full.default, torch.ops.aten.full_like.default,
+}
+
+
+class CaptureError(RuntimeError):
+    """The step cannot be captured; ``cause`` is the one-line reason shown to the user."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(cause)
+        self.cause = cause
+
+
+@dataclass
+class Layout:
+    """Where each graph input comes from; built once per fit, reused for every step."""
+
+    param_names: List[str]  # trainable, in the optimizer's order
+    params: List[Tensor]
+    group_of: List[int]
+    other_names: List[str]  # frozen params and params outside the optimizer
+    others: List[Tensor]
+    buffer_names: List[str]
+    buffers: List[Tensor]
+    opt_kind: Optional[str]  # "adam", "sgd" or None (fwd_bwd: the optimizer runs eagerly)
+    state_keys: Tuple[str, ...] = ()
+    states: Dict[str, List[Optional[Tensor]]] = field(default_factory=dict)
+    lrs: List[Tensor] = field(default_factory=list)
+    hparams: List[Dict[str, Any]] = field(default_factory=list)  # per group, baked into the graph
+    accs: List[Tensor] = field(default_factory=list)
+    accumulate: int = 1
+
+    def prefix(self) -> List[Tensor]:
+        """The graph's leading inputs (everything but the batch), in placeholder order."""
+        out: List[Any] = [p.detach() for p in self.params] + [t.detach() for t in self.others] + list(self.buffers)
+        for key in self.state_keys:
+            out += [t for t in self.states[key] if t is not None]
+        return out + list(self.lrs) + list(self.accs)
+
+    def roles(self) -> List[Tuple[str, int]]:
+        r = [("param", i) for i in range(len(self.params))] + [("frozen", i) for i in range(len(self.others))]
+        r += [("buffer", i) for i in range(len(self.buffers))]
+        for key in self.state_keys:
+            r += [(key, i) for i, t in enumerate(self.states[key]) if t is not None]
+        r += [("lr", i) for i in range(len(self.lrs))] + [("acc", i) for i in range(len(self.accs))]
+        return r
+
+
+@dataclass
+class Captured:
+    gm: fx.GraphModule
+    example_inputs: List[Any]
+    log_calls: List[Tuple[str, Any, tuple, dict]]  # (name, output index or constant, args, kwargs)
+    extra_keys: List[Tuple[str, Any]]  # (key, output index or constant) of training_step's dict output
+    n_outputs: int
+    unused: List[int]  # trainable params with no gradient (eager: .grad stays None, no update)
+    returns_grads: bool
+
+
+def check_step_source(module: Any) -> Optional[str]:
+    """A reason the step cannot be captured faithfully, read from training_step's bytecode."""
+    fn = getattr(type(module), "training_step", None)
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return None
+    argnames = code.co_varnames[: code.co_argcount]
+    idx_name = argnames[2] if len(argnames) >= 3 else None
+    for ins in dis.get_instructions(code):
+        if idx_name is not None and ins.opname.startswith("LOAD_FAST") and ins.argval == idx_name:
+            return (f"`{type(module).__name__}.training_step` reads `{idx_name}` (a Python int that changes every"
+                    " step; a graph would freeze it)")
+        if ins.opname in ("LOAD_ATTR", "LOAD_METHOD") and ins.argval in ("current_epoch", "global_step", "trainer"):
+            return (f"`{type(module).__name__}.training_step` reads `self.{ins.argval}` (Python state a graph would"
+                    " freeze at capture time)")
+    return None
+
+
+def _user_frame(exc: BaseException) -> str:
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/torch/" not in f.filename
+              and "/trainer/compile/" not in f.filename]
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f" at {f.filename}:{f.lineno} `{(f.line or '').strip()}`"
+
+
+def capture(
+    module: Any, layout: Layout, batch: Any, step_args: tuple, step_context: Callable[[], Any], variant: str,
+) -> Captured:
+    """Traces one step for ``variant`` ("step"/"micro"/"final": with updates; "fwd_bwd": grads out)."""
+    leaves, spec = tree_flatten(batch)
+    t_pos = [i for i, v in enumerate(leaves) if isinstance(v, Tensor)]
+    const_leaves = list(leaves)
+    with_update = variant != "fwd_bwd"
+    prefix = layout.prefix()
+    n_p, n_o, n_b = len(layout.params), len(layout.others), len(layout.buffers)
+    k = layout.accumulate
+    records: List[Tuple[str, Any, tuple, dict]] = []
+    out_info: Dict[str, Any] = {}
+
+    def recorder(name: str, value: Any, *args: Any, **kwargs: Any) -> None:
+        records.append((name, value, args, kwargs))
+
+    def step(*flat: Tensor) -> tuple:
+        flat = list(flat)
+        params, others, bufs = flat[:n_p], flat[n_p:n_p + n_o], flat[n_p + n_o:n_p + n_o + n_b]
+        pos = n_p + n_o + n_b
+        states: Dict[str, List[Optional[Tensor]]] = {}
+        for key in layout.state_keys:
+            states[key] = []
+            for t in layout.states[key]:
+                if t is None:
+                    states[key].append(None)
+                else:
+                    states[key].append(flat[pos])
+                    pos += 1
+        lrs = flat[pos:pos + len(layout.lrs)]
+        pos += len(layout.lrs) + len(layout.accs)
+        batch_tensors = flat[pos:]
+
+        def step_loss(params: List[Tensor], others: List[Tensor], bufs: List[Tensor], batch_tensors: List[Tensor]):
+            lv = list(const_leaves)
+            for i, t in zip(t_pos, batch_tensors):
+                lv[i] = t
+            b = tree_unflatten(lv, spec)
+            tensors = {**dict(zip(layout.param_names, params)), **dict(zip(layout.other_names, others)),
+                       **dict(zip(layout.buffer_names, bufs))}
+            records.clear()
+            with _reparametrize_module(module, tensors, tie_weights=True), step_context():
+                out = module.training_step(b, *step_args)
+            extra: Dict[str, Any] = {}
+            if isinstance(out, Mapping):
+                loss = out.get("loss")
+                extra = {key: v for key, v in out.items() if key != "loss"}
+            else:
+                loss = out
+            if not isinstance(loss, Tensor):
+                raise CaptureError(f"`training_step` returned {type(out).__name__} (no loss tensor): the step would be"
+                                   " skipped, which a graph cannot decide")
+            if loss.numel() != 1:
+                raise CaptureError(f"`training_step` returned a loss of shape {tuple(loss.shape)}; it must be scalar")
+            if k > 1:
+                loss = loss / k
+            log_tensors = [v for _, v, _, _ in records if isinstance(v, Tensor)]
+            extra_tensors = [v for v in extra.values() if isinstance(v, Tensor)]
+            out_info["extra"] = extra
+            out_info["records"] = list(records)
+            return loss, ([t.detach() for t in log_tensors], [t.detach() for t in extra_tensors])
+
+        grads, (loss, (logs, extras)) = torch.func.grad_and_value(step_loss, has_aux=True)(
+            params, others, bufs, batch_tensors)
+        if not with_update:
+            return (loss.detach(), *logs, *extras, *grads)
+        for i in range(n_p):
+            g = layout.hparams[layout.group_of[i]]
+            lr = lrs[layout.group_of[i]]
+            if layout.opt_kind == "adam":
+                torch.ops.trainer_compile.adam_param_(
+                    params[i], grads[i], states["exp_avg"][i], states["exp_avg_sq"][i],
+                    states["max_exp_avg_sq"][i] if g["amsgrad"] else None, states["step"][i], lr,
+                    g["betas"][0], g["betas"][1], g["eps"], g["weight_decay"], g["amsgrad"], g["maximize"],
+                    g["decoupled"])
+            else:
+                torch.ops.trainer_compile.sgd_param_(
+                    params[i], grads[i], states["momentum_buffer"][i] if g["momentum"] else None, lr, g["momentum"],
+                    g["dampening"], g["weight_decay"], g["nesterov"], g["maximize"])
+        return (loss.detach(), *logs, *extras)
+
+    example = prefix + [leaves[i] for i in t_pos]
+    module.__dict__["log"] = recorder
+    prev_fx = module.__dict__.get("_current_fx_name")
+    object.__setattr__(module, "_current_fx_name", "training_step")
+    try:
+        gm = make_fx(step, tracing_mode="fake", _allow_non_fake_inputs=False)(*example)
+    except CaptureError:
+        raise
+    except Exception as e:  # data-dependent control flow, .item(), unsupported ops, ...
+        raise CaptureError(f"capture of `training_step` failed{_user_frame(e)}: {type(e).__name__}:"
+                           f" {str(e).splitlines()[0] if str(e) else ''}") from e
+    finally:
+        module.__dict__.pop("log", None)
+        object.__setattr__(module, "_current_fx_name", prev_fx)
+
+    roles = layout.roles() + [("batch", i) for i in range(len(t_pos))]
+    phs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for node, r in zip(phs, roles):
+        node.meta["role"] = r
+
+    # outputs: loss, logged tensors, extra tensors[, grads]
+    log_calls, idx = [], 1
+    for name, value, args, kwargs in out_info["records"]:
+        if isinstance(value, Tensor):
+            log_calls.append((name, idx, args, kwargs))
+            idx += 1
+        else:
+            log_calls.append((name, ("const", value), args, kwargs))
+    extra_keys = []
+    for key, v in out_info["extra"].items():
+        if isinstance(v, Tensor):
+            extra_keys.append((key, idx))
+            idx += 1
+        else:
+            extra_keys.append((key, ("const", v)))
+
+    # parameters the loss does not depend on get a constant-zero gradient from torch.func; the eager
+    # engine leaves their .grad None and the optimizer skips them: do the same
+    out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    unused: List[int] = []
+    if with_update:
+        for node in list(gm.graph.nodes):
+            if node.op == "call_function" and node.target in (ADAM, SGD):
+                grad = node.args[1]
+                if isinstance(grad, fx.Node) and grad.target in _ZERO_TARGETS:
+                    unused.append(node.args[0].meta["role"][1])
+                    gm.graph.erase_node(node)
+    else:
+        grads = out_node.args[0][idx:]
+        unused = [i for i, g in enumerate(grads) if isinstance(g, fx.Node) and g.target in _ZERO_TARGETS]
+    gm.graph.eliminate_dead_code(is_impure_node=_impure)
+    gm.recompile()
+    return Captured(gm, example, log_calls, extra_keys, idx, unused, not with_update)
+
+
+def _impure(node: fx.Node) -> bool:
+    if node.op in ("placeholder", "output"):
+        return True
+    target = node.target
+    schema = getattr(target, "_schema", None)
+    if schema is not None and schema.is_mutable:
+        return True
+    return callable(target) and not isinstance(target, torch._ops.OpOverload)
+
+
+__all__ = ["CaptureError", "Captured", "Layout", "capture", "check_step_source"]

@@ -1,0 +1,395 @@
+"""The compiled step engine: picks a tier once per fit, builds graphs per batch signature, runs them.
+
+Tiers, decided at the first training step of a fit (reason recorded in ``compile_report``):
+
+- ``full``: forward, loss, backward, accumulation, clipping and the optimizer update in one graph
+  per variant (``step`` for k=1; ``micro``/``final`` under accumulation). Nothing of the step
+  runs in Python but input assembly, an lr refresh and the ``self.log`` replay.
+- ``fwd_bwd``: a hook that must see real tensors inside the step is overridden
+  (``on_before_backward``, ``on_after_backward``, ``on_before_optimizer_step``,
+  ``configure_gradient_clipping``, ``optimizer_step``, ``optimizer_zero_grad``; module or
+  callback), or the optimizer/precision is not one the update graph covers: forward+backward
+  are one compiled graph whose gradients land in ``.grad``, and the eager engine's closure
+  machinery runs every hook, the clipping and ``optimizer.step()`` with real tensors.
+- ``eager``: the capture failed or the configuration is out of scope: one warning naming the
+  cause (``compile="strict"`` raises) and the eager engine from then on.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch.utils._pytree import tree_flatten
+
+from trainer.compile import CompileConfig, CompileError
+from trainer.compile.capture import Captured, CaptureError, Layout, capture, check_step_source
+from trainer.compile.passes import StepConfig, run_passes
+from trainer.compile.report import CompileReport
+from trainer.hooks import is_overridden
+from trainer.loops.optimization import ClosureResult, _Closure
+
+if TYPE_CHECKING:  # pragma: no cover
+    from trainer.loops.optimization import AutomaticOptimization
+    from trainer.trainer import Trainer
+
+
+class CompileWarning(UserWarning):
+    """The compiled engine fell back to the eager engine (the message names the cause)."""
+
+
+_SPLIT_MODULE_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step",
+                       "configure_gradient_clipping", "optimizer_step", "optimizer_zero_grad")
+_SPLIT_CALLBACK_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
+_ADAM_KEYS = ("betas", "eps", "weight_decay", "amsgrad", "maximize")
+_SGD_KEYS = ("momentum", "dampening", "weight_decay", "nesterov", "maximize")
+
+
+class _Graph:
+    __slots__ = ("fn", "cap")
+
+    def __init__(self, fn: Callable, cap: Captured) -> None:
+        self.fn = fn
+        self.cap = cap
+
+
+class CompiledEngine:
+    def __init__(self, trainer: "Trainer", config: CompileConfig, report: CompileReport) -> None:
+        self.trainer = trainer
+        self.config = config
+        self.report = report
+        report.enabled = True
+        self.tier: Optional[str] = None
+        self.layout: Optional[Layout] = None
+        self._prefix: List[Tensor] = []
+        self._graphs: Dict[Any, _Graph] = {}
+        self._variants_seen: set = set()
+        self._lr_cache: List[Any] = []
+        self._hp_cache: List[Tuple] = []
+        self._use_cpp = False
+        self._opt: Any = None
+
+    # ------------------------------------------------------------------ tier selection
+    def _fail(self, cause: str) -> None:
+        if self.config.strict:
+            raise CompileError(f"Trainer(compile='strict'): the training step cannot be compiled: {cause}")
+        self.tier = "eager"
+        self.report.mode = "eager"
+        self.report.fallback_reason = cause
+        warnings.warn(f"trainer.compile: running the eager engine instead: {cause}", CompileWarning, stacklevel=2)
+        self._restore_grads()
+
+    def _restore_grads(self) -> None:
+        # a window interrupted mid-accumulation continues in eager: hand over what was accumulated
+        layout = self.layout
+        if layout is None or not layout.accs:
+            return
+        with torch.no_grad():
+            for p, acc in zip(layout.params, layout.accs):
+                if bool(acc.any()):
+                    p.grad = acc.clone() if p.grad is None else p.grad.add_(acc)
+
+    def _setup(self, optimizer: Any) -> None:
+        trainer = self.trainer
+        module = trainer.lightning_module
+        precision = trainer.precision
+        if precision == "16-mixed":
+            return self._fail("precision='16-mixed' (fp16 loss scaling) is not compiled yet")
+        if type(trainer.strategy).__name__ != "SingleDeviceStrategy":
+            return self._fail(f"strategy {type(trainer.strategy).__name__} is not supported by the compiled engine")
+        if trainer._detect_anomaly:
+            return self._fail("detect_anomaly=True needs the eager autograd engine")
+        if is_overridden("backward", module):
+            return self._fail(f"`{type(module).__name__}.backward` is overridden (a custom backward call cannot be"
+                              " captured)")
+        cause = check_step_source(module)
+        if cause:
+            return self._fail(cause)
+        named = dict(module.named_parameters())
+        name_of = {id(p): n for n, p in named.items()}
+        opt = optimizer
+        self._opt = opt
+        trainable, group_of = [], []
+        for gi, group in enumerate(opt.param_groups):
+            for p in group["params"]:
+                if id(p) not in name_of:
+                    return self._fail("the optimizer holds tensors that are not parameters of the LightningModule")
+                if p.requires_grad:
+                    trainable.append(p)
+                    group_of.append(gi)
+        tids = {id(p) for p in trainable}
+        others = [(n, p) for n, p in named.items() if id(p) not in tids]
+        buffers = list(module.named_buffers())
+        split = self._split_reason(module, opt, precision, trainable)
+        self.tier = "fwd_bwd" if split else "full"
+        self.report.mode = self.tier
+        if split:
+            self.report.fallback_reason = f"step split (fwd+bwd compiled, rest eager): {split}"
+        k = trainer.accumulate_grad_batches  # the capture differentiates loss / k in both tiers
+        layout = Layout(
+            param_names=[name_of[id(p)] for p in trainable], params=trainable, group_of=group_of,
+            other_names=[n for n, _ in others], others=[p for _, p in others],
+            buffer_names=[n for n, _ in buffers], buffers=[b for _, b in buffers], opt_kind=None, accumulate=k,
+        )
+        if self.tier == "full":
+            self._setup_optimizer(layout, opt)
+            if k > 1:
+                layout.accs = [torch.zeros_like(p, memory_format=torch.preserve_format).detach() for p in trainable]
+        self.layout = layout
+        self._prefix = layout.prefix()
+        from trainer.optim import HAS_CPP
+
+        dev = trainable[0].device.type if trainable else "cpu"
+        self._use_cpp = bool(HAS_CPP) and dev == "cpu"
+
+    def _split_reason(self, module: Any, opt: Any, precision: str, trainable: List[Tensor]) -> Optional[str]:
+        for h in _SPLIT_MODULE_HOOKS:
+            if is_overridden(h, module):
+                return f"`{type(module).__name__}.{h}` is overridden"
+        for h in _SPLIT_CALLBACK_HOOKS:
+            cbs = self.trainer._hooks.callbacks_for(h)
+            if cbs:
+                return f"callback {type(cbs[0]).__name__} overrides `{h}`"
+        if precision not in ("32-true", "bf16-mixed"):
+            return f"precision={precision!r}: the update graph covers fp32 parameters only"
+        if type(opt) not in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW):
+            return f"optimizer {type(opt).__name__} has no in-graph update (its eager step() runs)"
+        if opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks:
+            return "the optimizer has step hooks"
+        for g in opt.param_groups:
+            if g.get("differentiable") or g.get("capturable"):
+                return "optimizer groups with differentiable=True or capturable=True"
+            if isinstance(opt, torch.optim.SGD) and g["momentum"] != 0 and g["dampening"] != 0:
+                return "SGD with dampening != 0"
+            if any(isinstance(g.get(key), Tensor) for key in ("betas", "weight_decay", "momentum", "eps")):
+                return "tensor-valued hyperparameters other than lr"
+        if any(p.dtype != torch.float32 for p in trainable):
+            return "the update graph covers fp32 parameters only"
+        if not trainable:
+            return "no trainable parameters"
+        return None
+
+    def _setup_optimizer(self, layout: Layout, opt: Any) -> None:
+        from torch.optim.optimizer import _get_scalar_dtype
+
+        adam = not isinstance(opt, torch.optim.SGD)
+        layout.opt_kind = "adam" if adam else "sgd"
+        layout.state_keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step") if adam else ("momentum_buffer",)
+        layout.states = {key: [] for key in layout.state_keys}
+        for gi, group in enumerate(opt.param_groups):
+            hp = {key: group[key] for key in (_ADAM_KEYS if adam else _SGD_KEYS)}
+            if adam:
+                hp["decoupled"] = isinstance(opt, torch.optim.AdamW)
+            layout.hparams.append(hp)
+            lr = group["lr"]
+            dev = group["params"][0].device if group["params"] else torch.device("cpu")
+            layout.lrs.append(torch.tensor(float(lr), dtype=torch.float32, device=dev))
+        for p, gi in zip(layout.params, layout.group_of):
+            group = opt.param_groups[gi]
+            st = opt.state[p]
+            if adam:
+                # exactly what torch.optim.Adam(W)._init_group creates on the first step
+                if len(st) == 0:
+                    st["step"] = (
+                        torch.zeros((), dtype=_get_scalar_dtype(is_fused=group["fused"]), device=p.device)
+                        if group["capturable"] or group["fused"]
+                        else torch.tensor(0.0, dtype=_get_scalar_dtype())
+                    )
+                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    if group["amsgrad"]:
+                        st["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if not isinstance(st["step"], Tensor):
+                    st["step"] = torch.tensor(float(st["step"]), dtype=_get_scalar_dtype())
+                for key in layout.state_keys:
+                    layout.states[key].append(st.get(key) if (key != "max_exp_avg_sq" or group["amsgrad"]) else None)
+            else:
+                if group["momentum"] != 0 and st.get("momentum_buffer") is None:
+                    # torch starts the buffer at a copy of the first gradient; 0*m + g == g (dampening is 0)
+                    st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                layout.states["momentum_buffer"].append(st.get("momentum_buffer") if group["momentum"] != 0 else None)
+        self._lr_cache = [float(g["lr"]) for g in opt.param_groups]
+        self._hp_cache = [self._hp_key(g) for g in opt.param_groups]
+
+    def _hp_key(self, group: Dict[str, Any]) -> Tuple:
+        keys = _SGD_KEYS if isinstance(self._opt, torch.optim.SGD) else _ADAM_KEYS
+        return tuple(group[key] for key in keys)
+
+    def _drop_unused_state(self, cap: Captured) -> None:
+        layout = self.layout
+        opt = self._opt
+        for i in cap.unused:
+            st = opt.state.get(layout.params[i])
+            if st is not None and not any(isinstance(v, Tensor) and v.ndim and bool(v.any()) for v in st.values()):
+                opt.state.pop(layout.params[i], None)
+
+    # ------------------------------------------------------------------ graphs
+    def _build(self, key: Any, variant: str, batch: Any, step_args: tuple) -> _Graph:
+        trainer = self.trainer
+        module = trainer.lightning_module
+        layout = self.layout
+        assert layout is not None
+        t0 = time.perf_counter()
+        cap = capture(module, layout, batch, step_args, trainer.precision_plugin.train_step_context, variant)
+        cfg = StepConfig(variant=variant, accumulate=layout.accumulate, clip_val=trainer.gradient_clip_val,
+                         clip_algorithm=trainer.gradient_clip_algorithm or "norm", precision=trainer.precision,
+                         use_cpp=self._use_cpp)
+        names = self.config.active_passes if variant != "fwd_bwd" else tuple(
+            p for p in self.config.active_passes if p == "amp")
+        gm = run_passes(cap.gm, cap.example_inputs, cfg, names, self.config.debug_dir, tag=f"{variant}{len(self._graphs)}")
+        from torch._inductor.compile_fx import compile_fx
+
+        with torch.no_grad():
+            fn = compile_fx(gm, cap.example_inputs)
+        if variant != "fwd_bwd" and cap.unused:
+            self._drop_unused_state(cap)
+        self.report.compile_seconds += time.perf_counter() - t0
+        self.report.graphs_built += 1
+        if variant in self._variants_seen:
+            self.report.recompiles += 1
+        self._variants_seen.add(variant)
+        self.report.passes_applied = list(names)
+        self.report.graph_keys.append(f"{variant}:{key[1]}")
+        cap.gm = gm
+        graph = _Graph(fn, cap)
+        self._graphs[key] = graph
+        return graph
+
+    def _graph_for(self, variant: str, batch: Any, step_args: tuple) -> Tuple[_Graph, List[Tensor]]:
+        leaves, spec = tree_flatten(batch)
+        tensors = [v for v in leaves if isinstance(v, Tensor)]
+        sig = tuple((tuple(v.shape), v.dtype, v.device) if isinstance(v, Tensor) else (type(v), v) for v in leaves)
+        key = (variant, (spec, sig), len(step_args))  # batch_idx itself is never read (check_step_source)
+        graph = self._graphs.get(key)
+        if graph is None:
+            graph = self._build(key, variant, batch, step_args)
+        return graph, tensors
+
+    def _refresh_hparams(self) -> None:
+        """lr is an input tensor refreshed in place: a scheduler never recompiles; other changes do."""
+        groups = self._opt.param_groups
+        for i, g in enumerate(groups):
+            lr = g["lr"]
+            if lr != self._lr_cache[i]:
+                self.layout.lrs[i].fill_(float(lr))
+                self._lr_cache[i] = lr
+            if self._hp_key(g) != self._hp_cache[i]:
+                self._hp_cache = [self._hp_key(gr) for gr in groups]
+                for gi, gr in enumerate(groups):
+                    self.layout.hparams[gi].update({key: gr[key] for key in self._hp_key_names()})
+                self._graphs.clear()  # baked hyperparameters changed: rebuild (counted as recompiles)
+                break
+
+    def _hp_key_names(self) -> Tuple[str, ...]:
+        return _SGD_KEYS if isinstance(self._opt, torch.optim.SGD) else _ADAM_KEYS
+
+    # ------------------------------------------------------------------ running
+    def _replay_logs(self, cap: Captured, outs: Any) -> None:
+        if not cap.log_calls:
+            return
+        module = self.trainer.lightning_module
+        prev = module._current_fx_name
+        object.__setattr__(module, "_current_fx_name", "training_step")
+        try:
+            for name, src, args, kwargs in cap.log_calls:
+                value = src[1] if isinstance(src, tuple) else outs[src]
+                module.log(name, value, *args, **kwargs)
+        finally:
+            object.__setattr__(module, "_current_fx_name", prev)
+
+    def _extras(self, cap: Captured, outs: Any) -> Dict[str, Any]:
+        return {key: (src[1] if isinstance(src, tuple) else outs[src]) for key, src in cap.extra_keys}
+
+    def run(self, loop: "AutomaticOptimization", optimizer: Any, batch_idx: int, args: tuple,
+            should_accumulate: bool) -> Optional[Dict[str, Any]]:
+        """Runs one batch compiled; None means 'run the eager engine' (fallback)."""
+        if self.tier is None:
+            self._setup(optimizer)
+        if self.tier == "eager":
+            return None
+        try:
+            if self.tier == "full":
+                return self._run_full(loop, batch_idx, args, should_accumulate)
+            return self._run_split(loop, batch_idx, args, should_accumulate)
+        except CaptureError as e:
+            self._fail(e.cause)
+            return None
+
+    def _run_full(self, loop: "AutomaticOptimization", batch_idx: int, args: tuple,
+                  should_accumulate: bool) -> Dict[str, Any]:
+        trainer = self.trainer
+        k = self.layout.accumulate
+        variant = "step" if k == 1 else ("micro" if should_accumulate else "final")
+        if not should_accumulate:
+            self._refresh_hparams()
+        graph, tensors = self._graph_for(variant, args[0], args[1:])
+        if batch_idx % trainer.accumulate_grad_batches == 0:
+            loop.on_before_zero_grad(trainer.strategy._lightning_optimizers[0])
+            loop.optim_progress.zero_grad.increment_completed()  # the graph owns the gradients: nothing to zero
+        if not should_accumulate:
+            loop.optim_progress.step.increment_ready()
+        outs = graph.fn(*self._prefix, *tensors)
+        if not should_accumulate:
+            loop.optim_progress.step.increment_completed()
+            self._opt._opt_called = True  # LR schedulers check that optimizer.step ran
+        self.report.steps_run += 1
+        cap = graph.cap
+        self._replay_logs(cap, outs)
+        return {"loss": outs[0], **self._extras(cap, outs)}
+
+    def _run_split(self, loop: "AutomaticOptimization", batch_idx: int, args: tuple,
+                   should_accumulate: bool) -> Dict[str, Any]:
+        trainer = self.trainer
+        zero_grad = batch_idx % trainer.accumulate_grad_batches == 0
+        closure = _CompiledClosure(loop, args, trainer.strategy._lightning_optimizers[0], zero_grad)
+        closure.engine = self
+        loop._batch_idx = batch_idx
+        if should_accumulate:
+            closure()
+        else:
+            loop._optimizer_step(batch_idx, closure)
+        result = closure.result
+        if result is None or result.loss is None:
+            return {}
+        return result.asdict()
+
+
+class _CompiledClosure(_Closure):
+    """The eager closure's contract (training_step -> zero_grad -> backward hooks) with the
+    forward+backward run as one compiled graph; its gradients are accumulated into ``.grad``."""
+
+    __slots__ = ("engine",)
+
+    def __call__(self) -> Optional[Tensor]:
+        engine: CompiledEngine = self.engine
+        trainer = engine.trainer
+        graph, tensors = engine._graph_for("fwd_bwd", self.args[0], self.args[1:])
+        outs = graph.fn(*engine._prefix, *tensors)
+        cap = graph.cap
+        engine._replay_logs(cap, outs)
+        loss = outs[0]
+        self.result = ClosureResult(loss, extra=engine._extras(cap, outs))
+        loop = self.loop
+        if self.zero_grad:
+            loop.on_before_zero_grad(self.optimizer)
+            loop.optimizer_zero_grad(self.optimizer)
+        module = trainer.lightning_module
+        precision = trainer.strategy.precision_plugin
+        precision.pre_backward(loss, module)
+        unused = cap.unused
+        with torch.no_grad():
+            for i, (p, g) in enumerate(zip(engine.layout.params, outs[cap.n_outputs:])):
+                if unused and i in unused:
+                    continue
+                if p.grad is None:
+                    p.grad = g
+                else:
+                    p.grad.add_(g)
+        precision.post_backward(loss, module)
+        engine.report.steps_run += 1
+        return loss
+
+
+__all__ = ["CompiledEngine", "CompileWarning"]

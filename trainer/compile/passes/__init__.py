@@ -1,0 +1,96 @@
+"""Graph passes over the captured training step, applied in order (see ``CompileConfig.passes``).
+
+Each pass is a pure function ``(GraphModule, example_inputs, cfg) -> GraphModule`` in its own
+file. ``cfg`` is a :class:`StepConfig`. Passes find their nodes through the capture's conventions:
+placeholders carry ``node.meta["role"] = (kind, index)`` (kind: param, frozen, buffer, state name,
+lr, acc, batch) and the optimizer update is one ``trainer_compile::*_param_`` node per parameter.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import fx
+
+from trainer.compile.ops import UPDATE_OPS
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    variant: str  # "step" (k == 1), "micro" (accumulate only), "final" (accumulate + update), "fwd_bwd"
+    accumulate: int = 1
+    clip_val: Optional[float] = None
+    clip_algorithm: str = "norm"
+    precision: str = "32-true"
+    use_cpp: bool = True  # fusion target: torch.ops.trainer.* (trainer._C) or a foreach torch expression
+
+
+Pass = Callable[[fx.GraphModule, Sequence[Any], StepConfig], fx.GraphModule]
+
+
+def update_nodes(graph: fx.Graph) -> List[fx.Node]:
+    return [n for n in graph.nodes if n.op == "call_function" and n.target in UPDATE_OPS]
+
+
+def placeholders(graph: fx.Graph, kind: str) -> Dict[int, fx.Node]:
+    out = {}
+    for n in graph.nodes:
+        if n.op == "placeholder" and n.meta.get("role", (None,))[0] == kind:
+            out[n.meta["role"][1]] = n
+    return out
+
+
+def role(node: Any) -> Tuple[Optional[str], int]:
+    return node.meta.get("role", (None, -1)) if isinstance(node, fx.Node) else (None, -1)
+
+
+def _load() -> Dict[str, Pass]:
+    from .accumulation import accumulation
+    from .amp import amp
+    from .clipping import clipping
+    from .optimizer_fusion import optimizer_fusion
+
+    return {"amp": amp, "accumulation": accumulation, "clipping": clipping, "optimizer_fusion": optimizer_fusion}
+
+
+class _Registry(dict):
+    def __missing__(self, key: str) -> Pass:
+        self.update(_load())
+        return dict.__getitem__(self, key)
+
+    def __contains__(self, key: object) -> bool:
+        if not dict.__len__(self):
+            self.update(_load())
+        return dict.__contains__(self, key)
+
+    def __iter__(self):
+        if not dict.__len__(self):
+            self.update(_load())
+        return dict.__iter__(self)
+
+
+PASSES: Dict[str, Pass] = _Registry()
+
+
+def run_passes(
+    gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: StepConfig, names: Sequence[str],
+    debug_dir: Optional[str] = None, tag: str = "step",
+) -> fx.GraphModule:
+    """Applies ``names`` in order; with ``debug_dir`` writes ``{tag}.{i}.{name}.{before,after}.py``."""
+    for i, name in enumerate(names):
+        if debug_dir:
+            os.makedirs(debug_dir, exist_ok=True)
+            with open(os.path.join(debug_dir, f"{tag}.{i}.{name}.before.py"), "w") as f:
+                f.write(gm.code)
+        gm = PASSES[name](gm, example_inputs, cfg)
+        gm.graph.lint()
+        gm.recompile()
+        if debug_dir:
+            with open(os.path.join(debug_dir, f"{tag}.{i}.{name}.after.py"), "w") as f:
+                f.write(gm.code)
+    return gm
+
+
+__all__ = ["PASSES", "StepConfig", "placeholders", "role", "run_passes", "update_nodes"]

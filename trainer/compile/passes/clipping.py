@@ -1,0 +1,52 @@
+"""Gradient clipping folded into the optimizer update.
+
+- ``norm``: ONE global-norm node over all gradients (``torch.ops.trainer.grad_norm`` when
+  ``trainer._C`` is loaded, else the foreach norm ``clip_grad_norm_`` uses), then
+  ``clip_coef = min(1, max_norm / (norm + 1e-6))`` which is passed to every update node's
+  ``clip_coef`` argument: the update kernel multiplies it in while it reads the gradient, so
+  the gradients are never rewritten in a separate pass over memory.
+- ``value``: each gradient is clamped to ``[-v, v]`` where the update reads it (inductor fuses
+  the clamp into the kernel that produces the gradient).
+
+Runs on the graphs that update (``step``/``final``) after accumulation, so it sees the summed
+gradients, as the eager engine clips the accumulated ``.grad``.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, fx
+
+from trainer.compile.ops import foreach_grad_norm
+
+from . import StepConfig, update_nodes
+
+aten = torch.ops.aten
+
+
+def clip_coef(total_norm: Tensor, max_norm: float) -> Tensor:
+    return torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+
+
+def clipping(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: StepConfig) -> fx.GraphModule:
+    if not cfg.clip_val or cfg.variant not in ("step", "final"):
+        return gm
+    graph = gm.graph
+    updates = update_nodes(graph)
+    if not updates:
+        return gm
+    first = updates[0]
+    if cfg.clip_algorithm == "value":
+        with graph.inserting_before(first):
+            for node in updates:
+                node.update_arg(1, graph.call_function(aten.clamp.default, (node.args[1], -cfg.clip_val, cfg.clip_val)))
+        return gm
+    grads = [n.args[1] for n in updates]
+    norm_fn = torch.ops.trainer.grad_norm.default if cfg.use_cpp else foreach_grad_norm
+    with graph.inserting_before(first):
+        norm = graph.call_function(norm_fn, (grads,))
+        coef = graph.call_function(clip_coef, (norm, float(cfg.clip_val)))
+    for node in updates:
+        node.update_kwarg("clip_coef", coef)
+    return gm
