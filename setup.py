@@ -31,6 +31,20 @@ def nvcc_version(cuda_home: str | None) -> str | None:
     return f"{m.group(1)}.{m.group(2)}" if m else None
 
 
+def toolkit_root(cuda_home: str | None) -> str | None:
+    """``cuda_home``, or ``/usr/local/cuda`` when ``cuda_home`` has no headers and that one does.
+
+    torch takes CUDA_HOME from the nvcc on PATH; a ``/usr/local/bin/nvcc`` wrapper script then
+    yields ``/usr/local``, which holds no CUDA headers.
+    """
+    def has_headers(d):
+        return bool(d) and os.path.isfile(os.path.join(d, "include", "cuda_runtime.h"))
+
+    if cuda_home and not has_headers(cuda_home) and has_headers("/usr/local/cuda"):
+        return "/usr/local/cuda"
+    return cuda_home
+
+
 def cuda_build_decision(cuda_sources: list[str], torch_cuda: str | None, torch_hip: str | None,
                         cuda_home: str | None, nvcc: str | None, env: dict | None = None) -> tuple[bool, str]:
     """Whether to compile ``csrc/*.cu`` into ``trainer._C``, and why (printed by the build).
@@ -71,7 +85,9 @@ def _extensions() -> tuple[list, dict]:
     from torch.utils import cpp_extension
 
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "*.cu")))
-    cuda_home = cpp_extension.CUDA_HOME
+    cuda_home = toolkit_root(cpp_extension.CUDA_HOME)
+    if cuda_home and torch.version.cuda:
+        cpp_extension.CUDA_HOME = cuda_home  # include and library paths of CUDAExtension come from it
     with_cuda, why = cuda_build_decision(cuda_sources, torch.version.cuda, getattr(torch.version, "hip", None),
                                          cuda_home, nvcc_version(cuda_home) if torch.version.cuda else None)
     print(f"trainer._C: {'with' if with_cuda else 'without'} CUDA kernels: {why}")

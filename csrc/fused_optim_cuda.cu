@@ -17,6 +17,7 @@
 
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>  // not ATen/cuda/CUDAContext.h: no cuBLAS/cuSPARSE headers needed
@@ -698,7 +699,10 @@ __global__ void __launch_bounds__(kThreads)
 }  // namespace
 
 Tensor grad_norm(at::TensorList grads, const std::optional<Tensor>& grad_scale) {
-  TORCH_CHECK(!grads.empty(), "trainer: grad_norm of an empty list has no device; pass at least one tensor");
+  if (grads.empty()) {  // reached only through a CUDA grad_scale: the norm of nothing, on its device
+    TORCH_CHECK(grad_scale.has_value() && grad_scale->defined(), "trainer: grad_norm of an empty list");
+    return at::zeros({}, grad_scale->options().dtype(at::kFloat));
+  }
   const at::Device dev = grads[0].device();
   TORCH_CHECK(dev.is_cuda(), "trainer: CUDA kernel got grads on ", dev);
   check_on("grads", grads, dev);

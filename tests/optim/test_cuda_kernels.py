@@ -526,6 +526,7 @@ def test_setup_cuda_decision_table(toolkit, tmp_path):
     assert not d(cu, "13.0", None, str(tmp_path / "nothing"), "13.0", env={})[0]  # a CUDA_HOME without headers
     assert not d(cu, None, "6.2", toolkit, None, env={})[0]  # ROCm torch: not hipified
     assert s.nvcc_version(None) is None and s.nvcc_version(str(tmp_path / "nothing")) is None
+    assert s.toolkit_root(toolkit) == toolkit and s.toolkit_root(None) is None
 
 
 def test_backend_order_prefers_cuda_kernels(monkeypatch):
