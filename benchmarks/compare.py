@@ -192,8 +192,8 @@ RUNNERS: List[Runner] = [
     Runner(HAND, run_hand_loop),
     Runner(LIGHTNING, framework_runner("pytorch_lightning"), lambda: framework_unavailable("pytorch_lightning")),
     Runner("trainer eager", framework_runner("trainer", compile=False), lambda: framework_unavailable("trainer")),
-    # e.g.: Runner("trainer compiled", framework_runner("trainer", compile=True),
-    #              lambda: framework_unavailable("trainer", compile=True)),
+    Runner("trainer compiled", framework_runner("trainer", compile=True),
+           lambda: framework_unavailable("trainer", compile=True)),
 ]
 
 
