@@ -479,7 +479,9 @@ class Trainer:
                 " in callbacks list."
             )
         if not bars and self.enable_progress_bar:
-            cbs.append(TQDMProgressBar())
+            from trainer.callbacks import RichProgressBar
+
+            cbs.append(RichProgressBar() if _rich_available() else TQDMProgressBar())  # Lightning's rule
         if self.enable_model_summary and not any(isinstance(cb, ModelSummary) for cb in cbs):
             from trainer.callbacks import RichModelSummary
 

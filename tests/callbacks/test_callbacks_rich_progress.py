@@ -176,3 +176,10 @@ def test_theme_and_exports(TL, PL):
     bar, ref_bar = C.RichProgressBar(), PL.callbacks.RichProgressBar()
     assert bar.refresh_rate == ref_bar.refresh_rate and bar._leave == ref_bar._leave
     assert "progress" not in {k for k, v in bar.__getstate__().items() if v is not None}
+
+
+def test_default_bar_is_rich_like_lightning(TL, PL, tmp_path):
+    for L in (TL, PL):
+        trainer = L.Trainer(accelerator="cpu", logger=False, default_root_dir=str(tmp_path))
+        assert type(trainer.progress_bar_callback).__name__ == "RichProgressBar", L.__name__
+    assert isinstance(TL.Trainer(accelerator="cpu", logger=False).progress_bar_callback, TL.callbacks.RichProgressBar)
