@@ -243,16 +243,9 @@ def test_bad_file_fit_raises_naming_the_file_and_writes_nothing(bad_files, tmp_p
 
 
 @pytest.mark.parametrize("name", ["truncated.ckpt", "wrong_keys.ckpt", "wrong_shapes.ckpt"])
-def test_bad_file_load_from_checkpoint_raises_naming_the_file(bad_files, name, request):
+def test_bad_file_load_from_checkpoint_raises_naming_the_file(bad_files, name):
     import trainer as TL
 
-    if name != "truncated.ckpt":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "trainer/module.py LightningModule.load_from_checkpoint calls model.load_state_dict(...) unguarded:"
-            " a file whose keys/shapes do not fit raises torch's bare RuntimeError ('Error(s) in loading"
-            " state_dict for Net: ...') without the checkpoint's path (fit's restore wraps it in CheckpointError"
-            " naming the file)"
-        )))
     path = str(bad_files / name)
     before = _snapshot(bad_files)
     with pytest.raises(RuntimeError) as info:  # CheckpointError is a RuntimeError

@@ -427,11 +427,18 @@ class LoggerConnector:
 
     @property
     def should_update_logs(self) -> bool:
+        """Lightning's rule: every ``log_every_n_steps`` steps of the active loop (or when stopping)."""
         trainer = self.trainer
         n = trainer.log_every_n_steps
         if n == 0:
             return False
-        step = trainer.fit_loop.epoch_loop._batches_that_stepped + 1
+        loop = trainer._active_loop
+        if loop is None:
+            return True
+        if loop is trainer.fit_loop:
+            step = loop.epoch_loop._batches_that_stepped + 1
+        else:
+            step = loop.batch_progress.current.ready
         return step % n == 0 or trainer.should_stop
 
     def log_metrics(self, metrics: Dict[str, Any], step: Optional[int] = None) -> None:

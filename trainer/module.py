@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import inspect
 import numbers
+import os
 from argparse import Namespace
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Dict, Generator, List, Mapping, Optional, Sequence, Union
@@ -548,7 +549,14 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
         if state_dict is None:
             raise KeyError(f"Checkpoint {checkpoint_path!s} has no 'state_dict' key")
         strict = model.strict_loading if strict is None else strict
-        keys = model.load_state_dict(state_dict, strict=strict)
+        try:
+            keys = model.load_state_dict(state_dict, strict=strict)
+        except RuntimeError as err:
+            from trainer.checkpoint import CheckpointError
+
+            raise CheckpointError(
+                f"Checkpoint {os.fspath(checkpoint_path)!r} does not fit {cls.__name__}: {err}"
+            ) from err
         if not strict and (keys.missing_keys or keys.unexpected_keys):
             import warnings
 

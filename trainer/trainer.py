@@ -362,7 +362,6 @@ class Trainer:
         self.validate_loop = EvaluationLoop(self, "validate", "validate", verbose=True, inference_mode=inference_mode)
         self.test_loop = EvaluationLoop(self, "test", "test", verbose=True, inference_mode=inference_mode)
         self.predict_loop = PredictionLoop(self, inference_mode=inference_mode)
-        self._evaluation_loop: Optional[EvaluationLoop] = None
         self._logger_connector = LoggerConnector(self)
         self._checkpoint_connector = CheckpointConnector(self)
         self._hooks = HookDispatcher(self)
@@ -684,7 +683,32 @@ class Trainer:
 
     @property
     def evaluating(self) -> bool:
-        return self.state.stage in (RunningStage.VALIDATING, RunningStage.TESTING) and self.state.fn != TrainerFn.FITTING
+        return self.state.stage in (RunningStage.VALIDATING, RunningStage.TESTING, RunningStage.SANITY_CHECKING)
+
+    @property
+    def _evaluation_loop(self) -> EvaluationLoop:
+        fn = self.state.fn
+        if fn == TrainerFn.FITTING:
+            return self.fit_loop.epoch_loop.val_loop
+        if fn == TrainerFn.VALIDATING:
+            return self.validate_loop
+        if fn == TrainerFn.TESTING:
+            return self.test_loop
+        raise RuntimeError("The `Trainer._evaluation_loop` property isn't defined. Accessed outside of scope")
+
+    @property
+    def _active_loop(self) -> Optional[Any]:
+        if self.training:
+            return self.fit_loop
+        if self.sanity_checking or (self.state.fn == TrainerFn.FITTING and self.validating):
+            return self.fit_loop.epoch_loop.val_loop
+        if self.validating:
+            return self.validate_loop
+        if self.testing:
+            return self.test_loop
+        if self.predicting:
+            return self.predict_loop
+        return None
 
     @property
     def interrupted(self) -> bool:
@@ -719,9 +743,7 @@ class Trainer:
     # callbacks
     @property
     def checkpoint_callbacks(self) -> List[Checkpoint]:
-        from trainer.callbacks import ModelCheckpoint
-
-        return [cb for cb in self.callbacks if isinstance(cb, ModelCheckpoint)]
+        return [cb for cb in self.callbacks if isinstance(cb, Checkpoint)]
 
     @property
     def checkpoint_callback(self) -> Optional[Checkpoint]:
@@ -851,7 +873,6 @@ class Trainer:
         connected = self.lightning_module is not None and not model_provided
         path = self._checkpoint_connector.select_ckpt_path(fn.value, ckpt_path, model_provided, connected)
         self.ckpt_path = path
-        self._evaluation_loop = loop
         results = self._run(model, path)
         self.state.stage = None
         return results or []
@@ -1132,7 +1153,6 @@ class Trainer:
         self.lightning_module.zero_grad()
         fn = self.state.fn
         if fn in (TrainerFn.VALIDATING, TrainerFn.TESTING):
-            assert self._evaluation_loop is not None
             self.state.stage = RunningStage.VALIDATING if fn == TrainerFn.VALIDATING else RunningStage.TESTING
             return self._evaluation_loop.run()
         if fn == TrainerFn.PREDICTING:

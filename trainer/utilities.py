@@ -145,9 +145,13 @@ def is_param_in_signature(fn: Callable, name: str, min_args: Optional[int] = Non
     return False
 
 
-def to_float_dict(metrics: Dict[str, Any]) -> Dict[str, float]:
-    """Host-side conversion of metric tensors to Python numbers: one device-to-host copy for all of them."""
-    out: Dict[str, float] = {}
+def to_float_dict(metrics: Dict[str, Any]) -> Dict[str, Any]:
+    """Host-side conversion of metric tensors to Python numbers: one device-to-host copy per device.
+
+    Like Lightning's ``.item()``: floating tensors become floats, integer tensors ints; Python
+    numbers pass through unchanged.
+    """
+    out: Dict[str, Any] = {}
     tensors = [(k, v) for k, v in metrics.items() if isinstance(v, torch.Tensor)]
     if tensors:
         by_device: Dict[torch.device, list] = {}
@@ -155,9 +159,10 @@ def to_float_dict(metrics: Dict[str, Any]) -> Dict[str, float]:
             by_device.setdefault(v.device, []).append((k, v))
         for items in by_device.values():
             stacked = torch.stack([v.detach().reshape(()).to(torch.float64) for _, v in items]).cpu().tolist()
-            for (k, _), val in zip(items, stacked):
-                out[k] = val
+            for (k, v), val in zip(items, stacked):
+                is_int = not (v.is_floating_point() or v.is_complex())
+                out[k] = int(val) if is_int and v.dtype != torch.bool else (bool(val) if v.dtype == torch.bool else val)
     for k, v in metrics.items():
         if isinstance(v, numbers.Number):
-            out[k] = float(v) if not isinstance(v, bool) else v
+            out[k] = v
     return {k: out[k] for k in metrics if k in out}

@@ -74,14 +74,7 @@ def test_exception_leaves_checkpoint_like_lightning(TL, PL, tmp_path):
         assert torch.equal(loaded.state_dict()[k], v), k
 
 
-def test_resume_from_exception_checkpoint(L, tmp_path, request):
-    if L.__name__ == "trainer":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "mid-epoch resume (trainer/loops + trainer/checkpoint.py, in progress): resuming from a checkpoint"
-            " written inside training_step (epoch 1, batch_idx 2) restarts at batch_idx 3, skipping the interrupted"
-            " batch (restores batch_progress.current.ready=3 instead of resetting it to completed=2), and ends at"
-            " global_step 11; Lightning re-runs batch_idx 2 and ends at 12"
-        )))
+def test_resume_from_exception_checkpoint(L, tmp_path):
     cb, _, _ = _fail(L, tmp_path)
     trainer = L.Trainer(max_epochs=3, **quiet_trainer_kwargs(tmp_path))
     trainer.fit(mlp_module_class(L)(), make_loader(16, 4), ckpt_path=cb.ckpt_path)

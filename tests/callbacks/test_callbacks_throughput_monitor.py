@@ -156,11 +156,6 @@ def test_unknown_kwarg_rejected(TL):
 
 
 @pytest.mark.parity
-@pytest.mark.xfail(strict=True, reason=(
-    "trainer/logging.py LoggerConnector.log_metrics runs metrics through trainer.utilities.to_float_dict, which"
-    " turns Python ints (and int tensors) into floats; Lightning's convert_tensors_to_scalars passes numbers through,"
-    " so loggers get `train/batches=4` (int) from Lightning and 4.0 (float) from trainer"
-))
 def test_counters_reach_the_logger_as_ints_like_lightning(TL, PL, tmp_path):
     ours = _run(TL, tmp_path / "tl", {"window_size": 2})
     ref = _run(PL, tmp_path / "pl", {"window_size": 2})
@@ -195,11 +190,6 @@ def test_should_update_logs_gate_matches_lightning_during_evaluation(TL, PL, tmp
     assert [ours for ours, _ in seen["trainer"]] == [False, True, False]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "trainer/logging.py LoggerConnector.should_update_logs always counts training steps"
-    " (fit_loop.epoch_loop._batches_that_stepped + 1); Lightning 2.6 uses the active loop: the evaluation/predict"
-    " loop's batch_progress.current.ready while evaluating/predicting, and True outside any loop"
-))
 def test_logger_connector_should_update_logs_during_validate(TL, tmp_path):
     gates = []
 

@@ -312,6 +312,10 @@ class FitLoop:
     def max_steps(self) -> int:
         return self.epoch_loop.max_steps
 
+    def _should_accumulate(self) -> bool:
+        """Lightning exposes this on the fit loop too (callbacks call it there)."""
+        return self.epoch_loop._should_accumulate()
+
     @property
     def _can_stop_early(self) -> bool:
         met_min_epochs = self.epoch_progress.current.processed >= self.min_epochs if self.min_epochs else True
@@ -583,6 +587,12 @@ class FitLoop:
             ep.total.completed = ep.total.processed
         if ep.current.started > ep.current.processed:
             self._resuming_mid_epoch = True
+            if bp.current.processed < bp.current.ready:
+                # saved while the batch itself ran (e.g. OnExceptionCheckpoint): it runs again, as in Lightning
+                for tracker in (bp.current, bp.total):
+                    tracker.ready = tracker.started = tracker.processed
+                self.epoch_loop.automatic_optimization.optim_progress.step.reset_on_restart()
+                self.epoch_loop.manual_optimization.optim_step_progress.reset_on_restart()
             b = bp.current.ready
             if bp.current.completed == b - 1:
                 self._resume_tail = "batch_end"
