@@ -1,6 +1,8 @@
 """Accelerator and devices resolution on a CPU-only machine."""
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -69,15 +71,21 @@ def test_bad_devices_raise(TL, devices):
 
 
 @pytest.mark.parametrize("devices", [-1, 2, "2", "0,1", [0, 1]])
-def test_more_than_one_device_needs_distributed_strategy(TL, devices, monkeypatch):
+def test_more_than_one_device_selects_ddp(TL, devices, monkeypatch):
+    """strategy='auto' with several devices is DDP (Lightning's choice); nothing starts before fit."""
     monkeypatch.setattr("os.cpu_count", lambda: 2)
-    with pytest.raises(TL.MisconfigurationException, match="distributed strategy"):
-        _trainer(TL, accelerator="cpu", devices=devices)
+    t = _trainer(TL, accelerator="cpu", devices=devices)
+    assert type(t.strategy).__name__ == "DDPStrategy" and t.num_devices == 2
 
 
-def test_num_nodes_needs_distributed_strategy(TL):
-    with pytest.raises(TL.MisconfigurationException, match="distributed"):
-        _trainer(TL, num_nodes=2)
+def test_num_nodes_selects_ddp(TL):
+    t = _trainer(TL, num_nodes=2)
+    assert type(t.strategy).__name__ == "DDPStrategy" and t.strategy.num_nodes == 2
+
+
+def test_single_device_strategy_on_two_devices_raises(TL):
+    with pytest.raises(TL.MisconfigurationException, match="single-device"):
+        _trainer(TL, accelerator="cpu", devices=2, strategy="single_device")
 
 
 def test_resolve_devices_unit():
@@ -91,9 +99,16 @@ def test_resolve_devices_unit():
     assert resolve_devices(1, "cpu").root_device() == torch.device("cpu")
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "deepspeed"])
-def test_distributed_strategies_not_available_yet(TL, strategy):
-    with pytest.raises(TL.MisconfigurationException, match="distributed"):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "ddp_spawn"])
+def test_distributed_strategies_construct(TL, strategy):
+    t = _trainer(TL, strategy=strategy)
+    assert t.strategy.strategy_name == strategy.split("_")[0] or t.strategy.strategy_name == strategy
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is not None, reason="deepspeed is installed")
+@pytest.mark.parametrize("strategy", ["deepspeed", "deepspeed_stage_2", "deepspeed_stage_3_offload"])
+def test_deepspeed_without_package_is_a_clear_error(TL, strategy):
+    with pytest.raises(TL.MisconfigurationException, match="pip install deepspeed"):
         _trainer(TL, strategy=strategy)
 
 

@@ -195,7 +195,7 @@ class CheckpointConnector:
         if ckpt_path is None:
             return
         log.info(f"Restoring states from the checkpoint path at {ckpt_path}")
-        self._loaded = load_checkpoint_file(ckpt_path)
+        self._loaded = self.trainer.strategy.load_checkpoint(ckpt_path)
 
     def restore_modules_and_callbacks(self) -> None:
         ckpt = self._loaded

@@ -39,16 +39,12 @@ from trainer.module import LightningModule
 from trainer.precision import Precision, build_precision, normalize_precision
 from trainer.profiler import Profiler, resolve_profiler
 from trainer.seed import isolate_rng
+from trainer.strategies import resolve_strategy
 from trainer.strategies.single_device import SingleDeviceStrategy, Strategy
 from trainer.utilities import move_data_to_device
 
 log = logging.getLogger(__name__)
 
-STRATEGY_CHOICES = ("auto", "single_device")
-_LATER_STRATEGIES = (
-    "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "fsdp", "deepspeed", "deepspeed_stage_1", "deepspeed_stage_2",
-    "deepspeed_stage_2_offload", "deepspeed_stage_3", "deepspeed_stage_3_offload", "deepspeed_stage_3_offload_nvme",
-)
 
 
 class TrainerFn(str, Enum):
@@ -261,30 +257,10 @@ class Trainer:
         if plugins is not None:
             raise _bad("plugins", plugins, "custom plugins are not supported; use `precision=` instead")
 
-        # accelerator / devices / strategy
+        # accelerator / devices / strategy (trainer.strategies.resolve_strategy checks every combination)
         acc = resolve_accelerator(accelerator)
-        if isinstance(strategy, Strategy):
-            self.strategy: Strategy = strategy
-        elif isinstance(strategy, str):
-            name = strategy.lower()
-            if name in _LATER_STRATEGIES:
-                raise MisconfigurationException(
-                    f"`Trainer(strategy={strategy!r})`: distributed strategies are not available yet in this version"
-                    f" of `trainer`; use strategy='auto' (one device). Allowed now: {list(STRATEGY_CHOICES)}."
-                )
-            if name not in STRATEGY_CHOICES:
-                raise _bad("strategy", strategy, f"allowed values are {list(STRATEGY_CHOICES)} or a Strategy instance"
-                           f" (distributed: {', '.join(_LATER_STRATEGIES[:5])}, ... arrive with a later release)")
-            self.strategy = SingleDeviceStrategy()
-        else:
-            raise _bad("strategy", strategy, f"allowed values are {list(STRATEGY_CHOICES)} or a Strategy instance")
         self._device_spec: DeviceSpec = resolve_devices(devices, acc)
-        if self._device_spec.num_devices > 1 or num_nodes > 1:
-            raise MisconfigurationException(
-                f"`Trainer(devices={devices!r}, num_nodes={num_nodes})` asks for {self._device_spec.num_devices}"
-                f" device(s) on {num_nodes} node(s), which needs a distributed strategy; this version runs on one"
-                " device (use devices=1)."
-            )
+        self.strategy: Strategy = resolve_strategy(strategy, acc, self._device_spec, num_nodes)
         if precision_flag == "16-mixed" and acc == "cpu":
             warnings.warn(
                 "You passed `Trainer(accelerator='cpu', precision='16-mixed')` but AMP with fp16 is not supported on"
@@ -925,8 +901,7 @@ class Trainer:
         if storage_options is not None:
             raise TypeError("`Trainer.save_checkpoint(..., storage_options=...)` is not supported by this Trainer.")
         checkpoint = dump_checkpoint(self, weights_only)
-        if self.strategy.is_global_zero:
-            atomic_save(checkpoint, filepath)
+        self.strategy.save_checkpoint(checkpoint, filepath)
         self.strategy.barrier("Trainer.save_checkpoint")
 
     def print(self, *args: Any, **kwargs: Any) -> None:
@@ -949,6 +924,12 @@ class Trainer:
         self.strategy._model = model
 
     def _call_and_handle_interrupt(self, fn: Any, *args: Any) -> Any:
+        launcher = getattr(self.strategy, "launcher", None)  # distributed: start/join the processes, then run
+        if launcher is not None:
+            return launcher.launch(self._call_and_handle_interrupt_local, fn, *args, trainer=self)
+        return self._call_and_handle_interrupt_local(fn, *args)
+
+    def _call_and_handle_interrupt_local(self, fn: Any, *args: Any) -> Any:
         try:
             return fn(*args)
         except KeyboardInterrupt as exc:

@@ -174,6 +174,18 @@ class Strategy:
         assert self._lightning_module is not None
         self._lightning_module.load_state_dict(state_dict, strict=strict)
 
+    def save_checkpoint(self, checkpoint: Dict[str, Any], filepath: Any) -> None:
+        """Writes ``checkpoint`` (global rank 0 only; sharded strategies write from every rank)."""
+        if self.is_global_zero:
+            from trainer.checkpoint import atomic_save
+
+            atomic_save(checkpoint, filepath)
+
+    def load_checkpoint(self, checkpoint_path: Any) -> Dict[str, Any]:
+        from trainer.checkpoint import load_checkpoint_file
+
+        return load_checkpoint_file(checkpoint_path)
+
     def teardown(self) -> None:
         if self._lightning_module is not None and self.root_device.type != "cpu":
             self._lightning_module.cpu()

@@ -1,0 +1,166 @@
+"""Multi-process DDP/FSDP on CPU (gloo, 2 processes), each run a subprocess of ``ddp_script.py``.
+
+Numerical tolerance: 2 processes x batch b against 1 process x batch 2b differ only by the order of the
+fp32 sums (DDP averages the two ranks' mean gradients with one all-reduce; FSDP reduce-scatters): weights
+after 16 SGD/Adam steps agree to ``TOL = 1e-6`` (measured ~5e-8).
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from distributed._runner import max_diff, run_in_process, run_script
+
+pytestmark = [
+    pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed"),
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+]
+TOL = 1e-6
+_cache: dict = {}
+
+
+def _cached(key, fn):
+    if key not in _cache:
+        _cache[key] = fn()
+    return _cache[key]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("dist")
+
+
+def _reference(workdir, *args):
+    key = ("ref",) + args
+    return _cached(key, lambda: run_in_process(str(workdir / f"ref{len(_cache)}"), "--devices", "1", "--strategy",
+                                               "auto", "--batch", "8", *args))
+
+
+def _ddp(workdir):
+    return _cached("ddp", lambda: run_script(str(workdir / "ddp"), "--devices", "2", "--count-comm", "--checkpointing",
+                                             "--record-saves"))
+
+
+def test_ddp_two_processes_match_one_process_double_batch(workdir):
+    ref, run = _reference(workdir), _ddp(workdir)
+    assert max_diff(ref.weights(), run.weights(0)) < TOL
+    assert max_diff(run.weights(0), run.weights(1)) == 0.0  # ranks hold identical replicas
+    r0, r1 = run.result(0), run.result(1)
+    assert (r0["rank"], r1["rank"], r0["world_size"], r0["is_global_zero"], r1["is_global_zero"]) == (0, 1, 2, True, False)
+    assert (r1["local_rank"], r1["node_rank"]) == (1, 0)
+    assert r0["global_step"] == ref.result()["global_step"] == 16
+
+
+def test_sync_dist_logging_and_all_gather(workdir):
+    run = _ddp(workdir)
+    for rank in (0, 1):
+        m = run.result(rank)["metrics"]
+        assert m["rank_mean"] == pytest.approx(0.5)  # mean over ranks
+        assert m["rank_max"] == 1.0
+        assert m["rank_sum"] == 8.0  # 8 batches per rank: 8 * 0 + 8 * 1
+        assert run.result(rank)["all_gather"] == [0.0, 1.0]
+    # the synced epoch loss equals the single-process epoch loss (same samples, equal batch sizes)
+    assert run.result(0)["metrics"]["train_loss"] == pytest.approx(_reference(workdir).result()["metrics"]["train_loss"], abs=1e-6)
+
+
+def test_checkpoints_written_by_rank_zero_only(workdir):
+    run = _ddp(workdir)
+    files = os.listdir(os.path.join(run.out, "ckpts"))
+    assert len(files) == 2, files  # one per epoch
+    assert os.path.exists(os.path.join(run.out, "saves_0.txt"))
+    assert not os.path.exists(os.path.join(run.out, "saves_1.txt"))
+    with open(os.path.join(run.out, "saves_0.txt")) as f:
+        assert len(f.read().split()) == 2
+
+
+def test_accumulation_skips_allreduce_on_non_final_micro_batches(workdir):
+    ref = _reference(workdir, "--accumulate", "2")
+    run = run_script(str(workdir / "ddp_acc"), "--devices", "2", "--accumulate", "2", "--count-comm")
+    assert max_diff(ref.weights(), run.weights(0)) < TOL
+    plain = _ddp(workdir).result(0)
+    acc = run.result(0)
+    assert acc["global_step"] == 8 and plain["global_step"] == 16  # 16 micro-batches per rank
+    buckets = plain["comm_calls"] // 16
+    assert buckets >= 1 and plain["comm_calls"] == 16 * buckets
+    assert acc["comm_calls"] == 8 * buckets  # one gradient all-reduce per optimizer step, none on micro-steps
+
+
+def test_fsdp_matches_single_process_and_full_checkpoint_loads_on_one_device(workdir, tmp_path):
+    ref = _reference(workdir, "--optimizer", "adam")
+    full = str(tmp_path / "full.ckpt")
+    run = run_script(str(workdir / "fsdp"), "--devices", "2", "--strategy", "fsdp", "--optimizer", "adam",
+                     "--save", full)
+    assert max_diff(ref.weights(), run.weights(0)) < TOL
+    assert max_diff(run.weights(0), run.weights(1)) == 0.0
+    ckpt = torch.load(full, weights_only=False)
+    assert max_diff(ckpt["state_dict"], run.weights(0)) == 0.0
+    # the full file's optimizer state is index-keyed like a single-device run's: it loads into one
+    import trainer as L
+
+    from distributed import ddp_script
+
+    model = ddp_script.Net(optimizer="adam")
+    t = L.Trainer(accelerator="cpu", devices=1, max_epochs=2, logger=False, enable_checkpointing=False,
+                  enable_progress_bar=False, enable_model_summary=False)
+    t.fit(model, torch.utils.data.DataLoader(ddp_script.dataset(), batch_size=8), ckpt_path=full)
+    assert t.global_step == 16
+    assert max_diff(model.state_dict(), run.weights(0)) == 0.0
+    _cache["fsdp_adam"] = run
+
+
+def test_fsdp_sharded_checkpoint_resumes_exactly_and_converts(workdir, tmp_path):
+    full_run = _cache.get("fsdp_adam") or run_script(str(workdir / "fsdp2"), "--devices", "2", "--strategy", "fsdp",
+                                                     "--optimizer", "adam")
+    folder = str(tmp_path / "sharded.ckpt")
+    common = ("--devices", "2", "--strategy", "fsdp", "--optimizer", "adam", "--state-dict-type", "sharded")
+    run_script(str(workdir / "fsdp_first"), *common, "--max-epochs", "1", "--save", folder)
+    assert os.path.isdir(folder) and os.path.isfile(os.path.join(folder, "meta.pt"))
+    resumed = run_script(str(workdir / "fsdp_resumed"), *common, "--max-epochs", "2", "--ckpt", folder)
+    assert resumed.result(0)["global_step"] == 16
+    assert max_diff(resumed.weights(0), full_run.weights(0)) == 0.0  # bit-exact continuation
+
+    from trainer.strategies import convert_sharded_checkpoint
+
+    single = convert_sharded_checkpoint(folder, str(tmp_path / "single.ckpt"))
+    ckpt = torch.load(single, weights_only=False)
+    assert ckpt["global_step"] == 8 and set(ckpt["state_dict"]) == set(full_run.weights(0))
+    import trainer as L
+
+    from distributed import ddp_script
+
+    model = ddp_script.Net(optimizer="adam")
+    t = L.Trainer(accelerator="cpu", devices=1, max_epochs=2, logger=False, enable_checkpointing=False,
+                  enable_progress_bar=False, enable_model_summary=False)
+    t.fit(model, torch.utils.data.DataLoader(ddp_script.dataset(), batch_size=8), ckpt_path=single)
+    assert max_diff(model.state_dict(), full_run.weights(0)) < TOL  # 2-rank start, 1-device finish
+
+
+def test_torchrun_and_trainer_launch_agree(workdir):
+    run = _ddp(workdir)
+    elastic = run_script(str(workdir / "torchrun"), "--devices", "2", torchrun=True)
+    assert elastic.result(0)["torchelastic"] and elastic.result(1)["rank"] == 1
+    assert max_diff(elastic.weights(0), run.weights(0)) == 0.0
+    assert elastic.result(0)["metrics"] == pytest.approx(run.result(0)["metrics"])
+
+
+def test_ddp_spawn_returns_results_to_main_process(workdir):
+    run = run_script(str(workdir / "spawn"), "--devices", "2", "--strategy", "ddp_spawn")
+    # only the main process wrote files: weights and metrics came back from rank 0
+    assert not os.path.exists(os.path.join(run.out, "result_1.json"))
+    assert max_diff(_reference(workdir).weights(), run.weights(0)) < TOL
+    assert run.result(0)["global_step"] == 16
+    assert run.result(0)["metrics"]["rank_mean"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("fail_rank", [1, 0])
+def test_a_rank_that_raises_ends_every_rank(workdir, fail_rank):
+    run = run_script(str(workdir / f"fail{fail_rank}"), "--devices", "2", "--fail-rank", str(fail_rank),
+                     "--timeout", "20", check=False, timeout=40)
+    assert run.proc.returncode != 0
+    assert f"boom on rank {fail_rank}" in run.output
+    if fail_rank == 1:
+        assert "RankFailedError: Rank 1 raised" in run.output  # rank 0 ends with rank 1's error
+    assert run.seconds < 30  # never waits for the process-group timeout's hang
+    assert not os.path.exists(os.path.join(run.out, "result_0.json"))
