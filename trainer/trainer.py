@@ -146,7 +146,16 @@ def _parse_max_time(value: Any) -> Optional[timedelta]:
 
 
 class Trainer:
-    """Lightning 2.x's Trainer (eager engine): same arguments, hooks, metrics and results."""
+    """Lightning 2.x's Trainer: same arguments, hooks, metrics and results.
+
+    One argument Lightning does not have, ``compile``: the compiled engine (the automatic-
+    optimization step captured as one graph and compiled with inductor; see
+    :mod:`trainer.compile`) is ON by default. ``compile=False`` runs the eager engine,
+    ``"strict"`` raises where the default falls back to eager with one ``CompileWarning``, a
+    :class:`trainer.compile.CompileConfig` sets the details. Left out (``None``), it is read from
+    the environment variable ``TRAINER_COMPILE`` (``0``, ``1`` or ``strict``; unset means ``1``).
+    ``trainer.compile_report`` says what ran after ``fit``.
+    """
 
     def __init__(
         self,
@@ -192,7 +201,7 @@ class Trainer:
         default_root_dir: Optional[Union[str, os.PathLike]] = None,
         enable_autolog_hparams: bool = True,
         model_registry: Optional[str] = None,
-        compile: Union[bool, str, Any] = False,
+        compile: Optional[Union[bool, str, Any]] = None,
     ) -> None:
         # ------------------------------------------------------------ argument checks (all before any effect)
         _check_int("max_steps", max_steps, -1)

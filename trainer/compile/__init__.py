@@ -1,11 +1,13 @@
 """The compiled engine: ``Trainer(compile=...)`` (see :mod:`trainer.compile.capture` for the design).
 
-``compile=True`` compiles the automatic-optimization training step when it can and falls back to
+Compile is on by default: ``Trainer()`` without ``compile=`` reads ``$TRAINER_COMPILE``
+(``0``/``1``/``strict``; unset means ``1``). ``compile=True`` compiles the automatic-optimization training step when it can and falls back to
 the eager engine with one warning naming the cause; ``"strict"`` raises instead; ``False`` is the
 eager engine. A :class:`CompileConfig` sets the details.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple, Union
 
@@ -55,8 +57,25 @@ class CompileConfig:
         return tuple(p for p in self.passes if p not in self.disable)
 
 
-def resolve_compile(value: Any) -> CompileConfig:
-    """``Trainer(compile=...)`` -> CompileConfig; anything else raises naming the value."""
+ENV_VAR = "TRAINER_COMPILE"
+
+
+def resolve_compile(value: Any = None) -> CompileConfig:
+    """``Trainer(compile=...)`` -> CompileConfig; anything else raises naming the value.
+
+    ``None`` (the argument not given) reads ``$TRAINER_COMPILE``: ``1``/``true`` (also when unset:
+    compile is on by default), ``0``/``false`` (the eager engine) or ``strict``.
+    """
+    if value is None:
+        env = os.environ.get(ENV_VAR, "1").strip().lower()
+        if env in ("1", "true", "on", "yes", ""):
+            return CompileConfig()
+        if env in ("0", "false", "off", "no"):
+            return CompileConfig(enabled=False)
+        if env == "strict":
+            return CompileConfig(mode="strict")
+        raise MisconfigurationException(
+            f"`{ENV_VAR}={os.environ[ENV_VAR]!r}` is invalid: allowed values are 0, 1 and strict.")
     if isinstance(value, CompileConfig):
         return value
     if value is True:
@@ -66,8 +85,8 @@ def resolve_compile(value: Any) -> CompileConfig:
     if value == "strict":
         return CompileConfig(mode="strict")
     raise MisconfigurationException(
-        f"`Trainer(compile={value!r})` is invalid: allowed values are True, False, 'strict' or a"
-        " `trainer.compile.CompileConfig`."
+        f"`Trainer(compile={value!r})` is invalid: allowed values are True, False, 'strict', a"
+        f" `trainer.compile.CompileConfig`, or None (read ${ENV_VAR}; on when unset)."
     )
 
 
@@ -75,4 +94,4 @@ class CompileError(RuntimeError):
     """The step could not be compiled (raised under ``compile="strict"``)."""
 
 
-__all__ = ["CompileConfig", "CompileError", "DEFAULT_PASSES", "resolve_compile"]
+__all__ = ["CompileConfig", "CompileError", "DEFAULT_PASSES", "ENV_VAR", "resolve_compile"]

@@ -61,15 +61,19 @@ class _Graph:
 def _inductor_compile(gm: Any, example_inputs: List[Any]) -> Callable:
     """inductor's compile_fx under a TracingContext whose fake mode has a ShapeEnv: without one the
     FX graph cache and the AOT autograd cache bypass every graph ('No shape env') and each fit pays
-    full codegen + C++ compile again."""
+    full codegen + C++ compile again. The inputs are fakeified here with static shapes (the engine
+    keys graphs on shapes itself); left to AOT autograd under a ShapeEnv they would get symbolic
+    sizes (dynamic kernels, and a KeyError in its float-tensorify pass on ``mse_loss``)."""
     from torch._guards import TracingContext, tracing
     from torch._inductor.compile_fx import compile_fx
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
     _memoize_isa_probe()
-    with torch.no_grad(), tracing(TracingContext(FakeTensorMode(shape_env=ShapeEnv()))):
-        return compile_fx(gm, example_inputs)
+    fake_mode = FakeTensorMode(shape_env=ShapeEnv(), static_shapes=True)
+    fakes = [fake_mode.from_tensor(t, static_shapes=True) if isinstance(t, Tensor) else t for t in example_inputs]
+    with torch.no_grad(), tracing(TracingContext(fake_mode)):
+        return compile_fx(gm, fakes)
 
 
 def _memo_dir() -> str:
