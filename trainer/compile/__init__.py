@@ -24,7 +24,7 @@ class CompileConfig:
     passes: the ordered pass list; ``disable``: names to skip (e.g. ``("optimizer_fusion",)``).
     cudagraphs: reserved for the GPU runtime (CUDA graphs replay); ignored on CPU.
     debug_dir: when set, each graph before/after each pass is written there as Python code.
-    eval_steps: compile validation/test/predict steps with ``torch.compile`` (not yet wired).
+    eval_steps: compile ``validation_step``/``test_step``/``predict_step`` too (:mod:`trainer.compile.eval`).
     """
 
     mode: str = "default"
@@ -32,7 +32,7 @@ class CompileConfig:
     disable: Tuple[str, ...] = ()
     cudagraphs: bool = False
     debug_dir: Optional[str] = None
-    eval_steps: bool = False
+    eval_steps: bool = True
     enabled: bool = field(default=True, repr=False)
 
     def __post_init__(self) -> None:

@@ -110,9 +110,9 @@ class Captured:
     returns_grads: bool
 
 
-def check_step_source(module: Any) -> Optional[str]:
-    """A reason the step cannot be captured faithfully, read from training_step's bytecode."""
-    fn = getattr(type(module), "training_step", None)
+def check_step_source(module: Any, name: str = "training_step") -> Optional[str]:
+    """A reason the step cannot be captured faithfully, read from the step method's bytecode."""
+    fn = getattr(type(module), name, None)
     code = getattr(fn, "__code__", None)
     if code is None:
         return None
@@ -120,10 +120,10 @@ def check_step_source(module: Any) -> Optional[str]:
     idx_name = argnames[2] if len(argnames) >= 3 else None
     for ins in dis.get_instructions(code):
         if idx_name is not None and ins.opname.startswith("LOAD_FAST") and ins.argval == idx_name:
-            return (f"`{type(module).__name__}.training_step` reads `{idx_name}` (a Python int that changes every"
+            return (f"`{type(module).__name__}.{name}` reads `{idx_name}` (a Python int that changes every"
                     " step; a graph would freeze it)")
         if ins.opname in ("LOAD_ATTR", "LOAD_METHOD") and ins.argval in ("current_epoch", "global_step", "trainer"):
-            return (f"`{type(module).__name__}.training_step` reads `self.{ins.argval}` (Python state a graph would"
+            return (f"`{type(module).__name__}.{name}` reads `self.{ins.argval}` (Python state a graph would"
                     " freeze at capture time)")
     return None
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, ContextManager, Dict, List, Optional, Uni
 
 import torch
 
+from trainer.compile.eval import eval_step
 from trainer.exceptions import MisconfigurationException
 from trainer.hooks import is_overridden
 from trainer.logging import ResultCollection
@@ -181,10 +182,7 @@ class EvaluationLoop:
         hooks.call_module(f"on_{stage}_batch_start", *hook_args)
         self.batch_progress.increment_started()
         step_args = hook_args if takes_batch_idx or dataloader_idx is not None else (batch,)
-        if self._stage == "test":
-            output = trainer.strategy.test_step(*step_args)
-        else:
-            output = trainer.strategy.validation_step(*step_args)
+        output = eval_step(trainer, "test_step" if self._stage == "test" else "validation_step", step_args)
         self.batch_progress.increment_processed()
         hooks.call_callbacks(f"on_{stage}_batch_end", output, *hook_args)
         hooks.call_module(f"on_{stage}_batch_end", output, *hook_args)
@@ -380,7 +378,7 @@ class PredictionLoop:
             hooks.call_module("on_predict_batch_start", *hook_args)
             self.batch_progress.increment_started()
             step_args = hook_args if takes_batch_idx or multi else (batch,)
-            output = trainer.strategy.predict_step(*step_args)
+            output = eval_step(trainer, "predict_step", step_args)
             if output is None:
                 trainer._warn_once("predict returned None if it was on purpose, ignore this warning...")
             self.batch_progress.increment_processed()

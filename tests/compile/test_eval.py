@@ -1,0 +1,116 @@
+"""Compiled validation/test/predict steps against the eager engine."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+import trainer as L
+from trainer.compile import CompileConfig
+from trainer.compile.engine import CompileWarning
+
+from .models import MLP, make_data
+
+
+class EvalMLP(MLP):
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        out = self.net(x)
+        loss = F.cross_entropy(out, y)
+        self.log("val_loss", loss, prog_bar=True)
+        self.log_dict({"val_acc": (out.argmax(-1) == y).float().mean(), "const": 1.5})
+        return {"loss": loss, "tag": "v", "none": None}
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("test_loss", F.cross_entropy(self.net(x), y))
+
+    def predict_step(self, batch, batch_idx):
+        x = batch[0]
+        return {"probs": self.net(x).softmax(-1), "n": x.shape[0]}
+
+    def _loader(self, seed):
+        x, y = make_data(40, seed=seed)
+        return DataLoader(TensorDataset(x, y), batch_size=16)  # 16, 16, 8: two shapes
+
+    def val_dataloader(self):
+        return self._loader(1)
+
+    def test_dataloader(self):
+        return self._loader(2)
+
+    def predict_dataloader(self):
+        return self._loader(3)
+
+
+def _trainer(compile):
+    return L.Trainer(max_epochs=1, compile=compile, logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False)
+
+
+@pytest.fixture(scope="module")
+def eval_runs():
+    out = {}
+    for key, cfg in (("eager", False), ("compiled", CompileConfig())):
+        model = EvalMLP()
+        trainer = _trainer(cfg)
+        trainer.fit(model)
+        out[key] = dict(trainer=trainer, fit_metrics=dict(trainer.callback_metrics),
+                        validate=trainer.validate(model), test=trainer.test(model),
+                        predict=trainer.predict(model))
+    return out
+
+
+def test_validate_and_test_results_match_eager(eval_runs):
+    e, c = eval_runs["eager"], eval_runs["compiled"]
+    for stage in ("validate", "test"):
+        assert len(c[stage]) == len(e[stage]) == 1
+        assert c[stage][0].keys() == e[stage][0].keys()
+        for k, v in e[stage][0].items():
+            assert c[stage][0][k] == pytest.approx(v, rel=1e-5, abs=1e-6), (stage, k)
+    assert c["fit_metrics"].keys() == e["fit_metrics"].keys()
+    for k, v in e["fit_metrics"].items():
+        torch.testing.assert_close(c["fit_metrics"][k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_predict_outputs_match_eager(eval_runs):
+    e, c = eval_runs["eager"]["predict"], eval_runs["compiled"]["predict"]
+    assert len(c) == len(e) == 3
+    for a, b in zip(c, e):
+        assert a["n"] == b["n"]
+        torch.testing.assert_close(a["probs"], b["probs"], rtol=1e-5, atol=1e-6)
+
+
+def test_eval_steps_ran_compiled(eval_runs):
+    engine = eval_runs["compiled"]["trainer"]._eval_engine
+    assert engine.fallback_reasons == {}
+    # validation (16 and 8 rows: sanity check and the fit's epoch share the 16-row graph), test, predict
+    assert engine.graphs_built == 6, engine.graphs_built
+    assert engine.steps_run == 2 + 3 + 3 + 3 + 3
+
+
+class BatchIdxReader(EvalMLP):
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self.net(x), y) * (batch_idx + 1))
+
+
+def test_eval_fallback_one_warning_same_results():
+    results = {}
+    for cfg in (False, True):
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            results[cfg] = _trainer(cfg).validate(BatchIdxReader())
+        ours = [w for w in rec if issubclass(w.category, CompileWarning)]
+        assert len(ours) == (1 if cfg else 0), [str(w.message) for w in ours]
+    assert "batch_idx" in str(ours[0].message)
+    assert results[True] == results[False]
+
+
+def test_eval_steps_can_be_turned_off():
+    trainer = _trainer(CompileConfig(eval_steps=False))
+    trainer.validate(EvalMLP())
+    assert "_eval_engine" not in trainer.__dict__
