@@ -114,3 +114,26 @@ def test_eval_steps_can_be_turned_off():
     trainer = _trainer(CompileConfig(eval_steps=False))
     trainer.validate(EvalMLP())
     assert "_eval_engine" not in trainer.__dict__
+
+
+class OutputCollector(EvalMLP):
+    """Lightning 2's recommended pattern: collect step outputs on the module for the epoch end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outs = []
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self.net(x), y)
+        self.outs.append(loss)
+
+    def on_validation_epoch_end(self):
+        self.log("mean_loss", torch.stack(self.outs).mean())
+        self.outs.clear()
+
+
+def test_python_side_effect_falls_back_and_is_not_duplicated():
+    with pytest.warns(CompileWarning, match="changes `self.outs`"):
+        compiled = _trainer(True).validate(OutputCollector())
+    assert compiled == _trainer(False).validate(OutputCollector())

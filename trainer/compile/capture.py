@@ -128,6 +128,65 @@ def check_step_source(module: Any, name: str = "training_step") -> Optional[str]
     return None
 
 
+_SIZED = (list, dict, set)
+
+
+def python_state(module: Any) -> Dict[str, Any]:
+    """A snapshot of the module's public Python attributes (containers by identity and size).
+
+    A step that appends to ``self.outputs`` (Lightning 2's recommended way to collect epoch
+    outputs), sets ``self.something`` or records calls runs its Python once, at capture: a graph
+    would silently drop that effect on every later step. Comparing this snapshot before and after
+    tracing finds such steps; framework attributes (``_``-prefixed) are not looked at.
+    """
+    snap: Dict[str, Any] = {}
+    for key, v in module.__dict__.items():
+        if key.startswith("_") or key == "log":
+            continue
+        entry: Any = id(v)
+        if isinstance(v, _SIZED):
+            entry = (id(v), len(v))
+            if isinstance(v, dict):
+                entry += tuple((k, id(x), len(x) if isinstance(x, _SIZED) else None) for k, x in list(v.items())[:64])
+        elif isinstance(v, (int, float, str, bool, type(None))):
+            entry = (type(v), v)
+        snap[key] = (v, entry)
+    return snap
+
+
+def python_state_changes(module: Any, before: Dict[str, Any], rollback: bool = True) -> Optional[str]:
+    """The first attribute the traced step changed (see :func:`python_state`), undoing the common
+    changes (appended list items, new attributes, new dict keys) when ``rollback``: the eager step
+    that runs after a failed capture must not see the traced call's effects."""
+    after = python_state(module)
+    changed = [k for k in after if k not in before or after[k][1] != before[k][1]]
+    changed += [k for k in before if k not in after]
+    if not changed:
+        return None
+    if rollback:
+        for key in changed:
+            if key not in before:
+                module.__dict__.pop(key, None)
+                continue
+            old, entry = before[key]
+            if key not in after:
+                module.__dict__[key] = old
+                continue
+            if after[key][0] is not old:
+                module.__dict__[key] = old
+            elif isinstance(old, list) and len(old) > entry[1]:
+                del old[entry[1]:]
+            elif isinstance(old, dict):
+                keep = {k for k, _, _ in entry[2:]}
+                for k in [k for k in old if k not in keep]:
+                    del old[k]
+                for k, _, n in entry[2:]:
+                    v = old.get(k)
+                    if isinstance(v, list) and n is not None and len(v) > n:
+                        del v[n:]
+    return changed[0]
+
+
 def _user_frame(exc: BaseException) -> str:
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/torch/" not in f.filename
               and "/trainer/compile/" not in f.filename]
@@ -223,14 +282,20 @@ def capture(
     module.__dict__["log"] = recorder
     prev_fx = module.__dict__.get("_current_fx_name")
     object.__setattr__(module, "_current_fx_name", "training_step")
+    state = python_state(module)
     try:
         gm = make_fx(step, tracing_mode="fake", _allow_non_fake_inputs=False)(*example)
+        changed = python_state_changes(module, state)
+        if changed:
+            raise CaptureError(f"`training_step` changes `self.{changed}` (a Python side effect that a graph would"
+                               " run once, at capture, instead of every step)")
     except CaptureError:
         raise
     except Exception as e:  # data-dependent control flow, .item(), unsupported ops, ...
         raise CaptureError(f"capture of `training_step` failed{_user_frame(e)}: {type(e).__name__}:"
                            f" {str(e).splitlines()[0] if str(e) else ''}") from e
     finally:
+        python_state_changes(module, state)  # undo what a failed trace did
         module.__dict__.pop("log", None)
         object.__setattr__(module, "_current_fx_name", prev_fx)
 

@@ -177,10 +177,12 @@ class CompiledEngine:
             return
         with torch.no_grad():
             for p, acc in zip(layout.params, layout.accs):
+                if p.grad is acc:  # .grad already is the window's buffer
+                    continue
                 if bool(acc.any()):
                     p.grad = acc.clone() if p.grad is None else p.grad.add_(acc)
 
-    def _setup(self, optimizer: Any) -> None:
+    def _setup(self, optimizer: Any, batch_idx: int = 0) -> None:
         trainer = self.trainer
         module = trainer.lightning_module
         precision = trainer.precision
@@ -225,7 +227,16 @@ class CompiledEngine:
         if self.tier == "full":
             self._setup_optimizer(layout, opt)
             if k > 1:
-                layout.accs = [torch.zeros_like(p, memory_format=torch.preserve_format).detach() for p in trainable]
+                # The window's buffers ARE the parameters' .grad: a checkpoint written mid-window
+                # saves them (exact resume), and a run resumed mid-window starts from them.
+                mid_window = batch_idx % k != 0
+                layout.accs = []
+                for p in trainable:
+                    acc = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    if mid_window and p.grad is not None:
+                        acc.copy_(p.grad)
+                    p.grad = acc
+                    layout.accs.append(acc)
         self.layout = layout
         self._prefix = layout.prefix()
         from trainer.optim import HAS_CPP
@@ -392,7 +403,7 @@ class CompiledEngine:
             should_accumulate: bool) -> Optional[Dict[str, Any]]:
         """Runs one batch compiled; None means 'run the eager engine' (fallback)."""
         if self.tier is None:
-            self._setup(optimizer)
+            self._setup(optimizer, batch_idx)
         if self.tier == "eager":
             return None
         try:

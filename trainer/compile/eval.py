@@ -139,7 +139,7 @@ class EvalEngine:
         from torch.fx.experimental.proxy_tensor import make_fx
         from torch.nn.utils.stateless import _reparametrize_module
 
-        from trainer.compile.capture import CaptureError, _user_frame
+        from trainer.compile.capture import CaptureError, _user_frame, python_state, python_state_changes
         from trainer.compile.engine import _inductor_compile
 
         t0 = time.perf_counter()
@@ -176,15 +176,21 @@ class EvalEngine:
 
         example = prefix + [leaves[i] for i in t_pos]
         module.__dict__["log"] = recorder
+        state = python_state(module)
         try:
             with torch.inference_mode(False), torch.no_grad():
                 gm = make_fx(step, tracing_mode="fake", _allow_non_fake_inputs=False)(*example)
+            changed = python_state_changes(module, state)
+            if changed:
+                raise CaptureError(f"`{name}` changes `self.{changed}` (a Python side effect that a graph would run"
+                                   " once, at capture, instead of every step)")
         except CaptureError:
             raise
         except Exception as e:  # data-dependent control flow, .item(), unsupported ops, ...
             raise CaptureError(f"capture of `{name}` failed{_user_frame(e)}: {type(e).__name__}:"
                                f" {str(e).splitlines()[0] if str(e) else ''}") from e
         finally:
+            python_state_changes(module, state)  # undo what a failed trace did
             module.__dict__.pop("log", None)
         out_leaves, out_spec, is_none = info["out"]
         idx, slots = 0, []
