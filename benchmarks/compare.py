@@ -489,10 +489,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for w in args.workloads:
         losses = {r["runner"]: r["final_loss"] for r in rows if r["workload"] == w and r["final_loss"] is not None}
         if len(losses) > 1:
-            same = len(set(losses.values())) == 1
-            print(f"  {w}: loss on the last batch after the fit "
-                  + (f"bit-identical across runners ({next(iter(losses.values())):.6f})" if same else
-                     "differs: " + ", ".join(f"{k} {v:.6f}" for k, v in losses.items())))
+            ref_name = HAND if HAND in losses else next(iter(losses))
+            ref = losses[ref_name]
+            same = [k for k, v in losses.items() if v == ref]
+            other = [f"{k} ({abs(v - ref) / max(abs(ref), 1e-30):.1e} relative)" for k, v in losses.items() if v != ref]
+            print(f"  {w}: loss on the last batch after the fit: {ref:.6f}, bit-identical for {', '.join(same)}"
+                  + (f"; differs for {', '.join(other)}" if other else ""))
 
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
