@@ -224,5 +224,5 @@ def test_accumulation_pass_micro_and_final(sgd_accum_clipvalue):
 def test_fusion_disabled_runs_the_per_parameter_ops_and_still_matches():
     eager, compiled = _pair(dict(opt="adamw"), dict(gradient_clip_val=0.5),
                             CompileConfig(disable=("optimizer_fusion",)), epochs=2)
-    assert compiled.compile_report.passes_applied == ["amp", "accumulation", "clipping"]
+    assert compiled.compile_report.passes_applied == ["accumulation", "amp", "clipping"]
     _assert_same(eager, compiled)

@@ -13,7 +13,9 @@ from typing import Any, Optional, Tuple, Union
 
 from trainer.exceptions import MisconfigurationException
 
-DEFAULT_PASSES: Tuple[str, ...] = ("amp", "accumulation", "clipping", "optimizer_fusion")
+# accumulation before amp: the fp16 inf check reads the window's summed gradients, as the eager
+# engine's unscale_ reads the accumulated .grad
+DEFAULT_PASSES: Tuple[str, ...] = ("accumulation", "amp", "clipping", "optimizer_fusion")
 
 
 @dataclass

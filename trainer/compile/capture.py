@@ -82,13 +82,14 @@ class Layout:
     hparams: List[Dict[str, Any]] = field(default_factory=list)  # per group, baked into the graph
     accs: List[Tensor] = field(default_factory=list)
     accumulate: int = 1
+    scaler: Optional[Tuple[Tensor, Tensor]] = None  # 16-mixed: GradScaler's own (_scale, _growth_tracker)
 
     def prefix(self) -> List[Tensor]:
         """The graph's leading inputs (everything but the batch), in placeholder order."""
         out: List[Any] = [p.detach() for p in self.params] + [t.detach() for t in self.others] + list(self.buffers)
         for key in self.state_keys:
             out += [t for t in self.states[key] if t is not None]
-        return out + list(self.lrs) + list(self.accs)
+        return out + list(self.lrs) + list(self.accs) + (list(self.scaler) if self.scaler is not None else [])
 
     def roles(self) -> List[Tuple[str, int]]:
         r = [("param", i) for i in range(len(self.params))] + [("frozen", i) for i in range(len(self.others))]
@@ -96,7 +97,7 @@ class Layout:
         for key in self.state_keys:
             r += [(key, i) for i, t in enumerate(self.states[key]) if t is not None]
         r += [("lr", i) for i in range(len(self.lrs))] + [("acc", i) for i in range(len(self.accs))]
-        return r
+        return r + ([("scale", 0), ("growth", 0)] if self.scaler is not None else [])
 
 
 @dataclass
@@ -228,6 +229,10 @@ def capture(
                     pos += 1
         lrs = flat[pos:pos + len(layout.lrs)]
         pos += len(layout.lrs) + len(layout.accs)
+        scale = None
+        if layout.scaler is not None:
+            scale = flat[pos]
+            pos += 2
         batch_tensors = flat[pos:]
 
         def step_loss(params: List[Tensor], others: List[Tensor], bufs: List[Tensor], batch_tensors: List[Tensor]):
@@ -257,9 +262,11 @@ def capture(
             extra_tensors = [v for v in extra.values() if isinstance(v, Tensor)]
             out_info["extra"] = extra
             out_info["records"] = list(records)
-            return loss, ([t.detach() for t in log_tensors], [t.detach() for t in extra_tensors])
+            # fp16: differentiate the scaled loss (GradScaler.scale), report the unscaled one
+            target = loss if scale is None else loss * scale.reshape(())
+            return target, (loss.detach(), [t.detach() for t in log_tensors], [t.detach() for t in extra_tensors])
 
-        grads, (loss, (logs, extras)) = torch.func.grad_and_value(step_loss, has_aux=True)(
+        grads, (_, (loss, logs, extras)) = torch.func.grad_and_value(step_loss, has_aux=True)(
             params, others, bufs, batch_tensors)
         if not with_update:
             return (loss.detach(), *logs, *extras, *grads)

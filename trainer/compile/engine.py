@@ -159,6 +159,7 @@ class CompiledEngine:
         self._hp_cache: List[Tuple] = []
         self._use_cpp = False
         self._opt: Any = None
+        self._scaler_cfg: Optional[Tuple[float, float, int]] = None
 
     # ------------------------------------------------------------------ tier selection
     def _fail(self, cause: str) -> None:
@@ -186,8 +187,6 @@ class CompiledEngine:
         trainer = self.trainer
         module = trainer.lightning_module
         precision = trainer.precision
-        if precision == "16-mixed":
-            return self._fail("precision='16-mixed' (fp16 loss scaling) is not compiled yet")
         if type(trainer.strategy).__name__ != "SingleDeviceStrategy":
             return self._fail(f"strategy {type(trainer.strategy).__name__} is not supported by the compiled engine")
         if trainer._detect_anomaly:
@@ -237,6 +236,16 @@ class CompiledEngine:
                         acc.copy_(p.grad)
                     p.grad = acc
                     layout.accs.append(acc)
+        scaler = getattr(trainer.precision_plugin, "scaler", None) if precision == "16-mixed" else None
+        if scaler is not None:
+            # the graph scales the loss, unscales in the update and updates the scaler itself, on the
+            # GradScaler's own tensors: its state_dict() and checkpoints stay the eager engine's
+            dev = trainable[0].device if trainable else torch.device("cpu")
+            if scaler._scale is None:
+                scaler._lazy_init_scale_growth_tracker(dev)
+            layout.scaler = (scaler._scale, scaler._growth_tracker)
+            self._scaler_cfg = (float(scaler._growth_factor), float(scaler._backoff_factor),
+                                int(scaler._growth_interval))
         self.layout = layout
         self._prefix = layout.prefix()
         from trainer.optim import HAS_CPP
@@ -252,7 +261,7 @@ class CompiledEngine:
             cbs = self.trainer._hooks.callbacks_for(h)
             if cbs:
                 return f"callback {type(cbs[0]).__name__} overrides `{h}`"
-        if precision not in ("32-true", "bf16-mixed"):
+        if precision not in ("32-true", "bf16-mixed", "16-mixed"):
             return f"precision={precision!r}: the update graph covers fp32 parameters only"
         if type(opt) not in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW):
             return f"optimizer {type(opt).__name__} has no in-graph update (its eager step() runs)"
@@ -335,7 +344,7 @@ class CompiledEngine:
         cap = capture(module, layout, batch, step_args, trainer.precision_plugin.train_step_context, variant)
         cfg = StepConfig(variant=variant, accumulate=layout.accumulate, clip_val=trainer.gradient_clip_val,
                          clip_algorithm=trainer.gradient_clip_algorithm or "norm", precision=trainer.precision,
-                         use_cpp=self._use_cpp)
+                         use_cpp=self._use_cpp, scaler=self._scaler_cfg if layout.scaler is not None else None)
         names = self.config.active_passes if variant != "fwd_bwd" else tuple(
             p for p in self.config.active_passes if p == "amp")
         gm = run_passes(cap.gm, cap.example_inputs, cfg, names, self.config.debug_dir, tag=f"{variant}{len(self._graphs)}")

@@ -22,9 +22,15 @@ from torch import Tensor
 def adam_param_(
     param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, max_exp_avg_sq: Optional[Tensor], step: Tensor,
     lr: Tensor, beta1: float, beta2: float, eps: float, weight_decay: float, amsgrad: bool, maximize: bool,
-    decoupled: bool, clip_coef: Optional[Tensor] = None,
+    decoupled: bool, clip_coef: Optional[Tensor] = None, grad_scale: Optional[Tensor] = None,
+    found_inf: Optional[Tensor] = None,
 ) -> None:
-    """torch.optim.Adam/AdamW ``_single_tensor_adam`` for one parameter (non-capturable: host step)."""
+    """torch.optim.Adam/AdamW ``_single_tensor_adam`` for one parameter (non-capturable: host step).
+    ``grad_scale``/``found_inf``: GradScaler's unscale (a power of two: division is exact) and skip."""
+    if found_inf is not None and bool(found_inf.any()):
+        return
+    if grad_scale is not None:
+        grad = grad / grad_scale
     if clip_coef is not None:
         grad = grad * clip_coef
     grad = -grad if maximize else grad
@@ -58,10 +64,15 @@ def _adam_fake(*args, **kwargs) -> None:
 def sgd_param_(
     param: Tensor, grad: Tensor, momentum_buffer: Optional[Tensor], lr: Tensor, momentum: float, dampening: float,
     weight_decay: float, nesterov: bool, maximize: bool, clip_coef: Optional[Tensor] = None,
+    grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None,
 ) -> None:
     """torch.optim.SGD ``_single_tensor_sgd`` for one parameter. The momentum buffer starts at zeros
     (torch starts it at a copy of the first gradient: identical when ``dampening == 0``, the only
     case the engine compiles)."""
+    if found_inf is not None and bool(found_inf.any()):
+        return
+    if grad_scale is not None:
+        grad = grad / grad_scale
     if clip_coef is not None:
         grad = grad * clip_coef
     grad = -grad if maximize else grad
@@ -87,7 +98,13 @@ def foreach_adam_(
     params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
     max_exp_avg_sqs: List[Tensor], steps: List[Tensor], lr: Tensor, beta1: float, beta2: float, eps: float,
     weight_decay: float, amsgrad: bool, maximize: bool, decoupled: bool, clip_coef: Optional[Tensor] = None,
+    grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None,
 ) -> None:
+    if found_inf is not None:  # fp16: compute the step out of place, keep it only where found_inf == 0
+        return _skippable(foreach_adam_, found_inf, [params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs], grads, steps,
+                          lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled, clip_coef, grad_scale)
+    if grad_scale is not None:
+        grads = torch._foreach_div(grads, grad_scale)
     if clip_coef is not None:
         grads = torch._foreach_mul(grads, clip_coef)
     if maximize:
@@ -115,7 +132,13 @@ def foreach_adam_(
 def foreach_sgd_(
     params: List[Tensor], grads: List[Tensor], momentum_buffers: List[Tensor], lr: Tensor, momentum: float,
     dampening: float, weight_decay: float, nesterov: bool, maximize: bool, clip_coef: Optional[Tensor] = None,
+    grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None,
 ) -> None:
+    if found_inf is not None:
+        return _skippable(foreach_sgd_, found_inf, [params, momentum_buffers], grads, lr, momentum, dampening,
+                          weight_decay, nesterov, maximize, clip_coef, grad_scale)
+    if grad_scale is not None:
+        grads = torch._foreach_div(grads, grad_scale)
     if clip_coef is not None:
         grads = torch._foreach_mul(grads, clip_coef)
     if maximize:
@@ -129,9 +152,39 @@ def foreach_sgd_(
     torch._foreach_sub_(params, torch._foreach_mul(grads, lr))
 
 
+def _skippable(update, found_inf: Tensor, mutated: List[List[Tensor]], grads: List[Tensor], *rest) -> None:
+    """Runs ``update`` on copies of the tensors it mutates and writes them back only where
+    ``found_inf == 0``: GradScaler's skipped step without a host sync (inductor fuses the selects).
+    The step counts are not among them: :func:`count_step` already counted only kept steps."""
+    copies = [[t.clone() for t in group] for group in mutated]
+    ok = found_inf.reshape(()) == 0
+    update(copies[0], grads, *copies[1:], *rest)  # (params, grads, states..., hyperparameters...)
+    for group, new in zip(mutated, copies):
+        for t, n in zip(group, new):
+            t.copy_(torch.where(ok, n, t))
+
+
 def foreach_grad_norm(grads: List[Tensor]) -> Tensor:
     """``clip_grad_norm_``'s total norm: the norm of the per-tensor norms."""
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)))
+
+
+def foreach_grad_norm_unscaled(grads: List[Tensor], grad_scale: Tensor) -> Tensor:
+    """The total norm of ``grads / grad_scale`` (what clipping sees after GradScaler's unscale_)."""
+    return foreach_grad_norm(grads) / grad_scale.reshape(())
+
+
+def found_inf(grads: List[Tensor]) -> Tensor:
+    """GradScaler's inf/nan check over all gradients, as its shape-[1] float flag (no host sync)."""
+    finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
+    return torch.logical_not(finite).to(torch.float32).reshape(1)
+
+
+def count_step(steps: List[Tensor], found_inf: Tensor) -> None:
+    """``step += 1`` unless the step is skipped (torch.optim never runs a skipped step)."""
+    inc = 1.0 - found_inf.reshape(())
+    for s in steps:
+        s.add_(inc)
 
 
 ADAM = torch.ops.trainer_compile.adam_param_.default

@@ -25,6 +25,7 @@ class StepConfig:
     clip_algorithm: str = "norm"
     precision: str = "32-true"
     use_cpp: bool = True  # fusion target: torch.ops.trainer.* (trainer._C) or a foreach torch expression
+    scaler: Optional[Tuple[float, float, int]] = None  # 16-mixed: GradScaler (growth, backoff, interval)
 
 
 Pass = Callable[[fx.GraphModule, Sequence[Any], StepConfig], fx.GraphModule]

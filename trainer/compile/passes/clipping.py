@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, fx
 
-from trainer.compile.ops import foreach_grad_norm
+from trainer.compile.ops import foreach_grad_norm, foreach_grad_norm_unscaled
 
 from . import StepConfig, update_nodes
 
@@ -37,15 +37,28 @@ def clipping(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: StepConfig)
     if not updates:
         return gm
     first = updates[0]
+    scale = first.kwargs.get("grad_scale")  # 16-mixed: the gradients are still scaled here
     if cfg.clip_algorithm == "value":
         with graph.inserting_before(first):
+            if scale is None:
+                lo, hi = -cfg.clip_val, cfg.clip_val
+                op = aten.clamp.default
+            else:  # clamp(g, +-v*s) / s == clamp(g / s, +-v) exactly: s is a power of two
+                hi = graph.call_function(aten.mul.Tensor, (scale, cfg.clip_val))
+                lo = graph.call_function(aten.neg.default, (hi,))
+                op = aten.clamp.Tensor
             for node in updates:
-                node.update_arg(1, graph.call_function(aten.clamp.default, (node.args[1], -cfg.clip_val, cfg.clip_val)))
+                node.update_arg(1, graph.call_function(op, (node.args[1], lo, hi)))
         return gm
     grads = [n.args[1] for n in updates]
-    norm_fn = torch.ops.trainer.grad_norm.default if cfg.use_cpp else foreach_grad_norm
     with graph.inserting_before(first):
-        norm = graph.call_function(norm_fn, (grads,))
+        if scale is None:
+            norm_fn = torch.ops.trainer.grad_norm.default if cfg.use_cpp else foreach_grad_norm
+            norm = graph.call_function(norm_fn, (grads,))
+        elif cfg.use_cpp:
+            norm = graph.call_function(torch.ops.trainer.grad_norm.default, (grads, scale))
+        else:
+            norm = graph.call_function(foreach_grad_norm_unscaled, (grads, scale))
         coef = graph.call_function(clip_coef, (norm, float(cfg.clip_val)))
     for node in updates:
         node.update_kwarg("clip_coef", coef)
