@@ -197,6 +197,50 @@ def _user_frame(exc: BaseException) -> str:
     return f" at {f.filename}:{f.lineno} `{(f.line or '').strip()}`"
 
 
+def _emit_updates(layout: Layout, params: Sequence[Tensor], grads: Sequence[Tensor],
+                  states: Dict[str, List[Optional[Tensor]]], lrs: Sequence[Tensor]) -> None:
+    """One ``trainer_compile::*_param_`` update per parameter (the form the passes rewrite)."""
+    for i in range(len(params)):
+        g = layout.hparams[layout.group_of[i]]
+        lr = lrs[layout.group_of[i]]
+        if layout.opt_kind == "adam":
+            torch.ops.trainer_compile.adam_param_(
+                params[i], grads[i], states["exp_avg"][i], states["exp_avg_sq"][i],
+                states["max_exp_avg_sq"][i] if g["amsgrad"] else None, states["step"][i], lr,
+                g["betas"][0], g["betas"][1], g["eps"], g["weight_decay"], g["amsgrad"], g["maximize"],
+                g["decoupled"])
+        else:
+            torch.ops.trainer_compile.sgd_param_(
+                params[i], grads[i], states["momentum_buffer"][i] if g["momentum"] else None, lr, g["momentum"],
+                g["dampening"], g["weight_decay"], g["nesterov"], g["maximize"])
+
+
+def capture_update(layout: Layout, grads: List[Tensor]) -> Tuple[fx.GraphModule, List[Tensor]]:
+    """The optimizer update alone, as a graph over (params, grads, optimizer states, lrs): the
+    ``fwd_bwd`` tier's second graph, run where ``optimizer.step()`` would run (after the user's
+    in-step hooks and clipping saw and changed the real ``.grad``)."""
+    n = len(layout.params)
+    state_inputs = [(key, i, t) for key in layout.state_keys for i, t in enumerate(layout.states[key])
+                    if t is not None]
+
+    def update(*flat: Tensor) -> tuple:
+        params, grads_in = list(flat[:n]), list(flat[n:2 * n])
+        states: Dict[str, List[Optional[Tensor]]] = {key: [None] * n for key in layout.state_keys}
+        for (key, i, _), t in zip(state_inputs, flat[2 * n:2 * n + len(state_inputs)]):
+            states[key][i] = t
+        _emit_updates(layout, params, grads_in, states, list(flat[2 * n + len(state_inputs):]))
+        return ()
+
+    example = ([p.detach() for p in layout.params] + [g.detach() for g in grads] + [t for _, _, t in state_inputs]
+               + list(layout.lrs))
+    gm = make_fx(update, tracing_mode="fake", _allow_non_fake_inputs=False)(*example)
+    roles = ([("param", i) for i in range(n)] + [("grad", i) for i in range(n)]
+             + [(key, i) for key, i, _ in state_inputs] + [("lr", i) for i in range(len(layout.lrs))])
+    for node, r in zip([x for x in gm.graph.nodes if x.op == "placeholder"], roles):
+        node.meta["role"] = r
+    return gm, example
+
+
 def capture(
     module: Any, layout: Layout, batch: Any, step_args: tuple, step_context: Callable[[], Any], variant: str,
 ) -> Captured:
@@ -270,19 +314,7 @@ def capture(
             params, others, bufs, batch_tensors)
         if not with_update:
             return (loss.detach(), *logs, *extras, *grads)
-        for i in range(n_p):
-            g = layout.hparams[layout.group_of[i]]
-            lr = lrs[layout.group_of[i]]
-            if layout.opt_kind == "adam":
-                torch.ops.trainer_compile.adam_param_(
-                    params[i], grads[i], states["exp_avg"][i], states["exp_avg_sq"][i],
-                    states["max_exp_avg_sq"][i] if g["amsgrad"] else None, states["step"][i], lr,
-                    g["betas"][0], g["betas"][1], g["eps"], g["weight_decay"], g["amsgrad"], g["maximize"],
-                    g["decoupled"])
-            else:
-                torch.ops.trainer_compile.sgd_param_(
-                    params[i], grads[i], states["momentum_buffer"][i] if g["momentum"] else None, lr, g["momentum"],
-                    g["dampening"], g["weight_decay"], g["nesterov"], g["maximize"])
+        _emit_updates(layout, params, grads, states, lrs)
         return (loss.detach(), *logs, *extras)
 
     example = prefix + [leaves[i] for i in t_pos]
@@ -356,4 +388,4 @@ def _impure(node: fx.Node) -> bool:
     return callable(target) and not isinstance(target, torch._ops.OpOverload)
 
 
-__all__ = ["CaptureError", "Captured", "Layout", "capture", "check_step_source"]
+__all__ = ["CaptureError", "Captured", "Layout", "capture", "capture_update", "check_step_source"]

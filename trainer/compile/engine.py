@@ -160,6 +160,9 @@ class CompiledEngine:
         self._use_cpp = False
         self._opt: Any = None
         self._scaler_cfg: Optional[Tuple[float, float, int]] = None
+        self._update_graph = False  # fwd_bwd tier: optimizer.step() replaced by a compiled update graph
+        self._ulayout: Optional[Layout] = None
+        self._update_prefix: Tuple[List[Tensor], List[Tensor]] = ([], [])
 
     # ------------------------------------------------------------------ tier selection
     def _fail(self, cause: str) -> None:
@@ -223,6 +226,8 @@ class CompiledEngine:
             other_names=[n for n, _ in others], others=[p for _, p in others],
             buffer_names=[n for n, _ in buffers], buffers=[b for _, b in buffers], opt_kind=None, accumulate=k,
         )
+        # fwd_bwd: the update still runs as a graph (after the hooks) when the optimizer allows it
+        self._update_graph = self.tier == "fwd_bwd" and self._update_reason(opt, precision, trainable) is None
         if self.tier == "full":
             self._setup_optimizer(layout, opt)
             if k > 1:
@@ -261,6 +266,10 @@ class CompiledEngine:
             cbs = self.trainer._hooks.callbacks_for(h)
             if cbs:
                 return f"callback {type(cbs[0]).__name__} overrides `{h}`"
+        return self._update_reason(opt, precision, trainable)
+
+    def _update_reason(self, opt: Any, precision: str, trainable: List[Tensor]) -> Optional[str]:
+        """Why the optimizer update cannot be a graph (None: it can)."""
         if precision not in ("32-true", "bf16-mixed", "16-mixed"):
             return f"precision={precision!r}: the update graph covers fp32 parameters only"
         if type(opt) not in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW):
@@ -373,23 +382,75 @@ class CompiledEngine:
             graph = self._build(key, variant, batch, step_args)
         return graph, tensors
 
-    def _refresh_hparams(self) -> None:
+    def _refresh_hparams(self, layout: Optional[Layout] = None) -> None:
         """lr is an input tensor refreshed in place: a scheduler never recompiles; other changes do."""
+        layout = layout or self.layout
         groups = self._opt.param_groups
         for i, g in enumerate(groups):
             lr = g["lr"]
             if lr != self._lr_cache[i]:
-                self.layout.lrs[i].fill_(float(lr))
+                layout.lrs[i].fill_(float(lr))
                 self._lr_cache[i] = lr
             if self._hp_key(g) != self._hp_cache[i]:
                 self._hp_cache = [self._hp_key(gr) for gr in groups]
                 for gi, gr in enumerate(groups):
-                    self.layout.hparams[gi].update({key: gr[key] for key in self._hp_key_names()})
+                    layout.hparams[gi].update({key: gr[key] for key in self._hp_key_names()})
                 self._graphs.clear()  # baked hyperparameters changed: rebuild (counted as recompiles)
                 break
 
     def _hp_key_names(self) -> Tuple[str, ...]:
         return _SGD_KEYS if isinstance(self._opt, torch.optim.SGD) else _ADAM_KEYS
+
+    # ------------------------------------------------------------------ fwd_bwd: the update graph
+    def _compiled_opt_step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
+        """``optimizer.step(closure)`` of the fwd_bwd tier: the closure (compiled fwd+bwd and the
+        eager hooks) runs first, then one compiled graph updates every parameter from ``.grad``."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        opt, params = self._opt, self.layout.params
+        grads = [p.grad for p in params]
+        if any(g is None or g.is_sparse or g.dtype != p.dtype for g, p in zip(grads, params)):
+            type(opt).step(opt)  # torch.optim skips params without a gradient: let it (state stays torch's)
+            return loss
+        layout = self._ulayout
+        if layout is None:  # first update: torch.optim's state, created as its first step() would
+            # a Layout of its own: the fwd+bwd graphs' inputs must not change under them
+            layout = self._ulayout = Layout(param_names=self.layout.param_names, params=params,
+                                            group_of=self.layout.group_of, other_names=[], others=[],
+                                            buffer_names=[], buffers=[], opt_kind=None)
+            self._setup_optimizer(layout, opt)
+        self._refresh_hparams(layout)
+        graph = self._graphs.get(("update",))
+        if graph is None:
+            graph = self._build_update(grads)
+        prefix = self._update_prefix
+        graph.fn(*prefix[0], *grads, *prefix[1])
+        opt._opt_called = True  # LR schedulers check that optimizer.step ran
+        return loss
+
+
+    def _build_update(self, grads: List[Tensor]) -> _Graph:
+        from trainer.compile.capture import capture_update
+
+        layout = self._ulayout
+        t0 = time.perf_counter()
+        gm, example = capture_update(layout, grads)
+        cfg = StepConfig(variant="update", use_cpp=self._use_cpp)
+        gm = run_passes(gm, example, cfg, tuple(p for p in self.config.active_passes if p == "optimizer_fusion"),
+                        self.config.debug_dir, tag=f"update{len(self._graphs)}")
+        fn = _inductor_compile(gm, example)
+        n = len(layout.params)
+        states = example[2 * n:len(example) - len(layout.lrs)]
+        self._update_prefix = ([p.detach() for p in layout.params], list(states) + list(layout.lrs))
+        self.report.compile_seconds += time.perf_counter() - t0
+        self.report.graphs_built += 1
+        self.report.graph_keys.append("update")
+        self.report.update_compiled = True
+        graph = _Graph(fn, None)  # type: ignore[arg-type]
+        self._graphs[("update",)] = graph
+        return graph
 
     # ------------------------------------------------------------------ running
     def _replay_logs(self, cap: Captured, outs: Any) -> None:
@@ -454,6 +515,13 @@ class CompiledEngine:
         loop._batch_idx = batch_idx
         if should_accumulate:
             closure()
+        elif self._update_graph:
+            opt = self._opt
+            opt.step = self._compiled_opt_step  # shadows the class's step() for this call only
+            try:
+                loop._optimizer_step(batch_idx, closure)
+            finally:
+                del opt.step
         else:
             loop._optimizer_step(batch_idx, closure)
         result = closure.result

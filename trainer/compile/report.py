@@ -18,6 +18,7 @@ class CompileReport:
     passes_applied: List[str] = field(default_factory=list)
     graph_keys: List[str] = field(default_factory=list)
     steps_run: int = 0
+    update_compiled: bool = False  # fwd_bwd tier: the optimizer update ran as its own compiled graph
 
     def __str__(self) -> str:
         if not self.enabled:
@@ -27,4 +28,5 @@ class CompileReport:
         return (
             f"compile: {self.mode}, {self.graphs_built} graph(s), {self.recompiles} recompile(s),"
             f" {self.compile_seconds:.1f}s compiling, passes {self.passes_applied}, {self.steps_run} steps"
+            + (", compiled update" if self.update_compiled else "")
         )
