@@ -137,3 +137,25 @@ def test_python_side_effect_falls_back_and_is_not_duplicated():
     with pytest.warns(CompileWarning, match="changes `self.outs`"):
         compiled = _trainer(True).validate(OutputCollector())
     assert compiled == _trainer(False).validate(OutputCollector())
+
+
+class MetricLogger(EvalMLP):
+    def __init__(self) -> None:
+        super().__init__()
+        from torchmetrics.classification import MulticlassAccuracy
+
+        self.val_acc = MulticlassAccuracy(num_classes=4)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.val_acc.update(self.net(x), y)  # state update in a submodule: Python side effect
+        self.log("val_acc", self.val_acc)
+
+
+def test_torchmetrics_update_is_not_frozen_into_a_graph():
+    pytest.importorskip("torchmetrics")
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        compiled = _trainer(True).validate(MetricLogger())
+    assert len([w for w in rec if issubclass(w.category, CompileWarning)]) == 1
+    assert compiled == _trainer(False).validate(MetricLogger())

@@ -132,30 +132,36 @@ def check_step_source(module: Any, name: str = "training_step") -> Optional[str]
 _SIZED = (list, dict, set)
 
 
-def python_state(module: Any) -> Dict[str, Any]:
+def python_state(module: Any) -> Dict[Tuple[Any, str], Any]:
     """A snapshot of the module's public Python attributes (containers by identity and size).
 
     A step that appends to ``self.outputs`` (Lightning 2's recommended way to collect epoch
     outputs), sets ``self.something`` or records calls runs its Python once, at capture: a graph
     would silently drop that effect on every later step. Comparing this snapshot before and after
-    tracing finds such steps; framework attributes (``_``-prefixed) are not looked at.
+    tracing finds such steps (also in submodules: a torchmetrics ``Metric`` updated in the step
+    rebinds its state attributes); framework attributes (``_``-prefixed) are not looked at.
     """
-    snap: Dict[str, Any] = {}
-    for key, v in module.__dict__.items():
-        if key.startswith("_") or key == "log":
-            continue
-        entry: Any = id(v)
-        if isinstance(v, _SIZED):
-            entry = (id(v), len(v))
-            if isinstance(v, dict):
-                entry += tuple((k, id(x), len(x) if isinstance(x, _SIZED) else None) for k, x in list(v.items())[:64])
-        elif isinstance(v, (int, float, str, bool, type(None))):
-            entry = (type(v), v)
-        snap[key] = (v, entry)
+    snap: Dict[Tuple[Any, str], Any] = {}
+    for owner in module.modules():  # submodules too: a torchmetrics Metric rebinds its state attributes
+        for key, v in owner.__dict__.items():
+            if key.startswith("_") or key == "log":
+                continue
+            _snap_entry(snap, owner, key, v)
     return snap
 
 
-def python_state_changes(module: Any, before: Dict[str, Any], rollback: bool = True) -> Optional[str]:
+def _snap_entry(snap: Dict[Tuple[Any, str], Any], owner: Any, key: str, v: Any) -> None:
+    entry: Any = id(v)
+    if isinstance(v, _SIZED):
+        entry = (id(v), len(v))
+        if isinstance(v, dict):
+            entry += tuple((k, id(x), len(x) if isinstance(x, _SIZED) else None) for k, x in list(v.items())[:64])
+    elif isinstance(v, (int, float, str, bool, type(None))):
+        entry = (type(v), v)
+    snap[(owner, key)] = (v, entry)
+
+
+def python_state_changes(module: Any, before: Dict[Tuple[Any, str], Any], rollback: bool = True) -> Optional[str]:
     """The first attribute the traced step changed (see :func:`python_state`), undoing the common
     changes (appended list items, new attributes, new dict keys) when ``rollback``: the eager step
     that runs after a failed capture must not see the traced call's effects."""
@@ -166,15 +172,16 @@ def python_state_changes(module: Any, before: Dict[str, Any], rollback: bool = T
         return None
     if rollback:
         for key in changed:
+            owner, name = key
             if key not in before:
-                module.__dict__.pop(key, None)
+                owner.__dict__.pop(name, None)
                 continue
             old, entry = before[key]
             if key not in after:
-                module.__dict__[key] = old
+                owner.__dict__[name] = old
                 continue
             if after[key][0] is not old:
-                module.__dict__[key] = old
+                owner.__dict__[name] = old
             elif isinstance(old, list) and len(old) > entry[1]:
                 del old[entry[1]:]
             elif isinstance(old, dict):
@@ -185,7 +192,9 @@ def python_state_changes(module: Any, before: Dict[str, Any], rollback: bool = T
                     v = old.get(k)
                     if isinstance(v, list) and n is not None and len(v) > n:
                         del v[n:]
-    return changed[0]
+    owner, name = changed[0]
+    path = next((p for p, m in module.named_modules() if m is owner), "")
+    return f"{path}.{name}" if path else name
 
 
 def _user_frame(exc: BaseException) -> str:
