@@ -234,3 +234,17 @@ def test_fusion_disabled_runs_the_per_parameter_ops_and_still_matches():
                             CompileConfig(disable=("optimizer_fusion",)), epochs=2)
     assert compiled.compile_report.passes_applied == ["accumulation", "amp", "clipping"]
     _assert_same(eager, compiled)
+
+
+def test_too_many_shapes_fall_back_once():
+    """The short last batch is a second shape; with max_graphs=1 it runs eagerly (one warning) and the
+    result is still the eager engine's."""
+    eager_m, comp_m = MLP(), MLP()
+    fit(eager_m, False, epochs=1)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        compiled = fit(comp_m, CompileConfig(max_graphs=1), epochs=1)
+    ours = [w for w in rec if issubclass(w.category, CompileWarning)]
+    assert len(ours) == 1 and "max_graphs" in str(ours[0].message)
+    assert compiled.compile_report.mode == "eager" and compiled.compile_report.steps_run == 6
+    assert max_rel_diff(comp_m, eager_m) < FP32_TOL

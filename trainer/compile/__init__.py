@@ -1,9 +1,12 @@
 """The compiled engine: ``Trainer(compile=...)`` (see :mod:`trainer.compile.capture` for the design).
 
 Compile is on by default: ``Trainer()`` without ``compile=`` reads ``$TRAINER_COMPILE``
-(``0``/``1``/``strict``; unset means ``1``). ``compile=True`` compiles the automatic-optimization training step when it can and falls back to
-the eager engine with one warning naming the cause; ``"strict"`` raises instead; ``False`` is the
-eager engine. A :class:`CompileConfig` sets the details.
+(``0``/``1``/``strict``; unset means ``1``). ``compile=True`` compiles the automatic-optimization
+training step (and the validation/test/predict steps) when it can and falls back to the eager
+engine with one warning naming the cause; ``"strict"`` raises instead; ``False`` is the eager
+engine. A :class:`CompileConfig` sets the details. Compiled graphs are cached on disk by inductor
+(FX graph + AOT autograd caches, ``$TORCHINDUCTOR_CACHE_DIR``); the engine's own per-machine
+facts live in ``$TRAINER_CACHE_DIR`` (default ``~/.cache/trainer``).
 """
 from __future__ import annotations
 
@@ -27,6 +30,9 @@ class CompileConfig:
     cudagraphs: reserved for the GPU runtime (CUDA graphs replay); ignored on CPU.
     debug_dir: when set, each graph before/after each pass is written there as Python code.
     eval_steps: compile ``validation_step``/``test_step``/``predict_step`` too (:mod:`trainer.compile.eval`).
+    max_graphs: graphs per step variant (one per batch shape) before the step falls back to eager
+        with a warning: every new shape costs a compile (seconds on CPU); shapes that never repeat
+        (variable-length batches) would make the "compiled" run slower than eager.
     """
 
     mode: str = "default"
@@ -35,6 +41,7 @@ class CompileConfig:
     cudagraphs: bool = False
     debug_dir: Optional[str] = None
     eval_steps: bool = True
+    max_graphs: int = 8
     enabled: bool = field(default=True, repr=False)
 
     def __post_init__(self) -> None:

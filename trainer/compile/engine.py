@@ -10,7 +10,10 @@ Tiers, decided at the first training step of a fit (reason recorded in ``compile
   ``configure_gradient_clipping``, ``optimizer_step``, ``optimizer_zero_grad``; module or
   callback), or the optimizer/precision is not one the update graph covers: forward+backward
   are one compiled graph whose gradients land in ``.grad``, and the eager engine's closure
-  machinery runs every hook, the clipping and ``optimizer.step()`` with real tensors.
+  machinery runs every hook and the clipping with real tensors. When the optimizer is one the
+  update graph covers, ``optimizer.step()`` itself is replaced (for that call) by a second
+  compiled graph, the fused update over ``.grad`` (``compile_report.update_compiled``);
+  otherwise torch's ``step()`` runs.
 - ``eager``: the capture failed or the configuration is out of scope: one warning naming the
   cause (``compile="strict"`` raises) and the eager engine from then on.
 """
@@ -379,6 +382,10 @@ class CompiledEngine:
         key = (variant, (spec, sig), len(step_args))  # batch_idx itself is never read (check_step_source)
         graph = self._graphs.get(key)
         if graph is None:
+            built = sum(1 for k in self._graphs if k[0] == variant)
+            if built >= self.config.max_graphs:
+                raise CaptureError(f"the batch shapes keep changing ({built} graphs built for `{variant}`, the limit"
+                                   " `CompileConfig.max_graphs`); each new shape would compile again")
             graph = self._build(key, variant, batch, step_args)
         return graph, tensors
 

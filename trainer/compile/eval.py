@@ -93,6 +93,8 @@ class EvalEngine:
         return getattr(trainer.strategy, name)(*step_args)
 
     def _run(self, name: str, step_args: tuple) -> Any:
+        from trainer.compile.capture import CaptureError
+
         trainer = self.trainer
         module = trainer.lightning_module
         batch, rest = step_args[0], step_args[1:]
@@ -107,6 +109,10 @@ class EvalEngine:
         buffers = dict(module.named_buffers())
         prefix = [params[n].detach() for n in pnames] + [buffers[n] for n in bnames]
         if graph is None:
+            built = sum(1 for k in self._graphs if k[0] == name)
+            if built >= trainer._compile_config.max_graphs:
+                raise CaptureError(f"the batch shapes keep changing ({built} graphs built, the limit"
+                                   " `CompileConfig.max_graphs`); each new shape would compile again")
             graph = self._build(name, module, batch, rest, pnames, bnames, prefix)
             self._graphs[key] = graph
         from trainer.hooks import _set_fx
