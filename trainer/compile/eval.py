@@ -52,7 +52,7 @@ class EvalEngine:
         self.trainer = trainer
         self._graphs: Dict[Any, _EvalGraph] = {}
         self._failed: Dict[str, str] = {}  # step name -> cause (eager from then on)
-        self._names: Dict[int, Tuple[List[str], List[str]]] = {}
+        self._names: Dict[Tuple[int, type], Tuple[List[str], List[str]]] = {}
         self.graphs_built = 0
         self.compile_seconds = 0.0
         self.steps_run = 0
@@ -102,9 +102,10 @@ class EvalEngine:
         tensors = [v for v in leaves if isinstance(v, Tensor)]
         sig = tuple((tuple(v.shape), v.dtype, v.device) if isinstance(v, Tensor) else (type(v), v) for v in leaves)
         # batch_idx (rest[0]) is never read (check_step_source); dataloader_idx (rest[1]) is part of the key
-        key = (name, id(module), spec, sig, len(rest), tuple(rest[1:]), torch.is_autocast_enabled())
+        mkey = (id(module), type(module))
+        key = (name, mkey, spec, sig, len(rest), tuple(rest[1:]), trainer.precision)
         graph = self._graphs.get(key)
-        pnames, bnames = self._names.get(id(module)) or self._module_names(module)
+        pnames, bnames = self._names.get(mkey) or self._module_names(module)
         params = dict(module.named_parameters())
         buffers = dict(module.named_buffers())
         prefix = [params[n].detach() for n in pnames] + [buffers[n] for n in bnames]
@@ -137,7 +138,7 @@ class EvalEngine:
 
     def _module_names(self, module: Any) -> Tuple[List[str], List[str]]:
         names = ([n for n, _ in module.named_parameters()], [n for n, _ in module.named_buffers()])
-        self._names[id(module)] = names
+        self._names[(id(module), type(module))] = names
         return names
 
     def _build(self, name: str, module: Any, batch: Any, rest: tuple, pnames: List[str], bnames: List[str],
