@@ -10,7 +10,8 @@ the import: ``import trainer as L`` instead of ``import lightning.pytorch as L``
 
 At the end it prints the validation accuracy (exit code 1 if below 0.95), the paths of the
 checkpoints and of the CSV log, and the training throughput in samples/s (time spent in training
-epochs only: validation and the sanity check are excluded). It also writes ``summary.json`` into
+epochs only: validation and the sanity check are excluded), over all epochs and without the first
+(which holds a compiled engine's compile time). It also writes ``summary.json`` into
 the run folder (the test reads it).
 """
 from __future__ import annotations
@@ -130,20 +131,20 @@ class TrainThroughput(L.Callback):
     """
 
     def __init__(self) -> None:
-        self.samples = 0
-        self.seconds = 0.0
+        self.epochs: List[List[float]] = []  # [samples, seconds] per training epoch
         self._t0: Optional[float] = None
 
     def _stop(self) -> None:
         if self._t0 is not None:
-            self.seconds += time.perf_counter() - self._t0
+            self.epochs[-1][1] += time.perf_counter() - self._t0
             self._t0 = None
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self.epochs.append([0, 0.0])
         self._t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.samples += len(batch[0])  # a shape, no device sync
+        self.epochs[-1][0] += len(batch[0])  # a shape, no device sync
 
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
         self._stop()
@@ -152,8 +153,23 @@ class TrainThroughput(L.Callback):
         self._stop()
 
     @property
+    def samples(self) -> int:
+        return int(sum(e[0] for e in self.epochs))
+
+    @property
+    def seconds(self) -> float:
+        return sum(e[1] for e in self.epochs)
+
+    @property
     def samples_per_s(self) -> float:
         return self.samples / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def steady_samples_per_s(self) -> float:
+        """Without the first epoch, which carries one-off costs (a compiled engine's compile, lazy init)."""
+        rest = self.epochs[1:]
+        secs = sum(e[1] for e in rest)
+        return sum(e[0] for e in rest) / secs if secs > 0 else float("nan")
 
 
 @torch.no_grad()
@@ -248,6 +264,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "train_samples": throughput.samples,
         "train_seconds": throughput.seconds,
         "train_samples_per_s": throughput.samples_per_s,
+        "train_samples_per_s_after_first_epoch": throughput.steady_samples_per_s,
         "fit_seconds": fit_seconds,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -261,7 +278,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     print(f"CSV metrics      : {metrics_csv}")
     print(f"throughput       : {throughput.samples_per_s:,.0f} training samples/s "
           f"({throughput.samples} samples in {throughput.seconds:.2f} s of training epochs, validation "
-          f"excluded; whole fit {fit_seconds:.2f} s; torch threads {torch.get_num_threads()})")
+          f"excluded; whole fit {fit_seconds:.2f} s; torch threads {torch.get_num_threads()}); "
+          f"{throughput.steady_samples_per_s:,.0f} samples/s after the first epoch (no compile/warm-up)")
     print(f"summary          : {run_dir / 'summary.json'}")
     return summary
 
