@@ -48,11 +48,16 @@ def test_resume_matches_uninterrupted(tmp_path, opt, k, save_batch):
     if save_batch is None:  # Lightning's step checkpoint: written after global step 3
         ckpt_cb = ModelCheckpoint(dirpath=root, every_n_train_steps=3, save_top_k=-1, filename="{step}")
         cbs, ckpt = [ckpt_cb], os.path.join(root, "step=3.ckpt")
-    else:  # after batch 4 of a k=3 window (batches 3, 4, 5): one micro-batch accumulated
+    else:  # after batch 4 of a k=3 window (batches 3, 4, 5): one micro-batch accumulated; the
+        # validation after batch 2 set .grad to None (on_validation_model_zero_grad) before it
         ckpt = os.path.join(root, "mid.ckpt")
         cbs = [SaveAt(ckpt, save_batch)]
-    full = _trainer(root, cbs, accumulate_grad_batches=k, enable_checkpointing=save_batch is None)
-    full.fit(MLP(opt=opt, sched="step"))
+    from .test_eval import EvalMLP
+
+    model_cls = MLP if save_batch is None else EvalMLP
+    extra = {} if save_batch is None else dict(val_check_interval=3)
+    full = _trainer(root, cbs, accumulate_grad_batches=k, enable_checkpointing=save_batch is None, **extra)
+    full.fit(model_cls(opt=opt, sched="step"))
     assert os.path.exists(ckpt)
     saved = torch.load(ckpt, weights_only=False)
     # the optimizer state in the file is torch.optim's own format
@@ -65,6 +70,30 @@ def test_resume_matches_uninterrupted(tmp_path, opt, k, save_batch):
         assert st["state"][0]["step"].dtype == torch.float32 and st["state"][0]["step"].ndim == 0
         assert st["state"][0]["step"].item() == 3
         ref.load_state_dict(st)  # loads into a plain torch.optim.AdamW
-    resumed = _trainer(root, accumulate_grad_batches=k, enable_checkpointing=False)
-    resumed.fit(MLP(opt=opt, sched="step"), ckpt_path=ckpt)
+    if save_batch is not None:
+        assert all(g is not None for g in saved["trainer_resume"]["accumulated_grads"])  # the window is saved
+    resumed = _trainer(root, accumulate_grad_batches=k, enable_checkpointing=False, **extra)
+    resumed.fit(model_cls(opt=opt, sched="step"), ckpt_path=ckpt)
     _assert_resumed_equals_uninterrupted(full, resumed)
+
+
+def test_accumulation_schedule_and_mid_window_validation_match_eager(tmp_path):
+    """k changes at epoch 1 (GradientAccumulationScheduler) and validation runs inside windows
+    (Lightning zeroes .grad before it, dropping the window's first micro-batches): as in eager."""
+    from trainer.callbacks import GradientAccumulationScheduler
+
+    from .test_eval import EvalMLP
+
+    runs = {}
+    for compile in (False, True):
+        model = EvalMLP()
+        trainer = L.Trainer(max_epochs=2, compile=compile, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                            val_check_interval=3, default_root_dir=str(tmp_path),
+                            callbacks=[GradientAccumulationScheduler({0: 2, 1: 3})])
+        trainer.fit(model)
+        runs[compile] = trainer
+    eager, compiled = runs[False], runs[True]
+    assert compiled.compile_report.mode == "full" and compiled.compile_report.fallback_reason is None
+    assert compiled.global_step == eager.global_step
+    assert max_rel_diff(compiled.lightning_module, eager.lightning_module) < 1e-5

@@ -177,6 +177,21 @@ class CompiledEngine:
         warnings.warn(f"trainer.compile: running the eager engine instead: {cause}", CompileWarning, stacklevel=2)
         self._restore_grads()
 
+    def _sync_accs(self) -> None:
+        """The window's buffers are the params' ``.grad``; whoever replaced ``.grad`` since the last
+        step (``on_validation_model_zero_grad`` before a mid-window validation sets it to None,
+        as Lightning does; a user's ``zero_grad``) decides what the window holds, as in eager."""
+        layout = self.layout
+        for p, acc in zip(layout.params, layout.accs):
+            g = p.grad
+            if g is acc:
+                continue
+            if g is None:
+                acc.zero_()
+            else:
+                acc.copy_(g)
+            p.grad = acc
+
     def _restore_grads(self) -> None:
         # a window interrupted mid-accumulation continues in eager: hand over what was accumulated
         layout = self.layout
@@ -479,6 +494,12 @@ class CompiledEngine:
     def run(self, loop: "AutomaticOptimization", optimizer: Any, batch_idx: int, args: tuple,
             should_accumulate: bool) -> Optional[Dict[str, Any]]:
         """Runs one batch compiled; None means 'run the eager engine' (fallback)."""
+        if self.tier is not None and self.tier != "eager" and (
+                self.trainer.accumulate_grad_batches != self.layout.accumulate):
+            # k changed (GradientAccumulationScheduler, at an epoch start): the graphs differentiate
+            # loss / k and own k-sized windows: set up again (the new graphs count as recompiles)
+            self._graphs.clear()
+            self.tier, self.layout, self._ulayout = None, None, None
         if self.tier is None:
             self._setup(optimizer, batch_idx)
         if self.tier == "eager":
@@ -496,6 +517,8 @@ class CompiledEngine:
         trainer = self.trainer
         k = self.layout.accumulate
         variant = "step" if k == 1 else ("micro" if should_accumulate else "final")
+        if k > 1:
+            self._sync_accs()
         if not should_accumulate:
             self._refresh_hparams()
         graph, tensors = self._graph_for(variant, args[0], args[1:])
