@@ -192,11 +192,13 @@ class HookDispatcher:
         self.trainer = trainer
         self._cache: Dict[str, List[Any]] = {}
         self._module_noops: frozenset = frozenset()
+        self._module: Any = None
 
     def reset(self) -> None:
         """Re-reads which callbacks and module hooks are overridden (call when either changes)."""
         self._cache = {}
         module = self.trainer.lightning_module
+        self._module = module
         if module is None:
             self._module_noops = frozenset()
         else:
@@ -216,14 +218,16 @@ class HookDispatcher:
         return cbs
 
     def call_callbacks(self, hook_name: str, *args: Any, monitoring: Optional[bool] = None, **kwargs: Any) -> None:
-        cbs = self.callbacks_for(hook_name)
+        cbs = self._cache.get(hook_name)
+        if cbs is None:
+            cbs = self.callbacks_for(hook_name)
         if not cbs:
             return
         trainer = self.trainer
         pl_module = trainer.lightning_module
         prev_fx = pl_module._current_fx_name if pl_module is not None else None
         if pl_module is not None:
-            _set_fx(pl_module, hook_name)
+            _setattr(pl_module, "_current_fx_name", hook_name)
         profiler = trainer.profiler
         try:
             for cb in cbs:
@@ -236,19 +240,19 @@ class HookDispatcher:
                     getattr(cb, hook_name)(trainer, pl_module, *args, **kwargs)
         finally:
             if pl_module is not None:
-                _set_fx(pl_module, prev_fx)
+                _setattr(pl_module, "_current_fx_name", prev_fx)
 
     def call_module(self, hook_name: str, *args: Any, pl_module: Any = None, **kwargs: Any) -> Any:
         trainer = self.trainer
         if pl_module is None:
             if hook_name in self._module_noops:  # a default no-op nobody overrode: nothing to run
                 return None
-            pl_module = trainer.lightning_module
+            pl_module = self._module if self._module is not None else trainer.lightning_module
         fn = getattr(pl_module, hook_name, None)
         if fn is None:
             return None
         prev_fx = pl_module._current_fx_name
-        _set_fx(pl_module, hook_name)
+        _setattr(pl_module, "_current_fx_name", hook_name)
         try:
             profiler = trainer.profiler
             if profiler.enabled:
@@ -256,7 +260,7 @@ class HookDispatcher:
                     return fn(*args, **kwargs)
             return fn(*args, **kwargs)
         finally:
-            _set_fx(pl_module, prev_fx)
+            _setattr(pl_module, "_current_fx_name", prev_fx)
 
     def call_datamodule(self, hook_name: str, *args: Any, **kwargs: Any) -> Any:
         dm = self.trainer.datamodule
@@ -278,7 +282,12 @@ _NOOP_MODULE_HOOKS = tuple(
 ) + ("on_save_checkpoint", "on_load_checkpoint")
 
 # nn.Module.__setattr__ runs several isinstance checks; this plain attribute is set ~20 times a step
-_set_fx = lambda module, name: object.__setattr__(module, "_current_fx_name", name)  # noqa: E731
+_setattr = object.__setattr__
+
+
+def _set_fx(module: Any, name: Optional[str]) -> None:
+    """Sets ``module._current_fx_name`` without nn.Module.__setattr__ (used by the compiled engine too)."""
+    _setattr(module, "_current_fx_name", name)
 
 
 def _is_monitoring(cb: Any) -> bool:

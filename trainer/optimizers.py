@@ -213,13 +213,16 @@ class LightningOptimizer:
         self._optimizer.zero_grad(set_to_none=set_to_none)
 
     def step(self, closure: Optional[Callable[[], Any]] = None, **kwargs: Any) -> Any:
-        self._on_before_step()
+        before, after = self._on_before_step, self._on_after_step
+        if before is not _do_nothing_closure:
+            before()
         if closure is None:
             closure = _do_nothing_closure
         elif not callable(closure):
             raise MisconfigurationException("When `optimizer.step(closure)` is called, the closure should be callable")
         out = self._strategy.optimizer_step(self._optimizer, closure, **kwargs)
-        self._on_after_step()
+        if after is not _do_nothing_closure:
+            after()
         return out
 
     def toggle_model(self, sync_grad: bool = True) -> Any:

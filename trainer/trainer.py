@@ -1183,7 +1183,10 @@ class Trainer:
         """convert_input -> on_before_batch_transfer -> transfer_batch_to_device -> on_after_batch_transfer."""
         batch = self.strategy.precision_plugin.convert_input(batch)
         if not self._batch_hooks_overridden:  # the defaults: one move, no hook dispatch
-            return move_data_to_device(batch, self.strategy.root_device)
+            device = self.strategy.root_device
+            if device.type == "cpu" and type(batch) in (list, tuple) and _all_cpu_tensors(batch):
+                return batch  # (x, y) already on the CPU: nothing to walk or move
+            return move_data_to_device(batch, device)
         batch = self._call_batch_hook("on_before_batch_transfer", batch, dataloader_idx)
         batch = self._call_batch_hook("transfer_batch_to_device", batch, self.strategy.root_device, dataloader_idx)
         return self._call_batch_hook("on_after_batch_transfer", batch, dataloader_idx)
@@ -1203,6 +1206,13 @@ class Trainer:
         if message not in self._warned:
             self._warned.add(message)
             log.info(message)
+
+
+def _all_cpu_tensors(items: Any) -> bool:
+    for t in items:
+        if type(t) is not torch.Tensor or not t.is_cpu:
+            return False
+    return True
 
 
 def _one_or_list(loaders: Optional[List[Any]]) -> Any:

@@ -46,6 +46,8 @@ class TrainingEpochLoop:
         self._results = ResultCollection(training=True)
         self._batches_that_stepped = 0
         self._step_takes_batch_idx = True
+        self._acc_cache_ready = -1
+        self._acc_cache = False
 
     # ---------------------------------------------------------------- counters
     @property
@@ -74,6 +76,15 @@ class TrainingEpochLoop:
         if self._accumulated_batches_reached():
             return False
         return self.trainer.strategy.handles_gradient_accumulation or not self._num_ready_batches_reached()
+
+    def _accumulating(self) -> bool:
+        """``_should_accumulate()`` for the current batch, computed once per batch (it is constant
+        from the batch's ``increment_ready`` until the next one)."""
+        key = self.batch_progress.total.ready  # strictly increases from batch to batch
+        if self._acc_cache_ready != key:
+            self._acc_cache_ready = key
+            self._acc_cache = self._should_accumulate()
+        return self._acc_cache
 
     @property
     def _is_training_done(self) -> bool:
@@ -157,7 +168,7 @@ class TrainingEpochLoop:
                 args = (batch, batch_idx) if self._step_takes_batch_idx else (batch,)
                 if module.automatic_optimization:
                     batch_output = self.automatic_optimization.run(
-                        trainer.optimizers[0], batch_idx, args, self._should_accumulate()
+                        trainer.optimizers[0], batch_idx, args, self._accumulating()
                     )
                 else:
                     batch_output = self.manual_optimization.run(args)
@@ -171,7 +182,7 @@ class TrainingEpochLoop:
         hooks.call_module("on_train_batch_end", batch_output, batch, batch_idx)
         trainer._logger_connector.on_batch_end()
         self.batch_progress.increment_completed()
-        trainer._logger_connector.update_train_step_metrics(self._should_accumulate())
+        trainer._logger_connector.update_train_step_metrics(self._accumulating())
 
     def on_advance_end(self) -> None:
         trainer = self.trainer
@@ -179,13 +190,13 @@ class TrainingEpochLoop:
             trainer.validating = True
             connector = trainer._logger_connector
             first_loop_iter = connector._first_loop_iter
-            if not self._should_accumulate():
+            if not self._accumulating():
                 trainer._hooks.call_module("on_validation_model_zero_grad")
             self.val_loop.run()
             trainer.training = True
             connector._first_loop_iter = first_loop_iter
         self.update_lr_schedulers("step", update_plateau_schedulers=True)
-        if not self._should_accumulate():
+        if not self._accumulating():
             self._batches_that_stepped += 1
         if trainer.should_stop:
             for logger in trainer.loggers:
@@ -219,10 +230,12 @@ class TrainingEpochLoop:
 
     # ---------------------------------------------------------------- schedulers
     def update_lr_schedulers(self, interval: str, update_plateau_schedulers: bool) -> None:
-        if interval == "step" and self._should_accumulate():
-            return
         trainer = self.trainer
-        if not trainer.lr_scheduler_configs or not trainer.lightning_module.automatic_optimization:
+        if not trainer.strategy.lr_scheduler_configs:
+            return
+        if interval == "step" and self._accumulating():
+            return
+        if not trainer.lightning_module.automatic_optimization:
             return
         for config in trainer.lr_scheduler_configs:
             if update_plateau_schedulers ^ config.reduce_on_plateau:
@@ -517,6 +530,7 @@ class FitLoop:
             trainer.training = True
         trainer._hooks.call_callbacks("on_train_start")
         trainer._hooks.call_module("on_train_start")
+        self.epoch_loop.automatic_optimization.prepare()
 
     def on_advance_start(self) -> None:
         trainer = self.trainer
