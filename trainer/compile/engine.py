@@ -75,7 +75,12 @@ def _inductor_compile(gm: Any, example_inputs: List[Any]) -> Callable:
     _memoize_isa_probe()
     fake_mode = FakeTensorMode(shape_env=ShapeEnv(), static_shapes=True)
     fakes = [fake_mode.from_tensor(t, static_shapes=True) if isinstance(t, Tensor) else t for t in example_inputs]
-    with torch.no_grad(), tracing(TracingContext(fake_mode)):
+    # emulate_precision_casts: round bf16/fp16 intermediates where eager rounds them (inductor keeps
+    # them in fp32 by default); without it a bf16 AdamW+clip run drifted from the eager engine by a
+    # full Adam step on a near-zero gradient element (tests/test_numerics.py, TRAINER_COMPILE=1)
+    from torch._inductor import config as inductor_config
+
+    with torch.no_grad(), tracing(TracingContext(fake_mode)), inductor_config.patch(emulate_precision_casts=True):
         return compile_fx(gm, fakes)
 
 
