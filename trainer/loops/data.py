@@ -167,7 +167,8 @@ class TrainLoader:
         if len(self.flattened) == 1:
             it = iter(self.flattened[0])
             limit = self.limits[0] if self.limits is not None else float("inf")
-            if limit == float("inf"):
+            n = sized_len(self.flattened[0])
+            if limit == float("inf") or (n is not None and limit >= n):  # the limit cuts nothing
                 if self._spec[0] == "single":
                     return it
                 return (_rebuild(self._spec, [b]) for b in it)

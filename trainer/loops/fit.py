@@ -48,6 +48,8 @@ class TrainingEpochLoop:
         self._step_takes_batch_idx = True
         self._acc_cache_ready = -1
         self._acc_cache = False
+        self._val_epoch_key: Any = None
+        self._val_epoch_flag = False
 
     # ---------------------------------------------------------------- counters
     @property
@@ -146,43 +148,55 @@ class TrainingEpochLoop:
         trainer = self.trainer
         hooks = trainer._hooks
         module = trainer.lightning_module
+        bp = self.batch_progress
         batch = next(fetcher)
-        batch_idx = self.batch_idx + 1
-        self.batch_progress.is_last_batch = fetcher.done
+        batch_idx = bp.current.ready
+        bp.is_last_batch = fetcher.done
         batch = trainer._transfer_batch(batch, 0)
-        self.batch_progress.increment_ready()
+        bp.total.ready += 1
+        bp.current.ready += 1
         trainer._logger_connector.on_batch_start(batch)
         batch_output: Any = None
         skip_rest = False
+        # hooks nobody overrides are not dispatched at all (the lists are cached per run)
+        noops = hooks._module_noops
         if batch is None:
             trainer._warn_once("train_dataloader yielded None. If this was on purpose, ignore this warning...")
         else:
-            hooks.call_callbacks("on_train_batch_start", batch, batch_idx)
-            response = hooks.call_module("on_train_batch_start", batch, batch_idx)
-            skip_rest = response == -1
+            if hooks.callbacks_for("on_train_batch_start"):
+                hooks.call_callbacks("on_train_batch_start", batch, batch_idx)
+            if "on_train_batch_start" not in noops:
+                skip_rest = hooks.call_module("on_train_batch_start", batch, batch_idx) == -1
             if skip_rest:
-                self.batch_progress.is_last_batch = True
+                bp.is_last_batch = True
             else:
-                self.batch_progress.total.started += 1
-                self.batch_progress.current.started += 1
+                bp.total.started += 1
+                bp.current.started += 1
                 args = (batch, batch_idx) if self._step_takes_batch_idx else (batch,)
                 if module.automatic_optimization:
                     batch_output = self.automatic_optimization.run(
-                        trainer.optimizers[0], batch_idx, args, self._accumulating()
+                        trainer.strategy.optimizers[0], batch_idx, args, self._accumulating()
                     )
                 else:
                     batch_output = self.manual_optimization.run(args)
-        self.batch_progress.increment_processed()
-        self.update_lr_schedulers("step", update_plateau_schedulers=False)
-        if self._num_ready_batches_reached():
-            self.update_lr_schedulers("epoch", update_plateau_schedulers=False)
+        bp.total.processed += 1
+        bp.current.processed += 1
+        if trainer.strategy.lr_scheduler_configs:
+            self.update_lr_schedulers("step", update_plateau_schedulers=False)
+            if self._num_ready_batches_reached():
+                self.update_lr_schedulers("epoch", update_plateau_schedulers=False)
         if skip_rest:
             raise StopIteration
-        hooks.call_callbacks("on_train_batch_end", batch_output, batch, batch_idx)
-        hooks.call_module("on_train_batch_end", batch_output, batch, batch_idx)
-        trainer._logger_connector.on_batch_end()
-        self.batch_progress.increment_completed()
-        trainer._logger_connector.update_train_step_metrics(self._accumulating())
+        if hooks.callbacks_for("on_train_batch_end"):
+            hooks.call_callbacks("on_train_batch_end", batch_output, batch, batch_idx)
+        if "on_train_batch_end" not in noops:
+            hooks.call_module("on_train_batch_end", batch_output, batch, batch_idx)
+        connector = trainer._logger_connector
+        connector.on_batch_end()
+        bp.total.completed += 1
+        bp.current.completed += 1
+        if trainer.loggers:
+            connector.update_train_step_metrics(self._accumulating())
 
     def on_advance_end(self) -> None:
         trainer = self.trainer
@@ -208,8 +222,17 @@ class TrainingEpochLoop:
         n = trainer.check_val_every_n_epoch
         return trainer.enable_validation and (n is None or (trainer.current_epoch + 1) % n == 0)
 
+    def _val_check_epoch_cached(self) -> bool:
+        """``_should_check_val_epoch()``, fixed for the epoch (it only depends on the epoch and on
+        settings a GradientAccumulationScheduler-style callback may change at epoch start)."""
+        key = (self.trainer.current_epoch, self.trainer.check_val_every_n_epoch)
+        if self._val_epoch_key != key:
+            self._val_epoch_key = key
+            self._val_epoch_flag = self._should_check_val_epoch()
+        return self._val_epoch_flag
+
     def _should_check_val_fx(self) -> bool:
-        if not self._should_check_val_epoch():
+        if not self._val_check_epoch_cached():
             return False
         trainer = self.trainer
         is_infinite = trainer.val_check_batch == float("inf")

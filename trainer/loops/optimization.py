@@ -159,9 +159,11 @@ class AutomaticOptimization:
 
     def run(self, optimizer: Any, batch_idx: int, args: tuple, should_accumulate: bool) -> Dict[str, Any]:
         trainer = self.trainer
-        engine = self._engine if self._engine is not None and trainer._compile_config.enabled else None
-        if engine is None or self._engine_key[0] != id(trainer.lightning_module):
-            engine = self._compiled_engine()
+        engine = None
+        if trainer._compile_config.enabled:
+            engine = self._engine
+            if engine is None or self._engine_key[0] != id(trainer.lightning_module):
+                engine = self._compiled_engine()
         if engine is not None and not self._skip_backward:
             out = engine.run(self, optimizer, batch_idx, args, should_accumulate)
             if out is not None:
