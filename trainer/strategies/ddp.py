@@ -334,11 +334,25 @@ class DDPStrategy(Strategy):
 
 
 def _destroy_process_group() -> None:
-    if dist.is_available() and dist.is_initialized():
-        try:
-            dist.destroy_process_group()
-        except Exception:  # pragma: no cover - best effort at exit
-            pass
+    """At exit: wait until every rank got here, then tear the group down.
+
+    Destroying a gloo group while a peer still talks to it aborted a rank now and then under load
+    ("terminate called without an active exception", exit -6, seen in CI). The barrier makes the
+    teardown start only when every rank is done; its timeout keeps a dead peer from hanging exit.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=timedelta(seconds=60))
+        else:
+            dist.barrier()
+    except Exception:  # pragma: no cover - a peer is gone: tear down anyway
+        pass
+    try:
+        dist.destroy_process_group()
+    except Exception:  # pragma: no cover - best effort at exit
+        pass
 
 
 def _all_gather_tensor(tensor: Tensor, group: Optional[Any] = None, sync_grads: bool = False) -> Tensor:
