@@ -28,7 +28,7 @@ import torch
 
 from trainer.accelerators import Accelerator, DeviceSpec, build_accelerator, resolve_accelerator, resolve_devices
 from trainer.callbacks.callback import Callback, Checkpoint
-from trainer.checkpoint import CheckpointConnector, atomic_save, dump_checkpoint
+from trainer.checkpoint import CheckpointConnector, dump_checkpoint
 from trainer.datamodule import LightningDataModule
 from trainer.exceptions import MisconfigurationException
 from trainer.hooks import HookDispatcher, is_overridden
@@ -40,7 +40,7 @@ from trainer.precision import Precision, build_precision, normalize_precision
 from trainer.profiler import Profiler, resolve_profiler
 from trainer.seed import isolate_rng
 from trainer.strategies import resolve_strategy
-from trainer.strategies.single_device import SingleDeviceStrategy, Strategy
+from trainer.strategies.single_device import Strategy
 from trainer.utilities import move_data_to_device
 
 log = logging.getLogger(__name__)

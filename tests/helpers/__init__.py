@@ -11,7 +11,6 @@ from .frameworks import (
     import_framework,
     misconfiguration_exception,
     quiet_trainer_kwargs,
-    trainer_available,
 )
 from .models import boring_model_class, datamodule_class, make_reference_net, mlp_module_class, state
 from .recorder import (

@@ -8,31 +8,19 @@ any import error is a real error (a broken package must not turn into green skip
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from types import ModuleType
 
-import pytest
 
 LIGHTNING = "lightning"
 TRAINER = "trainer"
 FRAMEWORK_NAMES = (LIGHTNING, TRAINER)
 
 
-def trainer_available() -> bool:
-    """True once the eager Trainer module exists (its import errors are not swallowed)."""
-    try:
-        return importlib.util.find_spec("trainer.trainer") is not None
-    except ModuleNotFoundError:  # `trainer` itself not on the path
-        return False
-
-
 def import_framework(name: str) -> ModuleType:
-    """Return the framework module for ``name``; skips ``trainer`` only while it is absent."""
+    """Return the framework module for ``name`` (a failing import fails the test: nothing is skipped)."""
     if name == LIGHTNING:
         return importlib.import_module("pytorch_lightning")
     if name == TRAINER:
-        if not trainer_available():
-            pytest.skip("trainer.trainer (the eager Trainer) has not landed yet")
         return importlib.import_module("trainer")
     raise ValueError(f"unknown framework {name!r}")
 
