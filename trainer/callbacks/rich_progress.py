@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
 
-from trainer.callbacks.progress.progress_bar import ProgressBar
+from trainer.callbacks.progress.progress_bar import _SwitchableBar
 
 _RICH_AVAILABLE = importlib.util.find_spec("rich") is not None
 
@@ -131,7 +131,7 @@ def _fn(trainer: Any) -> Optional[str]:
     return getattr(fn, "value", fn)
 
 
-class RichProgressBar(ProgressBar):
+class RichProgressBar(_SwitchableBar):
     """A progress bar with rich text formatting.
 
     Args:
@@ -181,20 +181,6 @@ class RichProgressBar(ProgressBar):
     @property
     def refresh_rate(self) -> float:
         return self._refresh_rate
-
-    @property
-    def is_enabled(self) -> bool:
-        return self._enabled and self.refresh_rate > 0
-
-    @property
-    def is_disabled(self) -> bool:
-        return not self.is_enabled
-
-    def disable(self) -> None:
-        self._enabled = False
-
-    def enable(self) -> None:
-        self._enabled = True
 
     @property
     def console(self) -> Optional["Console"]:

@@ -138,6 +138,30 @@ class ProgressBar(Callback):
         return {**standard, **pbar_metrics}
 
 
+class _SwitchableBar(ProgressBar):
+    """The concrete bars' on/off state: shown while enabled and ``refresh_rate > 0``.
+
+    (The public ``ProgressBar`` base keeps Lightning's abstract ``enable``/``disable``.)
+    """
+
+    _enabled = True
+    refresh_rate: Any
+
+    @property
+    def is_enabled(self) -> bool:
+        return self._enabled and self.refresh_rate > 0
+
+    @property
+    def is_disabled(self) -> bool:
+        return not self.is_enabled
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+
 def _to_python(value: Any) -> Any:
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         return value.item()

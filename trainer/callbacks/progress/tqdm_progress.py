@@ -11,7 +11,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from trainer.callbacks.progress.progress_bar import ProgressBar
+from trainer.callbacks.progress.progress_bar import _SwitchableBar
 
 if importlib.util.find_spec("ipywidgets") is not None:  # notebook-aware bars when the widgets exist
     from tqdm.auto import tqdm as _tqdm
@@ -45,7 +45,7 @@ class Tqdm(_tqdm):
         return n
 
 
-class TQDMProgressBar(ProgressBar):
+class TQDMProgressBar(_SwitchableBar):
     r"""The default progress bar, built on ``tqdm``.
 
     Args:
@@ -115,20 +115,6 @@ class TQDMProgressBar(ProgressBar):
     @property
     def process_position(self) -> int:
         return self._process_position
-
-    @property
-    def is_enabled(self) -> bool:
-        return self._enabled and self.refresh_rate > 0
-
-    @property
-    def is_disabled(self) -> bool:
-        return not self.is_enabled
-
-    def disable(self) -> None:
-        self._enabled = False
-
-    def enable(self) -> None:
-        self._enabled = True
 
     # ------------------------------------------------------------------ bar factories (override to customise)
 
