@@ -240,6 +240,9 @@ class CompiledEngine:
                     p.grad = acc.clone() if p.grad is None else p.grad.add_(acc)
 
     def _setup(self, optimizer: Any, batch_idx: int = 0) -> None:
+        setup_compiled = getattr(self.trainer.strategy, "setup_compiled_step", None)
+        if setup_compiled is not None:  # the strategy compiles its own step (FSDP: trainer/compile/sharded.py)
+            return setup_compiled(self, optimizer, batch_idx)
         trainer = self.trainer
         module = trainer.lightning_module
         precision = trainer.precision

@@ -268,6 +268,14 @@ class FSDPStrategy(DDPStrategy):
         finally:
             model.set_requires_gradient_sync(True)
 
+    # ---------------------------------------------------------------- compiled step
+    def setup_compiled_step(self, engine: Any, optimizer: Optimizer, batch_idx: int = 0) -> None:
+        """``Trainer(compile=...)`` under FSDP: each unit's forward+backward compiled between FSDP2's hooks, the
+        optimizer update one compiled graph over the local shards (:mod:`trainer.compile.sharded`)."""
+        from trainer.compile.sharded import setup_sharded
+
+        setup_sharded(engine, optimizer, batch_idx)
+
     # ---------------------------------------------------------------- state dicts
     def lightning_module_state_dict(self) -> Dict[str, Any]:
         assert self._lightning_module is not None
