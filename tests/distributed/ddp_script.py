@@ -73,6 +73,63 @@ class Net(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
+class PlainNet(Net):
+    """``Net`` without the rank/step reads in ``training_step`` (they pin a step to the eager engine)."""
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.mse_loss(self(x), y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True)
+        return loss
+
+
+class BatchNormNet(PlainNet):
+    """With BatchNorm buffers: DDP broadcasts rank 0's buffers before each synchronised forward."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        torch.manual_seed(1)
+        self.body = nn.Sequential(nn.Linear(16, 32), nn.BatchNorm1d(32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh())
+
+
+class HookedNet(PlainNet):
+    """Overrides ``on_after_backward``: the compiled engine splits the step there (compiled
+    forward+backward, the hook on real gradients, then the update), so the all-reduce must have
+    run before the hook, as DDP's does."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seen_grad_norms = []
+
+    def on_after_backward(self):
+        self.seen_grad_norms.append(float(self.head.weight.grad.norm()))
+
+
+class CollectiveCounter(L.Callback):
+    """Counts the compiled engine's gradient all-reduces that actually ran (torch.profiler events of
+    the functional collective ``_c10d_functional::all_reduce_``, which the step graph calls; the
+    ``sync_dist`` logging and DDP's own reducer use other ops), from the 3rd batch on (after the
+    graphs are built) to the end of training."""
+
+    def __init__(self):
+        self.prof = None
+        self.batches = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.prof is None and trainer.current_epoch == 0 and batch_idx == 2:
+            self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            self.prof.__enter__()
+        if self.prof is not None:
+            self.batches += 1
+
+    def on_train_end(self, trainer, pl_module):
+        if self.prof is not None:
+            self.prof.__exit__(None, None, None)
+
+    def count(self):
+        return sum(1 for e in self.prof.events() if e.name == "_c10d_functional::all_reduce_")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
@@ -91,6 +148,10 @@ def main(argv=None):
     p.add_argument("--checkpointing", action="store_true")
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--record-saves", action="store_true")
+    p.add_argument("--compile", default="0", choices=["0", "1", "strict"])
+    p.add_argument("--model", default="net", choices=["net", "plain", "batchnorm", "hooked"])
+    p.add_argument("--clip", type=float, default=None)
+    p.add_argument("--count-collectives", action="store_true")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     if args.record_saves:  # every checkpoint write notes the rank that wrote it
@@ -116,14 +177,19 @@ def main(argv=None):
         strategy = FSDPStrategy(timeout=timeout, state_dict_type=args.state_dict_type, auto_wrap_policy={nn.Linear})
     else:
         strategy = args.strategy
-    model = Net(fail_rank=args.fail_rank, optimizer=args.optimizer)
+    model_cls = {"net": Net, "plain": PlainNet, "batchnorm": BatchNormNet, "hooked": HookedNet}[args.model]
+    model = model_cls(fail_rank=args.fail_rank, optimizer=args.optimizer)
+    callbacks = [L.callbacks.ModelCheckpoint(dirpath=os.path.join(args.out, "ckpts"), save_top_k=-1)] \
+        if args.checkpointing else []
+    counter = CollectiveCounter() if args.count_collectives else None
+    if counter is not None:
+        callbacks.append(counter)
     trainer = L.Trainer(
         accelerator="cpu", devices=args.devices, strategy=strategy, max_epochs=args.max_epochs,
         max_steps=args.max_steps, accumulate_grad_batches=args.accumulate, logger=False,
         enable_checkpointing=args.checkpointing, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, default_root_dir=args.out,
-        callbacks=[L.callbacks.ModelCheckpoint(dirpath=os.path.join(args.out, "ckpts"), save_top_k=-1)]
-        if args.checkpointing else None,
+        num_sanity_val_steps=0, default_root_dir=args.out, callbacks=callbacks or None,
+        compile={"0": False, "1": True, "strict": "strict"}[args.compile], gradient_clip_val=args.clip,
     )
     loader = DataLoader(dataset(), batch_size=args.batch, shuffle=False)
     val_loader = DataLoader(dataset(), batch_size=args.batch)
@@ -138,6 +204,7 @@ def main(argv=None):
         state = {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().cpu()
                  for k, v in model.state_dict().items()}
     rank = trainer.global_rank
+    report = trainer.compile_report
     torch.save(state, os.path.join(args.out, f"weights_{rank}.pt"))
     result = {
         "rank": rank, "world_size": trainer.world_size, "local_rank": trainer.local_rank,
@@ -145,7 +212,12 @@ def main(argv=None):
         "global_step": trainer.global_step, "comm_calls": COMM_CALLS[0], "seconds": time.time() - t0,
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
         "env_rank": os.environ.get("RANK"), "torchelastic": "TORCHELASTIC_RUN_ID" in os.environ,
-        "pid": os.getpid(),
+        "pid": os.getpid(), "compile_mode": report.mode if report else None,
+        "compile_fallback": report.fallback_reason if report else None,
+        "graph_keys": report.graph_keys if report else None,
+        "collectives": counter.count() if counter is not None else None,
+        "counted_batches": counter.batches if counter is not None else None,
+        "seen_grad_norms": getattr(model, "seen_grad_norms", None),
     }
     gathered = trainer.strategy.all_gather(torch.tensor([float(rank)]))
     result["all_gather"] = gathered.flatten().tolist()

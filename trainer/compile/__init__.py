@@ -17,8 +17,9 @@ from typing import Any, Optional, Tuple, Union
 from trainer.exceptions import MisconfigurationException
 
 # accumulation before amp: the fp16 inf check reads the window's summed gradients, as the eager
-# engine's unscale_ reads the accumulated .grad
-DEFAULT_PASSES: Tuple[str, ...] = ("accumulation", "amp", "clipping", "optimizer_fusion")
+# engine's unscale_ reads the accumulated .grad; gradient_sync (DDP only) after accumulation (one
+# all-reduce per window) and before amp/clipping (they read the synchronised gradients)
+DEFAULT_PASSES: Tuple[str, ...] = ("accumulation", "gradient_sync", "amp", "clipping", "optimizer_fusion")
 
 
 @dataclass

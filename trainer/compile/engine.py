@@ -199,6 +199,8 @@ class CompiledEngine:
         self._opt: Any = None
         self._scaler_cfg: Optional[Tuple[float, float, int]] = None
         self._update_graph = False  # fwd_bwd tier: optimizer.step() replaced by a compiled update graph
+        self._sync: Optional[Tuple[str, int, int]] = None  # DDP: (group name, world size, bucket bytes)
+        self._ddp: Any = None  # DDP: the DistributedDataParallel wrapper (buffer broadcast)
         self._ulayout: Optional[Layout] = None
         self._update_prefix: Tuple[List[Tensor], List[Tensor]] = ([], [])
 
@@ -246,8 +248,14 @@ class CompiledEngine:
         trainer = self.trainer
         module = trainer.lightning_module
         precision = trainer.precision
-        if type(trainer.strategy).__name__ != "SingleDeviceStrategy":
-            return self._fail(f"strategy {type(trainer.strategy).__name__} is not supported by the compiled engine")
+        strategy = trainer.strategy
+        self._sync, self._ddp = None, None
+        if type(strategy).__name__ in ("DDPStrategy", "DDPSpawnStrategy"):
+            cause = self._setup_ddp(strategy, module)
+            if cause:
+                return self._fail(cause)
+        elif type(strategy).__name__ != "SingleDeviceStrategy":
+            return self._fail(f"strategy {type(strategy).__name__} is not supported by the compiled engine")
         if trainer._detect_anomaly:
             return self._fail("detect_anomaly=True needs the eager autograd engine")
         if is_overridden("backward", module):
@@ -313,6 +321,29 @@ class CompiledEngine:
 
         dev = trainable[0].device.type if trainable else "cpu"
         self._use_cpp = bool(HAS_CPP) and dev == "cpu"
+
+    def _setup_ddp(self, strategy: Any, module: Any) -> Optional[str]:
+        """DDP: the gradients are all-reduced inside the step graph (``passes/gradient_sync.py``);
+        DistributedDataParallel stays the owner of the process group and of the buffer broadcast."""
+        if strategy._ddp_comm_hook is not None:
+            return "a DDP communication hook (`ddp_comm_hook`) runs inside DDP's reducer, which the compiled step bypasses"
+        for name, m in module.named_modules():
+            if isinstance(m, torch.nn.SyncBatchNorm):
+                return (f"`{name}` is a SyncBatchNorm (sync_batchnorm=True): its forward all-gathers statistics, which"
+                        " the capture cannot trace")
+        ddp = strategy.model
+        if strategy.world_size <= 1 or not isinstance(ddp, torch.nn.parallel.DistributedDataParallel):
+            return None
+        cap_mb = strategy._ddp_kwargs.get("bucket_cap_mb") or 25
+        self._sync = (ddp.process_group.group_name, int(strategy.world_size), int(cap_mb * 1024 * 1024))
+        self._ddp = ddp
+        return None
+
+    def _sync_buffers(self) -> None:
+        """What ``DistributedDataParallel.forward`` does with buffers before a forward (broadcast_buffers)."""
+        ddp = self._ddp
+        if ddp._check_sync_bufs_pre_fwd():
+            ddp._sync_buffers()
 
     def _split_reason(self, module: Any, opt: Any, precision: str, trainable: List[Tensor]) -> Optional[str]:
         for h in _SPLIT_MODULE_HOOKS:
@@ -409,9 +440,11 @@ class CompiledEngine:
         cap = capture(module, layout, batch, step_args, trainer.precision_plugin.train_step_context, variant)
         cfg = StepConfig(variant=variant, accumulate=layout.accumulate, clip_val=trainer.gradient_clip_val,
                          clip_algorithm=trainer.gradient_clip_algorithm or "norm", precision=trainer.precision,
-                         use_cpp=self._use_cpp, scaler=self._scaler_cfg if layout.scaler is not None else None)
-        names = self.config.active_passes if variant != "fwd_bwd" else tuple(
-            p for p in self.config.active_passes if p == "amp")
+                         use_cpp=self._use_cpp, scaler=self._scaler_cfg if layout.scaler is not None else None,
+                         sync=self._sync)
+        names = tuple(p for p in self.config.active_passes if p != "gradient_sync" or self._sync is not None)
+        if variant == "fwd_bwd":
+            names = tuple(p for p in names if p == "amp")
         gm = run_passes(cap.gm, cap.example_inputs, cfg, names, self.config.debug_dir, tag=f"{variant}{len(self._graphs)}")
         fn = _inductor_compile(gm, cap.example_inputs)
         if variant != "fwd_bwd" and cap.unused:
@@ -559,19 +592,58 @@ class CompiledEngine:
             self._sync_accs()
         if not should_accumulate:
             self._refresh_hparams()
-        graph, tensors = self._graph_for(variant, args[0], args[1:])
+        batch = args[0]
+        graph = None
+        if type(batch) in (list, tuple):
+            # the common flat batch of tensors, e.g. (x, y): its graph is looked up by a key of the
+            # tensors' (shape, dtype, device) without _graph_for's pytree walk; a graph found here is
+            # one _graph_for returned for the same key, and is used only while _graphs still holds it
+            fast_key: Any = [variant, type(batch), len(args)]
+            for t in batch:
+                if type(t) is not Tensor:
+                    fast_key = None
+                    break
+                fast_key.append((t.shape, t.dtype, t.device))
+            if fast_key is not None:
+                fast_key = tuple(fast_key)
+                fast = self.__dict__.get("_fast_graphs")
+                if fast is None:
+                    fast = self.__dict__["_fast_graphs"] = {}
+                graph = fast.get(fast_key)
+                if graph is not None and graph not in self._graphs.values():
+                    fast.clear()  # rebuilt or dropped since (hyperparameters, accumulation changed)
+                    graph = None
+                if graph is None:
+                    graph = fast[fast_key] = self._graph_for(variant, batch, args[1:])[0]
+                tensors = batch
+        if graph is None:
+            graph, tensors = self._graph_for(variant, batch, args[1:])
         if batch_idx % trainer.accumulate_grad_batches == 0:
-            loop.on_before_zero_grad(trainer.strategy._lightning_optimizers[0])
+            if loop._plain_zero_grad_hooks:  # nothing hooks on_before_zero_grad: only its counters
+                zg = loop.optim_progress.zero_grad
+                zg.total.ready += 1
+                zg.current.ready += 1
+                zg.total.started += 1
+                zg.current.started += 1
+            else:
+                loop.on_before_zero_grad(trainer.strategy._lightning_optimizers[0])
             loop.optim_progress.zero_grad.increment_completed()  # the graph owns the gradients: nothing to zero
         if not should_accumulate:
             loop.optim_progress.step.increment_ready()
+        if self._ddp is not None:
+            self._sync_buffers()
         outs = graph.fn(*self._prefix, *tensors)
+        if self._ddp is not None:  # as DDP's forward: buffers are broadcast again after a synchronised step
+            self._ddp.require_forward_param_sync = not should_accumulate
         if not should_accumulate:
             loop.optim_progress.step.increment_completed()
             self._opt._opt_called = True  # LR schedulers check that optimizer.step ran
         self.report.steps_run += 1
         cap = graph.cap
-        self._replay_logs(cap, outs)
+        if cap.log_calls:
+            self._replay_logs(cap, outs)
+        if not cap.extra_keys:
+            return {"loss": outs[0]}
         return {"loss": outs[0], **self._extras(cap, outs)}
 
     def _run_split(self, loop: "AutomaticOptimization", batch_idx: int, args: tuple,
@@ -580,6 +652,7 @@ class CompiledEngine:
         zero_grad = batch_idx % trainer.accumulate_grad_batches == 0
         closure = _CompiledClosure(loop, args, trainer.strategy._lightning_optimizers[0], zero_grad)
         closure.engine = self
+        closure.sync = not should_accumulate
         loop._batch_idx = batch_idx
         if should_accumulate:
             closure()
@@ -602,13 +675,18 @@ class _CompiledClosure(_Closure):
     """The eager closure's contract (training_step -> zero_grad -> backward hooks) with the
     forward+backward run as one compiled graph; its gradients are accumulated into ``.grad``."""
 
-    __slots__ = ("engine",)
+    __slots__ = ("engine", "sync")
 
     def __call__(self) -> Optional[Tensor]:
         engine: CompiledEngine = self.engine
         trainer = engine.trainer
         graph, tensors = engine._graph_for("fwd_bwd", self.args[0], self.args[1:])
+        ddp = engine._ddp
+        if ddp is not None:
+            engine._sync_buffers()
         outs = graph.fn(*engine._prefix, *tensors)
+        if ddp is not None:
+            ddp.require_forward_param_sync = self.sync
         cap = graph.cap
         engine._replay_logs(cap, outs)
         loss = outs[0]
@@ -629,9 +707,37 @@ class _CompiledClosure(_Closure):
                     p.grad = g
                 else:
                     p.grad.add_(g)
+            if ddp is not None and self.sync:  # the window's last backward: DDP's all-reduce, before on_after_backward
+                _allreduce_grads([p.grad for p in engine.layout.params if p.grad is not None], engine._sync)
         precision.post_backward(loss, module)
         engine.report.steps_run += 1
         return loss
+
+
+def _allreduce_grads(grads: List[Tensor], sync: Tuple[str, int, int]) -> None:
+    """DDP's gradient averaging for the split tier (hooks between backward and the update see real
+    ``.grad``): the same buckets and numerics as the ``gradient_sync`` pass, run eagerly, in place."""
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    c10d = torch.ops._c10d_functional
+    group_name, world_size, bucket_bytes = sync
+    buckets: List[List[Tensor]] = []
+    size = 0
+    for g in reversed(grads):
+        nbytes = g.numel() * g.element_size()
+        if not buckets or buckets[-1][-1].dtype != g.dtype or size + nbytes > bucket_bytes:
+            buckets.append([])
+            size = 0
+        buckets[-1].append(g)
+        size += nbytes
+    flats = []
+    for bucket in buckets:  # all buckets in flight before the first wait
+        flat = _flatten_dense_tensors(bucket).mul_(1.0 / world_size)
+        flats.append((bucket, c10d.all_reduce_.default(flat, "sum", group_name)))
+    for bucket, flat in flats:
+        c10d.wait_tensor.default(flat)
+        for g, r in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
+            g.copy_(r)
 
 
 __all__ = ["CompiledEngine", "CompileWarning"]

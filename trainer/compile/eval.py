@@ -71,7 +71,8 @@ class EvalEngine:
 
     def _scope_reason(self, name: str) -> Optional[str]:
         trainer = self.trainer
-        if type(trainer.strategy).__name__ != "SingleDeviceStrategy":
+        # DDP runs validation/test/predict on the plain module (no collective per forward): same graphs
+        if type(trainer.strategy).__name__ not in ("SingleDeviceStrategy", "DDPStrategy", "DDPSpawnStrategy"):
             return f"strategy {type(trainer.strategy).__name__} is not supported by the compiled engine"
         from trainer.compile.capture import check_step_source
 

@@ -26,6 +26,7 @@ class StepConfig:
     precision: str = "32-true"
     use_cpp: bool = True  # fusion target: torch.ops.trainer.* (trainer._C) or a foreach torch expression
     scaler: Optional[Tuple[float, float, int]] = None  # 16-mixed: GradScaler (growth, backoff, interval)
+    sync: Optional[Tuple[str, int, int]] = None  # DDP: (process group name, world size, bucket bytes)
 
 
 Pass = Callable[[fx.GraphModule, Sequence[Any], StepConfig], fx.GraphModule]
@@ -51,9 +52,11 @@ def _load() -> Dict[str, Pass]:
     from .accumulation import accumulation
     from .amp import amp
     from .clipping import clipping
+    from .gradient_sync import gradient_sync
     from .optimizer_fusion import optimizer_fusion
 
-    return {"amp": amp, "accumulation": accumulation, "clipping": clipping, "optimizer_fusion": optimizer_fusion}
+    return {"amp": amp, "accumulation": accumulation, "clipping": clipping,
+            "gradient_sync": gradient_sync, "optimizer_fusion": optimizer_fusion}
 
 
 class _Registry(dict):
