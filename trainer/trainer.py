@@ -493,8 +493,19 @@ class Trainer:
     # ================================================================ public properties
     @property
     def compile_report(self) -> Any:
-        """What the compiled engine did in the last ``fit`` (a ``trainer.compile.report.CompileReport``)."""
-        return self.fit_loop.epoch_loop.automatic_optimization.compile_report
+        """What the compiled engine did: the last ``fit``'s training step, and (``.eval``) the compiled
+        validation/test/predict steps of this Trainer (a ``trainer.compile.report.CompileReport``;
+        None when nothing ran with compile on)."""
+        report = self.fit_loop.epoch_loop.automatic_optimization.compile_report
+        engine = self.__dict__.get("_eval_engine")
+        if report is None:
+            if engine is None:
+                return None
+            from trainer.compile.report import CompileReport
+
+            report = CompileReport(enabled=True)
+        report._eval_engine = engine
+        return report
 
     @property
     def default_root_dir(self) -> str:

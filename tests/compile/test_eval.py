@@ -90,6 +90,12 @@ def test_eval_steps_ran_compiled(eval_runs):
     # validation (16 and 8 rows: sanity check and the fit's epoch share the 16-row graph), test, predict
     assert engine.graphs_built == 6, engine.graphs_built
     assert engine.steps_run == 2 + 3 + 3 + 3 + 3
+    # the same figures through the public report, next to the training step's
+    report = eval_runs["compiled"]["trainer"].compile_report
+    assert report.mode == "full" and report.eval.graphs_built == 6 and report.eval.steps_run == 14
+    assert report.eval.compile_seconds > 0 and report.eval.fallback_reasons == {}
+    assert "eval: 6 graph(s)" in str(report)
+    assert eval_runs["eager"]["trainer"].compile_report is None  # compile off: nothing to report
 
 
 class BatchIdxReader(EvalMLP):
@@ -108,6 +114,14 @@ def test_eval_fallback_one_warning_same_results():
         assert len(ours) == (1 if cfg else 0), [str(w.message) for w in ours]
     assert "batch_idx" in str(ours[0].message)
     assert results[True] == results[False]
+    # validate() alone: the report exists, has no training step, and names the eager eval step
+    trainer = _trainer(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.validate(BatchIdxReader())
+    report = trainer.compile_report
+    assert report.mode is None and "batch_idx" in report.eval.fallback_reasons["validation_step"]
+    assert "no training step run" in str(report)
 
 
 def test_eval_steps_can_be_turned_off():

@@ -2,7 +2,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """The compiled ``validation_step``/``test_step``/``predict_step`` (:mod:`trainer.compile.eval`)
+    of this Trainer so far (all stages together)."""
+
+    graphs_built: int
+    compile_seconds: float
+    steps_run: int
+    fallback_reasons: Dict[str, str]  # step name -> why it runs eagerly
+
+    def __str__(self) -> str:
+        text = f"eval: {self.graphs_built} graph(s), {self.compile_seconds:.1f}s compiling, {self.steps_run} steps"
+        if self.fallback_reasons:
+            text += ", eager: " + "; ".join(f"{k} ({v})" for k, v in self.fallback_reasons.items())
+        return text
 
 
 @dataclass
@@ -19,14 +36,27 @@ class CompileReport:
     graph_keys: List[str] = field(default_factory=list)
     steps_run: int = 0
     update_compiled: bool = False  # fwd_bwd tier: the optimizer update ran as its own compiled graph
+    _eval_engine: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def eval(self) -> Optional[EvalReport]:
+        """The compiled eval steps' figures (None: no eval step ran with compile on)."""
+        engine = self._eval_engine
+        if engine is None:
+            return None
+        return EvalReport(engine.graphs_built, engine.compile_seconds, engine.steps_run, engine.fallback_reasons)
 
     def __str__(self) -> str:
         if not self.enabled:
             return "compile: off"
+        ev = self.eval
+        tail = f"; {ev}" if ev is not None else ""
+        if self.mode is None:
+            return f"compile: no training step run{tail}"
         if self.mode == "eager":
-            return f"compile: fell back to eager ({self.fallback_reason})"
+            return f"compile: fell back to eager ({self.fallback_reason}){tail}"
         return (
             f"compile: {self.mode}, {self.graphs_built} graph(s), {self.recompiles} recompile(s),"
             f" {self.compile_seconds:.1f}s compiling, passes {self.passes_applied}, {self.steps_run} steps"
-            + (", compiled update" if self.update_compiled else "")
+            + (", compiled update" if self.update_compiled else "") + tail
         )
