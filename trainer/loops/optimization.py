@@ -111,6 +111,7 @@ class AutomaticOptimization:
         self._batch_idx = 0
         self._plain_backward = False
         self._plain_zero_grad = False
+        self._plain_zero_grad_hooks = False  # nothing hooks on_before_zero_grad (optimizer_zero_grad may be)
         self._engine: Any = None  # trainer.compile.engine.CompiledEngine, one per fit (see compile_report)
         self._engine_key: Any = None
         self.compile_report: Any = None
@@ -137,9 +138,9 @@ class AutomaticOptimization:
             and not hooks.callbacks_for("on_after_backward")
             and not any(is_overridden(n, module) for n in ("on_before_backward", "on_after_backward", "backward"))
         )
-        self._plain_zero_grad = not hooks.callbacks_for("on_before_zero_grad") and not any(
-            is_overridden(n, module) for n in ("on_before_zero_grad", "optimizer_zero_grad")
-        )
+        self._plain_zero_grad_hooks = not hooks.callbacks_for("on_before_zero_grad") and not is_overridden(
+            "on_before_zero_grad", module)
+        self._plain_zero_grad = self._plain_zero_grad_hooks and not is_overridden("optimizer_zero_grad", module)
 
     def _compiled_engine(self) -> Any:
         """The compiled engine for this fit, or None when ``Trainer(compile=False)``."""
