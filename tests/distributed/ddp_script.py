@@ -105,6 +105,23 @@ class HookedNet(PlainNet):
         self.seen_grad_norms.append(float(self.head.weight.grad.norm()))
 
 
+class ManualNet(PlainNet):
+    """Manual optimization: ``manual_backward`` must arm DDP's reducer (the step runs through DDP)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        opt.zero_grad()
+        x, y = batch
+        loss = nn.functional.mse_loss(self(x), y)
+        self.manual_backward(loss)
+        opt.step()
+        self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True)
+
+
 class CollectiveCounter(L.Callback):
     """Counts the compiled engine's gradient all-reduces that actually ran (torch.profiler events of
     the functional collective ``_c10d_functional::all_reduce_``, which the step graph calls; the
@@ -149,7 +166,7 @@ def main(argv=None):
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--record-saves", action="store_true")
     p.add_argument("--compile", default="0", choices=["0", "1", "strict"])
-    p.add_argument("--model", default="net", choices=["net", "plain", "batchnorm", "hooked"])
+    p.add_argument("--model", default="net", choices=["net", "plain", "batchnorm", "hooked", "manual"])
     p.add_argument("--clip", type=float, default=None)
     p.add_argument("--count-collectives", action="store_true")
     args = p.parse_args(argv)
@@ -177,7 +194,8 @@ def main(argv=None):
         strategy = FSDPStrategy(timeout=timeout, state_dict_type=args.state_dict_type, auto_wrap_policy={nn.Linear})
     else:
         strategy = args.strategy
-    model_cls = {"net": Net, "plain": PlainNet, "batchnorm": BatchNormNet, "hooked": HookedNet}[args.model]
+    model_cls = {"net": Net, "plain": PlainNet, "batchnorm": BatchNormNet, "hooked": HookedNet,
+                 "manual": ManualNet}[args.model]
     model = model_cls(fail_rank=args.fail_rank, optimizer=args.optimizer)
     callbacks = [L.callbacks.ModelCheckpoint(dirpath=os.path.join(args.out, "ckpts"), save_top_k=-1)] \
         if args.checkpointing else []

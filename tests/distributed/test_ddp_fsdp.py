@@ -87,6 +87,17 @@ def test_accumulation_skips_allreduce_on_non_final_micro_batches(workdir):
     assert acc["comm_calls"] == 8 * buckets  # one gradient all-reduce per optimizer step, none on micro-steps
 
 
+def test_manual_optimization_under_ddp_matches_one_process(workdir):
+    """``manual_backward`` inside a step that runs through DDP: the reducer averages the gradients."""
+    ref = _reference(workdir, "--model", "manual")
+    run = run_script(str(workdir / "ddp_manual"), "--devices", "2", "--model", "manual", "--count-comm")
+    assert max_diff(ref.weights(), run.weights(0)) < TOL
+    assert max_diff(run.weights(0), run.weights(1)) == 0.0
+    r0 = run.result(0)
+    assert r0["global_step"] == 16 and r0["comm_calls"] >= 16
+    assert r0["metrics"]["train_loss"] == pytest.approx(ref.result()["metrics"]["train_loss"], abs=1e-6)
+
+
 def test_fsdp_matches_single_process_and_full_checkpoint_loads_on_one_device(workdir, tmp_path):
     ref = _reference(workdir, "--optimizer", "adam")
     full = str(tmp_path / "full.ckpt")

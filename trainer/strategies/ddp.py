@@ -57,8 +57,16 @@ class _LightningModuleWrapper(nn.Module):
         object.__setattr__(self, "_strategy", strategy)  # not a submodule
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        trainer = self._strategy.trainer
-        return trainer._hooks.call_module("training_step", *args, **kwargs)
+        strategy = self._strategy
+        out = strategy.trainer._hooks.call_module("training_step", *args, **kwargs)
+        ddp = strategy.model
+        if isinstance(ddp, DistributedDataParallel) and not self.module.automatic_optimization:
+            # manual optimization: the backward already ran inside training_step (manual_backward, which
+            # armed the reducer itself); DDP's post-forward must not arm it again for a backward that never
+            # comes (its next forward would fail rebuilding buckets "during autograd execution")
+            strategy._manual_sync = ddp.require_backward_grad_sync
+            ddp.require_backward_grad_sync = False
+        return out
 
 
 class DDPStrategy(Strategy):
@@ -119,6 +127,8 @@ class DDPStrategy(Strategy):
         self._local_rank: Optional[int] = None
         self._launcher: Optional[Any] = None
         self._configured = False
+        self._manual_sync: Optional[bool] = None  # manual optimization: require_backward_grad_sync to restore
+        self._static_graph_flushed = False
 
     def _check_ddp_kwargs(self, kwargs: Dict[str, Any]) -> None:
         unknown = [k for k in kwargs if k not in _ddp_kwarg_names()]
@@ -266,8 +276,27 @@ class DDPStrategy(Strategy):
         assert self.trainer is not None
         with self.precision_plugin.train_step_context():
             if self._wrapped():
-                return self._model(*args, **kwargs)  # type: ignore[misc]
+                try:
+                    return self._model(*args, **kwargs)  # type: ignore[misc]
+                finally:
+                    if self._manual_sync is not None:
+                        self._model.require_backward_grad_sync = self._manual_sync  # type: ignore[union-attr]
+                        self._manual_sync = None
             return self.trainer._hooks.call_module("training_step", *args, **kwargs)
+
+    def backward(self, closure_loss: Tensor, optimizer: Optional[Any], *args: Any, **kwargs: Any) -> Tensor:
+        ddp = self._model
+        module = self._lightning_module
+        manual = isinstance(ddp, DistributedDataParallel) and module is not None and not module.automatic_optimization
+        if manual:
+            _arm_reducer(ddp, closure_loss)
+        loss = super().backward(closure_loss, optimizer, *args, **kwargs)
+        if manual and ddp.static_graph and not self._static_graph_flushed:
+            # static_graph's first iteration delays every all-reduce to the end of DDP's forward-backward
+            # pair, which manual optimization never closes: flush it here, once
+            ddp.reducer._delay_all_reduce()
+            self._static_graph_flushed = True
+        return loss
 
     def block_backward_sync(self) -> ContextManager:
         if isinstance(self._model, DistributedDataParallel):
@@ -331,6 +360,24 @@ class DDPStrategy(Strategy):
     def teardown(self) -> None:
         self._model = self._lightning_module
         super().teardown()
+
+
+def _find_tensors(obj: Any) -> List[Tensor]:
+    out: List[Tensor] = []
+    apply_to_collection(obj, Tensor, out.append)
+    return out
+
+
+def _arm_reducer(ddp: DistributedDataParallel, output: Any) -> None:
+    """What DDP's forward does at its end to arm the reducer for the coming backward, for a backward
+    that runs inside the forward (``manual_backward`` within ``training_step``)."""
+    if torch.is_grad_enabled() and ddp.require_backward_grad_sync:
+        ddp.require_forward_param_sync = True
+        used = _find_tensors(output) if ddp.find_unused_parameters and not ddp.static_graph else []
+        ddp.reducer._rebuild_buckets()
+        ddp.reducer.prepare_for_backward(used)
+    else:
+        ddp.require_forward_param_sync = False
 
 
 def _destroy_process_group() -> None:
