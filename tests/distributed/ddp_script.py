@@ -169,6 +169,7 @@ def main(argv=None):
     p.add_argument("--model", default="net", choices=["net", "plain", "batchnorm", "hooked", "manual"])
     p.add_argument("--clip", type=float, default=None)
     p.add_argument("--count-collectives", action="store_true")
+    p.add_argument("--csv", action="store_true")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     if args.record_saves:  # every checkpoint write notes the rank that wrote it
@@ -204,7 +205,8 @@ def main(argv=None):
         callbacks.append(counter)
     trainer = L.Trainer(
         accelerator="cpu", devices=args.devices, strategy=strategy, max_epochs=args.max_epochs,
-        max_steps=args.max_steps, accumulate_grad_batches=args.accumulate, logger=False,
+        max_steps=args.max_steps, accumulate_grad_batches=args.accumulate,
+        logger=L.loggers.CSVLogger(args.out) if args.csv else False, log_every_n_steps=1,
         enable_checkpointing=args.checkpointing, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, default_root_dir=args.out, callbacks=callbacks or None,
         compile={"0": False, "1": True, "strict": "strict"}[args.compile], gradient_clip_val=args.clip,

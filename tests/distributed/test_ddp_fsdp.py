@@ -98,6 +98,21 @@ def test_manual_optimization_under_ddp_matches_one_process(workdir):
     assert r0["metrics"]["train_loss"] == pytest.approx(ref.result()["metrics"]["train_loss"], abs=1e-6)
 
 
+def test_loggers_write_on_rank_zero_only(workdir):
+    import csv
+
+    run = run_script(str(workdir / "ddp_csv"), "--devices", "2", "--model", "plain", "--csv")
+    root = os.path.join(run.out, "lightning_logs")
+    assert os.listdir(root) == ["version_0"]  # rank 1 made no version of its own
+    with open(os.path.join(root, "version_0", "metrics.csv")) as f:
+        rows = list(csv.DictReader(f))
+    epochs = [r for r in rows if r.get("train_loss")]
+    assert [int(r["epoch"]) for r in epochs] == [0, 1]  # one row per epoch, not one per rank
+    # the logged epoch loss is the synced one (sync_dist=True): both ranks agree on it
+    assert float(epochs[-1]["train_loss"]) == pytest.approx(run.result(1)["metrics"]["train_loss"], rel=1e-6)
+    assert len([r for r in rows if r.get("val_loss")]) == 2
+
+
 def test_fsdp_matches_single_process_and_full_checkpoint_loads_on_one_device(workdir, tmp_path):
     ref = _reference(workdir, "--optimizer", "adam")
     full = str(tmp_path / "full.ckpt")

@@ -15,7 +15,8 @@ from typing import Any, Optional, Union
 from torch import Tensor
 
 from trainer.loggers.logger import Logger
-from trainer.loggers.utilities import _add_prefix, _convert_params, _next_version, save_hparams_to_yaml
+from trainer.loggers.utilities import (_add_prefix, _convert_params, _next_version, rank_zero_experiment, rank_zero_only,
+                                       save_hparams_to_yaml)
 
 
 class ExperimentWriter:
@@ -137,6 +138,7 @@ class CSVLogger(Logger):
         return os.path.join(self.root_dir, version)
 
     @property
+    @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:  # type: ignore[override]
         """The ``ExperimentWriter``, created (with its folder) on first use."""
         if self._experiment is None:
@@ -144,9 +146,11 @@ class CSVLogger(Logger):
             self._experiment = ExperimentWriter(log_dir=self.log_dir)
         return self._experiment
 
+    @rank_zero_only
     def log_hyperparams(self, params: Optional[Union[dict[str, Any], Namespace]] = None) -> None:  # type: ignore[override]
         self.experiment.log_hparams(_convert_params(params))
 
+    @rank_zero_only
     def log_metrics(self, metrics: dict[str, Union[Tensor, float]], step: Optional[int] = None) -> None:
         metrics = dict(_add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR))
         if step is None:
@@ -155,9 +159,11 @@ class CSVLogger(Logger):
         if (step + 1) % self._flush_logs_every_n_steps == 0:
             self.save()
 
+    @rank_zero_only
     def save(self) -> None:
         self.experiment.save()
 
+    @rank_zero_only
     def finalize(self, status: str) -> None:
         if self._experiment is None:
             # Nothing was logged (e.g. a non-zero rank): don't create folders now.

@@ -23,6 +23,8 @@ from trainer.loggers.utilities import (
     _flatten_dict,
     _next_version,
     _sanitize_params,
+    rank_zero_experiment,
+    rank_zero_only,
     save_hparams_to_yaml,
 )
 
@@ -107,6 +109,7 @@ class TensorBoardLogger(Logger):
         return os.path.expanduser(os.path.expandvars(log_dir))
 
     @property
+    @rank_zero_experiment
     def experiment(self) -> "SummaryWriter":  # type: ignore[override]
         """The ``SummaryWriter``, created (with its folder) on first use."""
         if self._experiment is None:
@@ -117,6 +120,7 @@ class TensorBoardLogger(Logger):
             self._experiment = SummaryWriter(log_dir=self.log_dir, **self._kwargs)
         return self._experiment
 
+    @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, Any], step: Optional[int] = None) -> None:
         metrics = _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
         for key, value in metrics.items():
@@ -132,6 +136,7 @@ class TensorBoardLogger(Logger):
                     f"\n you tried to log {value} which is currently not supported. Try a dict or a scalar/tensor."
                 ) from ex
 
+    @rank_zero_only
     def log_hyperparams(  # type: ignore[override]
         self,
         params: Union[dict[str, Any], Namespace],
@@ -159,6 +164,7 @@ class TensorBoardLogger(Logger):
             writer.add_summary(ssi, step)
             writer.add_summary(sei, step)
 
+    @rank_zero_only
     def log_graph(self, model: Module, input_array: Optional[Any] = None) -> None:
         if not self._log_graph:
             return
@@ -184,12 +190,14 @@ class TensorBoardLogger(Logger):
             input_array = apply(before(input_array))
         self.experiment.add_graph(model, input_array)
 
+    @rank_zero_only
     def save(self) -> None:
         self.experiment.flush()
         hparams_file = os.path.join(self.log_dir, self.NAME_HPARAMS_FILE)
         if os.path.isdir(self.log_dir) and not os.path.isfile(hparams_file):
             save_hparams_to_yaml(hparams_file, self.hparams)
 
+    @rank_zero_only
     def finalize(self, status: str) -> None:
         if self._experiment is not None:
             self.experiment.flush()

@@ -53,6 +53,35 @@ def rank_zero_only(fn: Callable[..., _T]) -> Callable[..., Optional[_T]]:
 rank_zero_only.rank = _rank_from_env()  # type: ignore[attr-defined]
 
 
+class DummyExperiment:
+    """What ``logger.experiment`` is on ranks other than 0: every call is a no-op (as Lightning's)."""
+
+    def nop(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def __getattr__(self, _: str) -> Callable:
+        return self.nop
+
+    def __getitem__(self, idx: Any) -> "DummyExperiment":
+        return self
+
+    def __setitem__(self, *args: Any) -> None:
+        pass
+
+
+def rank_zero_experiment(fn: Callable[..., _T]) -> Callable[..., Any]:
+    """For a logger's ``experiment`` property: the real one on rank 0 only (no folders, files or
+    writers from the other ranks), a :class:`DummyExperiment` elsewhere."""
+
+    @functools.wraps(fn)
+    def experiment(self: Any) -> Any:
+        if rank_zero_only.rank > 0:
+            return DummyExperiment()
+        return fn(self)
+
+    return experiment
+
+
 def _version(loggers: list, separator: str = "_") -> Union[int, str]:
     """The version shown as ``v_num``: one logger's own version, else the distinct versions joined."""
     if len(loggers) == 1:

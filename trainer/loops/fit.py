@@ -363,18 +363,22 @@ class FitLoop:
         n = self.trainer.reload_dataloaders_every_n_epochs
         return bool(n) and self.trainer.current_epoch - self._last_train_dl_reload_epoch >= n
 
+    def _info(self, message: str) -> None:
+        if self.trainer.is_global_zero:  # as Lightning's rank_zero_info: one line per run, not per process
+            log.info(message)
+
     @property
     def done(self) -> bool:
         if self.max_batches == 0:
-            log.info("`Trainer.fit` stopped: No training batches.")
+            self._info("`Trainer.fit` stopped: No training batches.")
             return True
         if _is_max_limit_reached(self.epoch_loop.global_step, self.max_steps):
-            log.info(f"`Trainer.fit` stopped: `max_steps={self.max_steps!r}` reached.")
+            self._info(f"`Trainer.fit` stopped: `max_steps={self.max_steps!r}` reached.")
             return True
         assert isinstance(self.max_epochs, int)
         if _is_max_limit_reached(self.epoch_progress.current.processed, self.max_epochs):
             self.epoch_progress.current.completed = self.epoch_progress.current.processed
-            log.info(f"`Trainer.fit` stopped: `max_epochs={self.max_epochs!r}` reached.")
+            self._info(f"`Trainer.fit` stopped: `max_epochs={self.max_epochs!r}` reached.")
             return True
         if self.trainer.should_stop and self._can_stop_early:
             return True
