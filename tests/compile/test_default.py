@@ -68,3 +68,16 @@ def test_env_var_invalid(monkeypatch):
 def test_unset_env_var_means_on(monkeypatch):
     monkeypatch.delenv("TRAINER_COMPILE", raising=False)
     assert L.Trainer()._compile_config.enabled
+
+
+def test_config_arguments_are_checked_at_construction():
+    from trainer.compile import CompileConfig
+
+    with pytest.raises(MisconfigurationException, match="cudagraphs=True"):
+        CompileConfig(cudagraphs=True)
+    with pytest.raises(MisconfigurationException, match="unknown pass 'nope'"):
+        CompileConfig(disable=("nope",))
+    with pytest.raises(MisconfigurationException, match="mode='fast'"):
+        CompileConfig(mode="fast")
+    assert CompileConfig(disable=("gradient_sync",)).active_passes == (
+        "accumulation", "amp", "clipping", "optimizer_fusion")

@@ -28,7 +28,9 @@ class CompileConfig:
 
     mode: ``"default"`` (fall back to eager with one warning) or ``"strict"`` (raise instead).
     passes: the ordered pass list; ``disable``: names to skip (e.g. ``("optimizer_fusion",)``).
-    cudagraphs: reserved for the GPU runtime (CUDA graphs replay); ignored on CPU.
+    cudagraphs: CUDA-graph replay of the step graphs. Not implemented in this version (it has not
+        been built and measured on a GPU yet): ``True`` is refused at construction rather than
+        silently ignored.
     debug_dir: when set, each graph before/after each pass is written there as Python code.
     eval_steps: compile ``validation_step``/``test_step``/``predict_step`` too (:mod:`trainer.compile.eval`).
     max_graphs: graphs per step variant (one per batch shape) before the step falls back to eager
@@ -55,6 +57,11 @@ class CompileConfig:
                 raise MisconfigurationException(
                     f"`CompileConfig`: unknown pass {name!r}; known passes: {list(PASSES)}."
                 )
+        if self.cudagraphs:
+            raise MisconfigurationException(
+                "`CompileConfig(cudagraphs=True)`: CUDA-graph replay of the compiled step is not implemented in this"
+                " version; use cudagraphs=False (the default). The step still runs as inductor-generated kernels."
+            )
         self.passes = tuple(self.passes)
         self.disable = tuple(self.disable)
 
