@@ -446,7 +446,16 @@ class CompiledEngine:
         if variant == "fwd_bwd":
             names = tuple(p for p in names if p == "amp")
         gm = run_passes(cap.gm, cap.example_inputs, cfg, names, self.config.debug_dir, tag=f"{variant}{len(self._graphs)}")
-        fn = _inductor_compile(gm, cap.example_inputs)
+        if self._sync is not None and variant in ("step", "final"):
+            # issue each bucket's all-reduce as early as its gradients allow and wait as late as possible
+            # (inductor otherwise fuses the bucket copies into later kernels and issues them at the end)
+            from torch._inductor import config as inductor_config
+
+            with inductor_config.patch(reorder_for_compute_comm_overlap=True,
+                                       reorder_for_compute_comm_overlap_passes=["raise_comms", "sink_waits"]):
+                fn = _inductor_compile(gm, cap.example_inputs)
+        else:
+            fn = _inductor_compile(gm, cap.example_inputs)
         if variant != "fwd_bwd" and cap.unused:
             self._drop_unused_state(cap)
         self.report.compile_seconds += time.perf_counter() - t0
