@@ -2,7 +2,7 @@
 
     python tests/distributed/fsdp_compiled_script.py --out DIR [--devices 2] [--strategy fsdp|auto]
         [--compile 0|1|strict] [--accumulate K] [--clip V] [--optimizer adamw|sgd] [--state-dict-type full|sharded]
-        [--max-epochs N] [--save PATH] [--ckpt PATH]
+        [--max-epochs N] [--save PATH] [--ckpt PATH] [--detect-anomaly]
 
 The model has FSDP units worth compiling (two residual blocks, ``auto_wrap_policy={Block}``) and parameters
 that only the root unit owns (``inp``, ``head``; ``head.weight`` has one row: rank 1's shard of it is empty).
@@ -95,6 +95,7 @@ def main(argv=None):
     p.add_argument("--state-dict-type", default="full")
     p.add_argument("--save", default=None)
     p.add_argument("--ckpt", default=None)
+    p.add_argument("--detect-anomaly", action="store_true")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     compile_arg = {"0": False, "1": True, "strict": "strict"}[args.compile]
@@ -108,7 +109,7 @@ def main(argv=None):
         accelerator="cpu", devices=args.devices, strategy=strategy, max_epochs=args.max_epochs,
         accumulate_grad_batches=args.accumulate, gradient_clip_val=args.clip, compile=compile_arg, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        default_root_dir=args.out,
+        default_root_dir=args.out, detect_anomaly=args.detect_anomaly,
     )
     trainer.fit(model, DataLoader(dataset(), batch_size=args.batch, shuffle=False), ckpt_path=args.ckpt)
     if args.save:

@@ -37,8 +37,8 @@ CLIP = 0.5
 _cache: dict = {}
 
 
-def _run(out: str, *args: str) -> Run:
-    cmd = [sys.executable, SCRIPT, "--out", out, "--compile", "strict", "--clip", str(CLIP), *args]
+def _run(out: str, *args: str, compile: str = "strict") -> Run:
+    cmd = [sys.executable, SCRIPT, "--out", out, "--compile", compile, "--clip", str(CLIP), *args]
     t0 = time.monotonic()
     proc = subprocess.run(cmd, env=clean_env(MASTER_PORT=str(free_port())), capture_output=True, text=True,
                           timeout=240, cwd=ROOT)
@@ -116,3 +116,11 @@ def test_sharded_checkpoint_of_compiled_run_resumes_exactly(workdir, tmp_path):
     assert resumed.result(0)["global_step"] == 16
     assert resumed.result(0)["compile"]["mode"] == "fsdp" and resumed.result(0)["compile"]["update_compiled"]
     assert max_diff(resumed.weights(0), full.weights(0)) == 0.0  # bit-exact continuation
+
+
+def test_unsupported_configuration_falls_back_to_eager_fsdp_with_one_warning(workdir):
+    run = _run(str(workdir / "anomaly"), "--detect-anomaly", "--max-epochs", "1", compile="1")
+    report = run.result(0)["compile"]
+    assert report["mode"] == "eager" and "detect_anomaly" in report["fallback_reason"], report
+    assert report["graphs_built"] == 0 and run.result(0)["global_step"] == 8
+    assert run.output.count("running the eager engine instead: detect_anomaly") == 2, run.output[-3000:]  # 1 per rank

@@ -72,13 +72,14 @@ def _local(t: Tensor) -> Tensor:
 class _Region:
     """One module whose ``forward`` is compiled for the training step."""
 
-    __slots__ = ("module", "name", "compiled", "graphs")
+    __slots__ = ("module", "name", "compiled", "graphs", "pieces")
 
     def __init__(self, module: nn.Module, name: str) -> None:
         self.module = module
         self.name = name
         self.compiled: Optional[Callable] = None
         self.graphs = 0  # dynamo graphs built for it (0 after a step: it ran eagerly)
+        self.pieces = 0  # graphs per batch shape (graph breaks at FSDP units split a forward), after step 1
 
 
 class ShardedStep:
@@ -94,12 +95,13 @@ class ShardedStep:
         self.group_of: List[int] = [gi for gi, g in enumerate(optimizer.param_groups) for p in g["params"]
                                     if p.requires_grad]
         self.update_fn: Optional[Callable] = None
-        self.update_compiled = False
         self.layout: Optional[Layout] = None
         self._lr_cache: List[float] = []
         self._hp_cache: List[Tuple] = []
         self._in_backend = 0
+        self._too_many: Optional[str] = None  # a region that hit CompileConfig.max_graphs
         self._ok_steps = 0
+        self._update_ok = False  # the optimizer update runs as the compiled graph (else torch.optim's step())
 
     # ------------------------------------------------------------------ compiled regions (forward + backward)
     def _backend(self, region: _Region) -> Callable:
@@ -121,6 +123,11 @@ class ShardedStep:
                 report.compile_seconds += time.perf_counter() - t0
 
         def backend(gm: Any, example: Any) -> Any:
+            if region.graphs >= self.engine.config.max_graphs * max(1, region.pieces):
+                # a new batch shape every few steps: each would compile again (seconds on CPU). This step runs
+                # the traced graph uncompiled; after it the engine falls back to eager (run() checks the flag)
+                self._too_many = region.name
+                return gm.forward
             t0 = time.perf_counter()
             self._in_backend += 1
             region.graphs += 1
@@ -315,18 +322,24 @@ class ShardedStep:
                 raise
             # the first step failed to compile, before any update: FSDP2 reshards, the eager engine reruns it
             _reshard(trainer)
-            self.engine._fail(f"compiling the FSDP step failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            inner = getattr(e, "inner_exception", None) or e  # dynamo's BackendCompilerFailed wraps the cause
+            first = str(inner).strip().splitlines()[0] if str(inner).strip() else ""
+            self.engine._fail(f"compiling the FSDP step failed: {type(inner).__name__}: {first}")
             return None
-        if not self._ok_steps:
+        if self._too_many is not None:
+            self.engine._fail(f"the batch shapes keep changing (`{self._too_many}` compiled for"
+                              f" {self.engine.config.max_graphs} shapes, the limit `CompileConfig.max_graphs`); each"
+                              " new shape would compile again")
+        elif not self._ok_steps:
             self._note_eager_regions()
+            for r in self.regions:
+                r.pieces = r.graphs
         self._ok_steps += 1
         self.report.steps_run += 1
         result = closure.result
         if result is None or result.loss is None:
             return {}
         return result.asdict()
-
-    _update_ok = False
 
     def _note_eager_regions(self) -> None:
         """Regions dynamo made no graph of run eagerly: say so (never silently slow)."""
@@ -348,8 +361,7 @@ def _lightning_module_cls() -> type:
 def _is_compile_error(e: BaseException) -> bool:
     """An error raised by dynamo/AOT autograd/inductor (not by the user's code, which eager would raise too)."""
     mod = type(e).__module__ or ""
-    return mod.startswith(("torch._dynamo", "torch._inductor", "torch._functorch", "torch.fx")) or isinstance(
-        e, (NotImplementedError,))
+    return mod.startswith(("torch._dynamo", "torch._inductor", "torch._functorch", "torch.fx"))
 
 
 def _reshard(trainer: Any) -> None:
