@@ -170,6 +170,7 @@ def main(argv=None):
     p.add_argument("--clip", type=float, default=None)
     p.add_argument("--count-collectives", action="store_true")
     p.add_argument("--csv", action="store_true")
+    p.add_argument("--num-nodes", type=int, default=1)
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     if args.record_saves:  # every checkpoint write notes the rank that wrote it
@@ -204,7 +205,7 @@ def main(argv=None):
     if counter is not None:
         callbacks.append(counter)
     trainer = L.Trainer(
-        accelerator="cpu", devices=args.devices, strategy=strategy, max_epochs=args.max_epochs,
+        accelerator="cpu", devices=args.devices, num_nodes=args.num_nodes, strategy=strategy, max_epochs=args.max_epochs,
         max_steps=args.max_steps, accumulate_grad_batches=args.accumulate,
         logger=L.loggers.CSVLogger(args.out) if args.csv else False, log_every_n_steps=1,
         enable_checkpointing=args.checkpointing, enable_progress_bar=False, enable_model_summary=False,

@@ -98,6 +98,45 @@ def test_manual_optimization_under_ddp_matches_one_process(workdir):
     assert r0["metrics"]["train_loss"] == pytest.approx(ref.result()["metrics"]["train_loss"], abs=1e-6)
 
 
+def _two_nodes(out, torchrun, *args):
+    """Two 'machines' (two process trees on this one, talking over localhost), one process each."""
+    import subprocess
+    import sys
+
+    from distributed._runner import SCRIPT, ROOT, clean_env, free_port
+
+    port = free_port()
+    procs = []
+    for node in (0, 1):
+        script_args = [SCRIPT, "--out", out, "--devices", "1", "--num-nodes", "2", *args]
+        if torchrun:
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
+                   f"--node-rank={node}", "--master-addr=127.0.0.1", f"--master-port={port}", *script_args]
+            env = clean_env()
+        else:  # Lightning's way: the same command on every node, NODE_RANK and MASTER_* in the environment
+            cmd = [sys.executable, *script_args]
+            env = clean_env(NODE_RANK=str(node), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
+    outputs = [p.communicate(timeout=180)[0] for p in procs]
+    for p, text in zip(procs, outputs):
+        assert p.returncode == 0, text[-4000:]
+
+
+@pytest.mark.parametrize("torchrun", [False, True], ids=["node_rank_env", "torchrun"])
+def test_two_nodes_match_one_process(workdir, torchrun):
+    from distributed._runner import Run
+
+    out = str(workdir / f"nodes_{torchrun}")
+    _two_nodes(out, torchrun)
+    run = Run(out, None, 0.0)  # type: ignore[arg-type]
+    r0, r1 = run.result(0), run.result(1)
+    assert (r0["world_size"], r0["node_rank"], r1["node_rank"], r1["local_rank"]) == (2, 0, 1, 0)
+    assert r1["is_global_zero"] is False and r0["is_global_zero"] is True
+    assert max_diff(_reference(workdir).weights(), run.weights(0)) < TOL
+    assert max_diff(run.weights(0), run.weights(1)) == 0.0
+
+
 def test_loggers_write_on_rank_zero_only(workdir):
     import csv
 
