@@ -39,10 +39,28 @@ So the step is compiled the way torchtitan compiles it, per region, with FSDP2's
 region's forward, its backward when built, and the update graph), ``graph_keys`` names them, and
 ``compile_seconds`` is the time spent in AOT autograd + inductor (dynamo's bytecode tracing is not counted).
 
-Fallback (one warning naming the cause; ``compile="strict"`` raises): ``detect_anomaly``, a failure while
-compiling the first step. An optimizer the update graph does not cover (see
-``CompiledEngine._update_reason``) keeps the compiled regions and runs torch.optim's ``step()``
-(``fallback_reason`` says so, ``update_compiled`` is False).
+Fallback (one warning naming the cause; ``compile="strict"`` raises): ``detect_anomaly``; a failure while
+compiling the first step (the batch reruns in the eager engine: both engines issue the same FSDP2
+collectives, so a rank that falls back alone still matches its peers); a region compiled for more than
+``CompileConfig.max_graphs`` batch shapes (after that step). An optimizer the update graph does not cover
+(see ``CompiledEngine._update_reason``; also ``16-mixed``, whose GradScaler decides whether ``step()`` runs)
+keeps the compiled regions and runs torch.optim's ``step()`` (``fallback_reason`` says so,
+``update_compiled`` is False).
+
+Measured (tests/distributed/test_fsdp_compiled.py, 2 ranks, gloo, CPU): fp32 weights after 16 steps within 1e-7
+relative of one process (SGD), 1e-5 (AdamW, which amplifies ulp differences of inductor's kernels: the
+single-device compiled engine differs from eager by the same); bf16-mixed within the same 2e-2 absolute as the
+single-device compiled engine; a sharded checkpoint of a compiled run resumes bit-exactly. Speed on the 2-core
+CPU machine (``benchmarks/bench_ddp.py --fsdp``): equal to eager within noise (1.00x; 0.92x of eager's step time
+in a quieter pair): FSDP2's all-gather/reduce-scatter and their copies are ~60% of the step there, the matmuls
+~10%. What compiling removes is visible in the profile: the optimizer's DTensor dispatch (2,300
+``PythonSubclass`` calls per 10 steps in eager) and the per-op overhead inside each block.
+
+Limits: the compiled regions are FSDP units and the glue between them, never one graph for the whole step
+(FSDP2's hooks are graph breaks); a unit called inside a Python loop in ``forward`` (``for block in
+self.blocks``) makes dynamo skip that ``forward``'s glue (``compile_report.fallback_reason`` names such regions);
+clipping is the eager engine's (global norm, DTensor ops), not folded into the update; the gradients the hooks
+see are FSDP2's DTensors, as in eager.
 """
 from __future__ import annotations
 
