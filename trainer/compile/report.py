@@ -25,8 +25,11 @@ class EvalReport:
 @dataclass
 class CompileReport:
     enabled: bool = False
-    # "full": the whole step is one graph per variant; "fwd_bwd": forward+backward compiled,
-    # hooks and the optimizer step eager; "eager": fell back (see fallback_reason); None: not run yet
+    # "full": the whole step is one graph per variant (single device, and DDP with the all-reduce in
+    # the graph); "fwd_bwd": forward+backward compiled, hooks eager, the update a second graph when
+    # it can be; "fsdp": each FSDP unit's forward/backward compiled between FSDP2's hooks and the
+    # sharded update one graph (trainer/compile/sharded.py); "eager": fell back (see
+    # fallback_reason); None: not run yet
     mode: Optional[str] = None
     graphs_built: int = 0
     recompiles: int = 0  # graphs built for a variant that already had one (new shape, new hyperparameters)
