@@ -83,6 +83,15 @@ class PlainNet(Net):
         return loss
 
 
+class FailingPlainNet(PlainNet):
+    """A compiled step, and a rank that raises outside it (in a batch hook): its peer is then inside
+    the step graph's all-reduce, waiting for a rank that will never come."""
+
+    def on_train_batch_start(self, batch, batch_idx):
+        if self.global_rank == self.fail_rank and batch_idx == self.fail_step:
+            raise ValueError(f"boom on rank {self.global_rank}")
+
+
 class BatchNormNet(PlainNet):
     """With BatchNorm buffers: DDP broadcasts rank 0's buffers before each synchronised forward."""
 
@@ -166,7 +175,7 @@ def main(argv=None):
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--record-saves", action="store_true")
     p.add_argument("--compile", default="0", choices=["0", "1", "strict"])
-    p.add_argument("--model", default="net", choices=["net", "plain", "batchnorm", "hooked", "manual"])
+    p.add_argument("--model", default="net", choices=["net", "plain", "batchnorm", "hooked", "manual", "failing"])
     p.add_argument("--clip", type=float, default=None)
     p.add_argument("--count-collectives", action="store_true")
     p.add_argument("--csv", action="store_true")
@@ -197,7 +206,7 @@ def main(argv=None):
     else:
         strategy = args.strategy
     model_cls = {"net": Net, "plain": PlainNet, "batchnorm": BatchNormNet, "hooked": HookedNet,
-                 "manual": ManualNet}[args.model]
+                 "manual": ManualNet, "failing": FailingPlainNet}[args.model]
     model = model_cls(fail_rank=args.fail_rank, optimizer=args.optimizer)
     callbacks = [L.callbacks.ModelCheckpoint(dirpath=os.path.join(args.out, "ckpts"), save_top_k=-1)] \
         if args.checkpointing else []

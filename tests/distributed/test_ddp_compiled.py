@@ -125,3 +125,16 @@ def test_compiled_ddp_under_torchrun_agrees_with_the_trainer_launch(workdir):
     assert run.result(0)["torchelastic"] and run.result(0)["compile_mode"] == "full"
     assert max_diff(launched.weights(0), run.weights(0)) == 0.0
     assert max_diff(launched.weights(1), run.weights(1)) == 0.0
+
+
+@pytest.mark.parametrize("fail_rank", [0, 1])
+def test_a_rank_that_raises_ends_every_rank_out_of_the_compiled_all_reduce(workdir, fail_rank):
+    """The peer of the failing rank is inside the step graph's all-reduce: it must end with the
+    error quickly (the failing rank tears its connections down), not after the group's timeout."""
+    run = run_script(str(workdir / f"fail{fail_rank}"), "--devices", "2", "--model", "failing", "--compile", "strict",
+                     "--fail-rank", str(fail_rank), "--timeout", "30", check=False, timeout=60)
+    assert run.proc.returncode != 0
+    assert f"boom on rank {fail_rank}" in run.output
+    if fail_rank == 1:
+        assert "RankFailedError: Rank 1 raised" in run.output
+    assert run.seconds < 30

@@ -380,6 +380,14 @@ def _arm_reducer(ddp: DistributedDataParallel, output: Any) -> None:
         ddp.require_forward_param_sync = False
 
 
+_EXIT_STATE = {"failed": False}
+
+
+def mark_rank_failed() -> None:
+    """Called by the launcher when the fit raised on this rank: exit without the teardown barrier."""
+    _EXIT_STATE["failed"] = True
+
+
 def _destroy_process_group() -> None:
     """At exit: wait until every rank got here, then tear the group down.
 
@@ -390,7 +398,12 @@ def _destroy_process_group() -> None:
     if not (dist.is_available() and dist.is_initialized()):
         return
     try:
-        if dist.get_backend() == "gloo":
+        if _EXIT_STATE["failed"]:
+            # this rank raised: its peers may be blocked in a collective that will never complete, and
+            # would reach no barrier; tearing down now closes the connections, which ends their wait
+            # with an error at once instead of after the process group's timeout
+            pass
+        elif dist.get_backend() == "gloo":
             dist.monitored_barrier(timeout=timedelta(seconds=60))
         else:
             dist.barrier()

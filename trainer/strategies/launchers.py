@@ -171,6 +171,9 @@ class SubprocessScriptLauncher:
         try:
             return function(*args, **kwargs)
         except BaseException as exc:
+            from trainer.strategies.ddp import mark_rank_failed
+
+            mark_rank_failed()
             if _Children.procs:  # rank 0 of a job we launched
                 _Children.handling = True
                 if self._other_rank_failed_first(exc):
@@ -264,7 +267,13 @@ def _spawn_worker(process_idx: int, trainer: "Trainer", function: Callable, args
     os.environ["LOCAL_RANK"] = str(process_idx)  # this worker's launcher must not launch again
     strategy._set_spawn_rank(process_idx)  # type: ignore[attr-defined]
     strategy.setup_environment()  # type: ignore[attr-defined]
-    results = function(*args, **kwargs)
+    try:
+        results = function(*args, **kwargs)
+    except BaseException:
+        from trainer.strategies.ddp import mark_rank_failed
+
+        mark_rank_failed()
+        raise
     if strategy.global_rank != 0:
         return
     weights_path = None
