@@ -80,8 +80,14 @@ def _inductor_compile(gm: Any, example_inputs: List[Any]) -> Callable:
     # full Adam step on a near-zero gradient element (tests/test_numerics.py, TRAINER_COMPILE=1)
     from torch._inductor import config as inductor_config
 
+    # CPU compile choices that measured faster than inductor's defaults (trainer/compile/lowering.py)
+    from trainer.compile import lowering
+
+    cpu = all(t.device.type == "cpu" for t in example_inputs if isinstance(t, Tensor))
+    if cpu:
+        lowering.unfuse_bias_addmm(gm)
     with torch.no_grad(), tracing(TracingContext(fake_mode)), inductor_config.patch(emulate_precision_casts=True):
-        return compile_fx(gm, fakes)
+        return compile_fx(gm, fakes, decompositions=lowering.decompositions() if cpu else None)
 
 
 def _memo_dir() -> str:

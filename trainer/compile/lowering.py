@@ -1,0 +1,87 @@
+"""Compile choices for the captured step graph on its way into inductor (CPU training).
+
+Measured on the small GPT of ``benchmarks/compare.py`` (2 cores, AVX-512; see
+benchmarks/RESULTS.md, "Small GPT, compiled (profile)"): with the GEMMs (MKL, ~20 ms of a ~35 ms
+step) and the fused flash-attention kernels (~4 ms) the same ATen calls as in eager, what the
+compiled step can win is in what inductor generates around them. Two of its defaults cost more
+than eager there:
+
+- ``embedding_dense_backward``: inductor decomposes it into an index_put scatter-add that its C++
+  backend runs as one *atomic* float add per element (``atomic_add_vec``; 1024 x 128 per step for
+  the token embedding): 0.8 ms, where ATen's kernel takes ~0.05 ms. :func:`decompositions` keeps
+  the op whole, so inductor calls ATen's kernel (an implicit fallback, same arithmetic as eager).
+- ``addmm`` with a broadcast bias: MKL first copies the bias into every row of the output, then
+  runs the GEMM with ``beta=1`` (read-modify-write of the output). When every consumer of the
+  result is pointwise (GELU, the residual add), ``mm`` plus an ``add`` that inductor fuses into the
+  consumer's loop saves that pass over the output. inductor does this itself only on GPUs
+  (``should_prefer_unfused_addmm``); :func:`unfuse_bias_addmm` does it on the ATen graph.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict
+
+import torch
+from torch import fx
+
+aten = torch.ops.aten
+
+# ops a consumer may reach the addmm result through without materialising it elsewhere
+_VIEWS = {aten.view.default, aten._unsafe_view.default, aten.reshape.default}
+# inductor's fallbacks on CPU that beat its decomposition (see the module docstring)
+KEEP_WHOLE = (aten.embedding_dense_backward,)
+
+
+def decompositions() -> Dict[Any, Callable]:
+    """inductor's decomposition table without the ops in :data:`KEEP_WHOLE`."""
+    from torch._inductor.decomposition import select_decomp_table
+
+    return {op: fn for op, fn in select_decomp_table().items()
+            if getattr(op, "overloadpacket", None) not in KEEP_WHOLE}
+
+
+def _pointwise_users(node: fx.Node) -> bool:
+    users = list(node.users)
+    if not users:
+        return False
+    for user in users:
+        if user.op != "call_function":
+            return False
+        if user.target in _VIEWS:
+            if not _pointwise_users(user):
+                return False
+        elif torch.Tag.pointwise not in getattr(user.target, "tags", ()):
+            return False
+    return True
+
+
+def unfuse_bias_addmm(gm: fx.GraphModule) -> int:
+    """``addmm(bias, x, w)`` -> ``add(mm(x, w), bias)`` where the bias is a 1-D row broadcast and every
+    consumer of the result is pointwise (so the add fuses into its loop). Returns the count."""
+    count = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not aten.addmm.default:
+            continue
+        if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1 or len(node.args) != 3:
+            continue
+        bias, x, w = node.args
+        val = node.meta.get("val")
+        bval = bias.meta.get("val") if isinstance(bias, fx.Node) else None
+        if not isinstance(val, torch.Tensor) or not isinstance(bval, torch.Tensor) or bval.dim() != 1:
+            continue
+        if bval.dtype != val.dtype or not _pointwise_users(node):
+            continue
+        with gm.graph.inserting_before(node):
+            mm = gm.graph.call_function(aten.mm.default, (x, w))
+            mm.meta["val"] = val
+            add = gm.graph.call_function(aten.add.Tensor, (mm, bias))
+            add.meta["val"] = val
+        node.replace_all_uses_with(add)
+        gm.graph.erase_node(node)
+        count += 1
+    if count:
+        gm.graph.lint()
+        gm.recompile()
+    return count
+
+
+__all__ = ["KEEP_WHOLE", "decompositions", "unfuse_bias_addmm"]
