@@ -5,7 +5,9 @@ from typing import Any, Union
 
 from trainer.exceptions import MisconfigurationException
 from trainer.strategies.ddp import DDPSpawnStrategy, DDPStrategy
-from trainer.strategies.deepspeed import DEEPSPEED_STRATEGIES, DeepSpeedStrategy, build_deepspeed
+from trainer.strategies.deepspeed import (
+    DEEPSPEED_STRATEGIES, DeepSpeedStrategy, _require_deepspeed, convert_zero_checkpoint_to_fp32_state_dict,
+)
 from trainer.strategies.environment import (
     ClusterEnvironment, LightningEnvironment, SLURMEnvironment, TorchElasticEnvironment, detect_environment,
 )
@@ -31,7 +33,8 @@ def _from_name(name: str) -> Strategy:
         return FSDPStrategy(cluster_environment=env)
     if name == "fsdp_cpu_offload":
         return FSDPStrategy(cluster_environment=env, cpu_offload=True)
-    return build_deepspeed(name)
+    _require_deepspeed(name)
+    return DeepSpeedStrategy(cluster_environment=env, **DEEPSPEED_STRATEGIES[name])
 
 
 def resolve_strategy(strategy: Union[str, Strategy], accelerator: str, device_spec: Any, num_nodes: int,
@@ -82,4 +85,5 @@ __all__ = [
     "Strategy", "SingleDeviceStrategy", "DDPStrategy", "DDPSpawnStrategy", "FSDPStrategy", "DeepSpeedStrategy",
     "ClusterEnvironment", "LightningEnvironment", "TorchElasticEnvironment", "SLURMEnvironment",
     "detect_environment", "resolve_strategy", "convert_sharded_checkpoint", "STRATEGY_NAMES",
+    "convert_zero_checkpoint_to_fp32_state_dict",
 ]
