@@ -207,6 +207,7 @@ class CompiledEngine:
         self._update_graph = False  # fwd_bwd tier: optimizer.step() replaced by a compiled update graph
         self._sync: Optional[Tuple[str, int, int]] = None  # DDP: (group name, world size, bucket bytes)
         self._ddp: Any = None  # DDP: the DistributedDataParallel wrapper (buffer broadcast)
+        self._sharded: Any = None  # FSDP: trainer.compile.sharded.ShardedStep (tier "fsdp")
         self._ulayout: Optional[Layout] = None
         self._update_prefix: Tuple[List[Tensor], List[Tensor]] = ([], [])
 
@@ -593,6 +594,8 @@ class CompiledEngine:
         try:
             if self.tier == "full":
                 return self._run_full(loop, batch_idx, args, should_accumulate)
+            if self.tier == "fsdp":  # trainer/compile/sharded.py
+                return self._sharded.run(loop, batch_idx, args, should_accumulate)
             return self._run_split(loop, batch_idx, args, should_accumulate)
         except CaptureError as e:
             self._fail(e.cause)

@@ -417,9 +417,7 @@ def setup_sharded(engine: "CompiledEngine", optimizer: Any, batch_idx: int = 0) 
     engine.layout = Layout(param_names=[], params=[], group_of=[], other_names=[], others=[], buffer_names=[],
                            buffers=[], opt_kind=None, accumulate=trainer.accumulate_grad_batches)
     engine._opt = optimizer
-    # engine.run dispatches every tier but "full" to _run_split: this instance's run takes the batch
-    engine._run_split = step.run  # type: ignore[method-assign]
-    engine._sharded = step
+    engine._sharded = step  # engine.run hands every batch of the "fsdp" tier to step.run
 
 
 __all__ = ["MODE", "ShardedStep", "setup_sharded"]
