@@ -35,6 +35,23 @@ class DSNet(PlainNet):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
+class ManualDSNet(DSNet):
+    """Manual optimization: ``manual_backward`` is the engine's backward, ``opt.step()`` the engine's step."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        opt.zero_grad()
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self(x), y)
+        self.manual_backward(loss)
+        opt.step()
+        self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True)
+
+
 def full_weights(trainer, model):
     strategy = trainer.strategy
     if getattr(strategy, "zero_stage_3", False):
@@ -62,9 +79,11 @@ def main(argv=None):
     p.add_argument("--compile", default="0", choices=["0", "1"])
     p.add_argument("--checkpointing", action="store_true")
     p.add_argument("--validate", action="store_true")
+    p.add_argument("--validate-only", action="store_true", help="no fit: validate(ckpt_path=--ckpt)")
+    p.add_argument("--manual", action="store_true")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    model = DSNet(optimizer=args.optimizer)
+    model = (ManualDSNet if args.manual else DSNet)(optimizer=args.optimizer)
     callbacks = [L.callbacks.ModelCheckpoint(dirpath=os.path.join(args.out, "ckpts"), save_top_k=-1, save_last=True)] \
         if args.checkpointing else None
     with warnings.catch_warnings(record=True) as caught:
@@ -79,11 +98,17 @@ def main(argv=None):
         loader = DataLoader(dataset(), batch_size=args.batch, shuffle=False)
         val_loader = DataLoader(dataset(), batch_size=args.batch)
         t0 = time.time()
-        trainer.fit(model, loader, val_loader, ckpt_path=args.ckpt)
+        if args.validate_only:
+            val = trainer.validate(model, val_loader, ckpt_path=args.ckpt, verbose=False)
+        else:
+            trainer.fit(model, loader, val_loader, ckpt_path=args.ckpt)
         seconds = time.time() - t0
         if args.save:
             trainer.save_checkpoint(args.save)
-        val = trainer.validate(model, val_loader, verbose=False) if args.validate else None
+        if args.validate:
+            val = trainer.validate(model, val_loader, verbose=False)
+        elif not args.validate_only:
+            val = None
     compile_warnings = [str(w.message) for w in caught if "trainer.compile" in str(w.message)]
     rank = trainer.global_rank
     torch.save(full_weights(trainer, model), os.path.join(args.out, f"weights_{rank}.pt"))

@@ -129,6 +129,27 @@ def test_stage3_checkpoint_folder_resumes_exactly(workdir):
     assert max_diff(resumed.weights(1), full.weights(1)) == 0.0
 
 
+def test_validate_from_stage3_folder_without_fit(workdir):
+    """validate(ckpt_path=folder) on a fresh module: DeepSpeed's inference engine cannot load a ZeRO-3 folder, so the
+    strategy loads the consolidated fp32 weights before ``deepspeed.initialize`` partitions them."""
+    first = _stage3_checkpointed(workdir)
+    run = _run(str(workdir / "s3_validate"), "--strategy", "deepspeed_stage_3", "--validate-only",
+               "--ckpt", os.path.join(first.out, "ckpts", "last.ckpt"))
+    (metrics,) = run.result(0)["val"]
+    assert metrics["val_loss"] == pytest.approx(first.result(0)["metrics"]["val_loss"], rel=1e-6)
+    assert max_diff(run.weights(0), first.weights(0)) == 0.0
+
+
+def test_manual_optimization_matches_automatic_and_validate_reuses_the_engine(workdir):
+    ref = _ref_sgd(workdir)
+    run = _run(str(workdir / "manual"), "--strategy", "deepspeed_stage_2", "--manual", "--validate")
+    res = run.result(0)
+    assert res["global_step"] == 8
+    assert _rel(run.weights(0), ref.weights()) < RTOL
+    (metrics,) = res["val"]  # trainer.validate after fit: the fit's engine runs it
+    assert metrics["val_loss"] == pytest.approx(ref.result()["metrics"]["val_loss"], rel=1e-5)
+
+
 def test_converted_fp32_checkpoint_loads_into_single_device_trainer(workdir, tmp_path):
     import trainer as L
     from trainer.checkpoint import CheckpointError

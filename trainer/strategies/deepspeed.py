@@ -23,7 +23,9 @@ that group. The step:
   and updates). ``handles_gradient_accumulation`` is True, as in Lightning.
 * Checkpoints are folders written by ``engine.save_checkpoint`` (each rank its ZeRO partitions, the Trainer's state in
   the engine's ``client_state``); ``ckpt_path=<folder>`` resumes through ``engine.load_checkpoint`` after
-  ``deepspeed.initialize``. ``convert_zero_checkpoint_to_fp32_state_dict(folder, file)`` writes one Lightning-layout
+  ``deepspeed.initialize`` (``validate``/``test``/``predict`` on a fresh module load the consolidated fp32 weights
+  before ``deepspeed.initialize`` instead: DeepSpeed's inference engine cannot load a ZeRO-3 folder itself).
+  ``convert_zero_checkpoint_to_fp32_state_dict(folder, file)`` writes one Lightning-layout
   file (fp32 ``state_dict`` through ``deepspeed.utils.zero_to_fp32``) that loads into a single-device Trainer.
 
 Not supported here (each raises a clear ``MisconfigurationException``): more than one optimizer or scheduler,
@@ -409,6 +411,11 @@ class DeepSpeedStrategy(DDPStrategy):
             if fitting:
                 self._init_train(trainer, module)
             else:
+                if self._pending_load is not None:
+                    # DeepSpeed's inference engine cannot load a ZeRO-3 folder (its DeepSpeedZeRoOffload lacks
+                    # `_restore_from_bit16_weights`): load the consolidated fp32 weights before ZeRO partitions them
+                    self._load_full_weights(module, self._pending_load)
+                    self._pending_load = None
                 self._init_inference(module)
         if self._pending_load is not None:
             self._load_engine_checkpoint(self._pending_load, fitting)
@@ -594,6 +601,18 @@ class DeepSpeedStrategy(DDPStrategy):
     def load_model_state_dict(self, state_dict: Dict[str, Any], strict: bool = True) -> None:
         if self._pending_load is None:  # not a DeepSpeed folder (never reached: load_checkpoint refuses files)
             super().load_model_state_dict(state_dict, strict=strict)
+
+    def _load_full_weights(self, module: nn.Module, path: str) -> None:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        state = get_fp32_state_dict_from_zero_checkpoint(path, tag=os.path.basename(_tag_dir(path)))
+        current = module.state_dict()
+        state = {k: v.to(current[k].dtype) if k in current else v for k, v in state.items()}
+        strict = getattr(module, "strict_loading", True)
+        if not self.exclude_frozen_parameters:
+            module.load_state_dict(state, strict=strict)
+        else:  # frozen parameters were not saved
+            module.load_state_dict(state, strict=False)
 
     def _load_engine_checkpoint(self, path: str, fitting: bool) -> None:
         engine = self.deepspeed_engine
