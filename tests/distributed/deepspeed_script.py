@@ -122,6 +122,7 @@ def main(argv=None):
         "engine": type(getattr(trainer.strategy, "_engine", None)).__name__,
         "optimizer": type(trainer.optimizers[0]).__name__ if trainer.optimizers else None,
         "param_dtype": str(next(model.parameters()).dtype),
+        "skipped_steps": getattr(getattr(trainer.strategy, "_engine", None), "skipped_steps", None),
     }
     with open(os.path.join(args.out, f"result_{rank}.json"), "w") as f:
         json.dump(result, f)
