@@ -75,6 +75,7 @@ def test_nvme_offload_without_async_io_is_a_clear_error(monkeypatch):
     (dict(stage=4), "stages are 0-3"),
     (dict(stage=2, offload_parameters=True), "needs ZeRO stage 3"),
     (dict(load_full_weights=True), "load_full_weights"),
+    (dict(stage=3, remote_device="cpu"), "zero.Init"),
     (dict(offload_optimizer=True, offload_optimizer_device="disk"), "offload_optimizer_device"),
     (dict(config="/no/such/ds_config.json"), "does not exist"),
     (dict(config={"gradient_accumulation_steps": 2}), "accumulate_grad_batches"),

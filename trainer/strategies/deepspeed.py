@@ -30,8 +30,8 @@ that group. The step:
 
 Not supported here (each raises a clear ``MisconfigurationException``): more than one optimizer or scheduler,
 ``gradient_clip_algorithm="value"``, ``precision="64-true"``, NVMe offload where DeepSpeed's ``async_io`` op cannot be
-built (no libaio), ``load_full_weights=True`` (a single-file checkpoint into ZeRO-3), a model built under
-``deepspeed.zero.Init`` (``remote_device``: ``configure_model`` runs without it; ZeRO-3 partitions the built model in
+built (no libaio), ``load_full_weights=True`` (a single-file checkpoint into ZeRO-3), ``remote_device`` (a model built
+under ``deepspeed.zero.Init``: ``configure_model`` runs without it; ZeRO-3 partitions the built model in
 ``deepspeed.initialize``). The compiled engine (``Trainer(compile=True)``) runs DeepSpeed eagerly (one warning).
 """
 from __future__ import annotations
@@ -71,7 +71,7 @@ DEEPSPEED_STRATEGIES: Dict[str, Dict[str, Any]] = {
     "deepspeed_stage_3": {"stage": 3},
     "deepspeed_stage_3_offload": {"stage": 3, "offload_optimizer": True, "offload_parameters": True},
     "deepspeed_stage_3_offload_nvme": {
-        "stage": 3, "offload_optimizer": True, "offload_parameters": True, "remote_device": "nvme",
+        "stage": 3, "offload_optimizer": True, "offload_parameters": True,
         "offload_params_device": "nvme", "offload_optimizer_device": "nvme",
     },
 }
@@ -256,16 +256,19 @@ class DeepSpeedStrategy(DDPStrategy):
                 " checkpoint folder, or load a single file into the module before `fit` (e.g."
                 " `Module.load_from_checkpoint` on a file written by `convert_zero_checkpoint_to_fp32_state_dict`)."
             )
-        if remote_device is not None and remote_device not in ("cpu", "nvme"):
+        if remote_device is not None:
             raise MisconfigurationException(
-                f"`DeepSpeedStrategy(remote_device={remote_device!r})` is invalid: use None, 'cpu' or 'nvme'."
+                f"`DeepSpeedStrategy(remote_device={remote_device!r})` is not supported by this Trainer: it places"
+                " parameters created under `deepspeed.zero.Init`, and `configure_model` does not run under it here"
+                " (ZeRO-3 partitions the built model in `deepspeed.initialize`). Use `offload_parameters=True` with"
+                " `offload_params_device='cpu'|'nvme'` to keep the partitions off the device."
             )
         for name, device in (("offload_params_device", offload_params_device),
                              ("offload_optimizer_device", offload_optimizer_device)):
             if device not in ("cpu", "nvme"):
                 raise MisconfigurationException(f"`DeepSpeedStrategy({name}={device!r})` is invalid: use 'cpu' or 'nvme'.")
         uses_nvme = (offload_parameters and offload_params_device == "nvme") or (
-            offload_optimizer and offload_optimizer_device == "nvme") or remote_device == "nvme"
+            offload_optimizer and offload_optimizer_device == "nvme")
         if zero_optimization and uses_nvme:
             _check_nvme(nvme_path)
 
@@ -663,7 +666,7 @@ def _check_nvme(nvme_path: str) -> None:
 
     if not AsyncIOBuilder().is_compatible(verbose=False):
         raise MisconfigurationException(
-            "DeepSpeed NVMe offload (`offload_*_device='nvme'`, `remote_device='nvme'`,"
+            "DeepSpeed NVMe offload (`offload_*_device='nvme'`,"
             " `strategy='deepspeed_stage_3_offload_nvme'`) needs DeepSpeed's `async_io` op, which cannot be built here:"
             " install libaio (`apt install libaio-dev`) and reinstall deepspeed; or offload to 'cpu'"
             " (`strategy='deepspeed_stage_3_offload'`)."
