@@ -675,12 +675,7 @@ class CompiledEngine:
         if should_accumulate:
             closure()
         elif self._update_graph:
-            opt = self._opt
-            opt.step = self._compiled_opt_step  # shadows the class's step() for this call only
-            try:
-                loop._optimizer_step(batch_idx, closure)
-            finally:
-                del opt.step
+            optimizer_step_with(loop, batch_idx, closure, self._opt, self._compiled_opt_step)
         else:
             loop._optimizer_step(batch_idx, closure)
         result = closure.result
@@ -730,6 +725,17 @@ class _CompiledClosure(_Closure):
         precision.post_backward(loss, module)
         engine.report.steps_run += 1
         return loss
+
+
+def optimizer_step_with(loop: "AutomaticOptimization", batch_idx: int, closure: Any, opt: Any,
+                        step: Callable[..., Any]) -> None:
+    """The loop's optimizer step (hooks, closure, schedulers' bookkeeping) with ``step`` standing in
+    for ``opt.step`` during this one call (a compiled update graph instead of torch.optim's)."""
+    opt.step = step  # shadows the class's step() for this call only
+    try:
+        loop._optimizer_step(batch_idx, closure)
+    finally:
+        del opt.step
 
 
 def _allreduce_grads(grads: List[Tensor], sync: Tuple[str, int, int]) -> None:

@@ -327,12 +327,9 @@ class ShardedStep:
                     with trainer.strategy.block_backward_sync():  # FSDP2: no reduce-scatter on micro-steps
                         closure()
                 elif self._update_ok:
-                    opt = self.opt
-                    opt.step = self.optimizer_step  # shadows the class's step() for this call only
-                    try:
-                        loop._optimizer_step(batch_idx, closure)
-                    finally:
-                        del opt.step
+                    from trainer.compile.engine import optimizer_step_with
+
+                    optimizer_step_with(loop, batch_idx, closure, self.opt, self.optimizer_step)
                 else:
                     loop._optimizer_step(batch_idx, closure)
         except Exception as e:
