@@ -48,42 +48,45 @@ class Run:
 
 
 def run_script(out: str, *args: str, torchrun: bool = False, timeout: float = 120, check: bool = True,
-               nproc: int = 2) -> Run:
-    run = _run_script(out, *args, torchrun=torchrun, timeout=timeout, check=False, nproc=nproc)
+               nproc: int = 2, script: str = SCRIPT, extra_env: Optional[Dict[str, str]] = None) -> Run:
+    """``script --out OUT *args`` in a clean environment (``extra_env`` added), launched by the Trainer
+    itself or by ``torchrun``; raises with the output's tail when it fails and ``check``."""
+    kw = dict(torchrun=torchrun, timeout=timeout, nproc=nproc, script=script, extra_env=extra_env or {})
+    run = _run_script(out, *args, **kw)
     if run.proc.returncode != 0 and "address already in use" in run.output.lower():
         # the free port was taken by another process between choosing it and binding it: once more
-        run = _run_script(out, *args, torchrun=torchrun, timeout=timeout, check=False, nproc=nproc)
+        run = _run_script(out, *args, **kw)
     if check and run.proc.returncode != 0:
         raise AssertionError(f"{run.proc.args} failed ({run.proc.returncode}):\n{run.output[-6000:]}")
     return run
 
 
-def _run_script(out: str, *args: str, torchrun: bool, timeout: float, check: bool, nproc: int) -> Run:
+def _run_script(out: str, *args: str, torchrun: bool, timeout: float, nproc: int, script: str,
+                extra_env: Dict[str, str]) -> Run:
     port = free_port()
     if torchrun:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={port}",
-               SCRIPT, "--out", out, *args]
-        env = clean_env()
+               script, "--out", out, *args]
+        env = clean_env(**extra_env)
     else:
-        cmd = [sys.executable, SCRIPT, "--out", out, *args]
-        env = clean_env(MASTER_PORT=str(port))
+        cmd = [sys.executable, script, "--out", out, *args]
+        env = clean_env(MASTER_PORT=str(port), **extra_env)
     t0 = time.monotonic()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-    run = Run(out, proc, time.monotonic() - t0)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{run.output[-6000:]}")
-    return run
+    return Run(out, proc, time.monotonic() - t0)
 
 
-def run_in_process(out: str, *args: str) -> Run:
-    """The single-process reference, in this process (no launcher)."""
+def run_in_process(out: str, *args: str, module: str = "ddp_script") -> Run:
+    """The single-process reference, in this process (no launcher): ``module.main(["--out", out, *args])``."""
+    import importlib
+
     sys.path.insert(0, HERE)
     try:
-        import ddp_script
+        script = importlib.import_module(module)
     finally:
         sys.path.remove(HERE)
     t0 = time.monotonic()
-    ddp_script.main(["--out", out, *args])
+    script.main(["--out", out, *args])
     return Run(out, subprocess.CompletedProcess([], 0, "", ""), time.monotonic() - t0)
 
 

@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from distributed._runner import HERE, ROOT, Run, clean_env, free_port, max_diff
+from distributed._runner import HERE, Run, max_diff, run_in_process, run_script
 
 pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
@@ -46,25 +44,12 @@ _cache: dict = {}
 
 
 def _run(out: str, *args: str, timeout: float = 240) -> Run:
-    cmd = [sys.executable, SCRIPT, "--out", out, *args]
-    t0 = time.monotonic()
-    env = clean_env(MASTER_PORT=str(free_port()), DS_ACCELERATOR="cpu")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-    run = Run(out, proc, time.monotonic() - t0)
-    if proc.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{run.output[-6000:]}")
-    return run
+    return run_script(out, *args, script=SCRIPT, timeout=timeout, extra_env={"DS_ACCELERATOR": "cpu"})
 
 
 def _reference(out: str, *args: str) -> Run:
     """One process, no DeepSpeed (``strategy='auto'``), in this process."""
-    sys.path.insert(0, HERE)
-    try:
-        import deepspeed_script
-    finally:
-        sys.path.remove(HERE)
-    deepspeed_script.main(["--out", out, "--devices", "1", "--strategy", "auto", *args])
-    return Run(out, subprocess.CompletedProcess([], 0, "", ""), 0.0)
+    return run_in_process(out, "--devices", "1", "--strategy", "auto", *args, module="deepspeed_script")
 
 
 def _rel(a: dict, b: dict) -> float:

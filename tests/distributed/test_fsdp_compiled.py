@@ -17,14 +17,11 @@ A compiled run resumed from its own sharded checkpoint continues bit-exactly.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
-from distributed._runner import HERE, ROOT, Run, clean_env, free_port, max_diff
+from distributed._runner import HERE, Run, max_diff, run_in_process, run_script
 
 pytestmark = [
     pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed"),
@@ -38,25 +35,12 @@ _cache: dict = {}
 
 
 def _run(out: str, *args: str, compile: str = "strict") -> Run:
-    cmd = [sys.executable, SCRIPT, "--out", out, "--compile", compile, "--clip", str(CLIP), *args]
-    t0 = time.monotonic()
-    proc = subprocess.run(cmd, env=clean_env(MASTER_PORT=str(free_port())), capture_output=True, text=True,
-                          timeout=240, cwd=ROOT)
-    run = Run(out, proc, time.monotonic() - t0)
-    if proc.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{run.output[-6000:]}")
-    return run
+    return run_script(out, "--compile", compile, "--clip", str(CLIP), *args, script=SCRIPT, timeout=240)
 
 
 def _reference(out: str, *args: str) -> Run:
-    sys.path.insert(0, HERE)
-    try:
-        import fsdp_compiled_script
-    finally:
-        sys.path.remove(HERE)
-    fsdp_compiled_script.main(["--out", out, "--devices", "1", "--strategy", "auto", "--compile", "0", "--batch", "8",
-                               "--clip", str(CLIP), *args])
-    return Run(out, subprocess.CompletedProcess([], 0, "", ""), 0.0)
+    return run_in_process(out, "--devices", "1", "--strategy", "auto", "--compile", "0", "--batch", "8",
+                          "--clip", str(CLIP), *args, module="fsdp_compiled_script")
 
 
 def _rel(a: dict, b: dict) -> float:
