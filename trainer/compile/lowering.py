@@ -9,7 +9,9 @@ than eager there:
 - ``embedding_dense_backward``: inductor decomposes it into an index_put scatter-add that its C++
   backend runs as one *atomic* float add per element (``atomic_add_vec``; 1024 x 128 per step for
   the token embedding): 0.8 ms, where ATen's kernel takes ~0.05 ms. :func:`decompositions` keeps
-  the op whole, so inductor calls ATen's kernel (an implicit fallback, same arithmetic as eager).
+  the op whole and registers an explicit ATen fallback lowering for it, so inductor calls ATen's
+  kernel (same arithmetic as eager). Relying on inductor's *implicit* fallback instead fails under
+  ``CI=1``, where inductor asserts that an op with a decomposition never reaches an implicit fallback.
 - ``addmm`` with a broadcast bias: MKL first copies the bias into every row of the output, then
   runs the GEMM with ``beta=1`` (read-modify-write of the output). When every consumer of the
   result is pointwise (GELU, the residual add), ``mm`` plus an ``add`` that inductor fuses into the
@@ -31,10 +33,26 @@ _VIEWS = {aten.view.default, aten._unsafe_view.default, aten.reshape.default}
 KEEP_WHOLE = (aten.embedding_dense_backward,)
 
 
+def _register_fallbacks() -> None:
+    """An explicit ATen fallback lowering for each op kept whole. Registered once per process; it
+    changes nothing for other compiles, whose decomposition table removes these ops before lowering.
+    Inputs are made contiguous, as inductor does for implicit fallbacks in the backward."""
+    from torch._inductor import lowering as L
+
+    for packet in KEEP_WHOLE:
+        for name in packet.overloads():
+            op = getattr(packet, name)
+            if op not in L.lowerings:
+                L.make_fallback(op, layout_constraint=L.require_contiguous, warn=False,
+                                override_decomp=True)
+
+
 def decompositions() -> Dict[Any, Callable]:
-    """inductor's decomposition table without the ops in :data:`KEEP_WHOLE`."""
+    """inductor's decomposition table without the ops in :data:`KEEP_WHOLE` (which get an explicit
+    ATen fallback lowering instead)."""
     from torch._inductor.decomposition import select_decomp_table
 
+    _register_fallbacks()
     return {op: fn for op, fn in select_decomp_table().items()
             if getattr(op, "overloadpacket", None) not in KEEP_WHOLE}
 
