@@ -38,7 +38,7 @@ import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 
@@ -151,7 +151,7 @@ def framework_unavailable(module_name: str, compile: Optional[bool] = None) -> O
     return None
 
 
-def framework_runner(module_name: str, compile: Optional[bool] = None,
+def framework_runner(module_name: str, compile: Optional[Union[bool, str]] = None,
                      **trainer_kwargs: Any) -> Callable[[Workload, List[Batch], RunConfig], Dict[str, Any]]:
     """A runner that trains with ``module_name``'s Trainer. ``compile`` is passed to the Trainer
     only where it takes that argument (a Trainer without it has only the eager engine)."""
@@ -165,6 +165,8 @@ def framework_runner(module_name: str, compile: Optional[bool] = None,
         extra = dict(trainer_kwargs)
         if compile is not None and _accepts_compile(module_name):
             extra["compile"] = compile
+            if compile == "cudagraphs":  # the compiled step replayed as CUDA graphs (GPU only)
+                extra["compile"] = importlib.import_module(f"{module_name}.compile").CompileConfig(cudagraphs=True)
         trainer = L.Trainer(
             accelerator="gpu" if cfg.device.startswith("cuda") else "cpu", devices=1,
             max_epochs=cfg.epochs,
@@ -186,7 +188,7 @@ class Runner:
     unavailable: Callable[[], Optional[str]] = lambda: None  # reason it cannot run here, or None
 
 
-HAND, LIGHTNING = "hand loop", "lightning"
+HAND, LIGHTNING, CUDAGRAPHS = "hand loop", "lightning", "trainer cudagraphs"
 
 RUNNERS: List[Runner] = [
     Runner(HAND, run_hand_loop),
@@ -194,6 +196,9 @@ RUNNERS: List[Runner] = [
     Runner("trainer eager", framework_runner("trainer", compile=False), lambda: framework_unavailable("trainer")),
     Runner("trainer compiled", framework_runner("trainer", compile=True),
            lambda: framework_unavailable("trainer", compile=True)),
+    Runner(CUDAGRAPHS, framework_runner("trainer", compile="cudagraphs"),
+           lambda: framework_unavailable("trainer", compile=True) or (
+               None if torch.cuda.is_available() else "CUDA graphs need a CUDA GPU")),
 ]
 
 
@@ -464,6 +469,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.runners and r.name not in args.runners:
             continue
         reason = r.unavailable()
+        if not reason and r.name == CUDAGRAPHS and not args.device.startswith("cuda"):
+            reason = f"CUDA graphs need a CUDA device (--device {args.device})"
         if reason:
             skipped[r.name] = reason
             print(f"skipping runner '{r.name}': {reason}")

@@ -276,6 +276,10 @@ class Trainer:
                 " CPU. Using `precision='bf16-mixed'` instead."
             )
             precision_flag = "bf16-mixed"
+        if self._compile_config.enabled and self._compile_config.cudagraphs and acc != "cuda":
+            raise MisconfigurationException(
+                f"`Trainer(compile=CompileConfig(cudagraphs=True), accelerator={accelerator!r})`: CUDA graphs record"
+                f" GPU work only, and the accelerator resolved to {acc!r}. Use accelerator='cuda' or cudagraphs=False.")
         self._accelerator = acc
         self._accelerator_obj = build_accelerator(acc)
         self._precision_flag = precision_flag

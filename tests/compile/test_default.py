@@ -73,8 +73,10 @@ def test_unset_env_var_means_on(monkeypatch):
 def test_config_arguments_are_checked_at_construction():
     from trainer.compile import CompileConfig
 
-    with pytest.raises(MisconfigurationException, match="cudagraphs=True"):
-        CompileConfig(cudagraphs=True)
+    with pytest.raises(MisconfigurationException, match="cudagraph_warmup=0"):
+        CompileConfig(cudagraphs=True, cudagraph_warmup=0)
+    with pytest.raises(MisconfigurationException, match="cudagraphs='yes'"):
+        CompileConfig(cudagraphs="yes")
     with pytest.raises(MisconfigurationException, match="unknown pass 'nope'"):
         CompileConfig(disable=("nope",))
     with pytest.raises(MisconfigurationException, match="mode='fast'"):

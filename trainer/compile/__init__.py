@@ -28,9 +28,13 @@ class CompileConfig:
 
     mode: ``"default"`` (fall back to eager with one warning) or ``"strict"`` (raise instead).
     passes: the ordered pass list; ``disable``: names to skip (e.g. ``("optimizer_fusion",)``).
-    cudagraphs: CUDA-graph replay of the step graphs. Not implemented in this version (it has not
-        been built and measured on a GPU yet): ``True`` is refused at construction rather than
-        silently ignored.
+    cudagraphs: replay the whole-step graphs (tier ``full``, one device) as CUDA graphs
+        (:mod:`trainer.compile.cudagraphs`): the kernel launches of a step are recorded once and
+        replayed with one launch. Needs ``accelerator="cuda"`` (checked at Trainer construction);
+        where a step cannot be recorded (split tier, DDP/FSDP, an input off the GPU) it runs
+        without, and ``compile_report.cudagraph_reason`` says why.
+    cudagraph_warmup: calls of each step graph run normally before it is recorded (lazy cuBLAS and
+        allocator initialisation, Triton autotuning must not happen during a capture).
     debug_dir: when set, each graph before/after each pass is written there as Python code.
     eval_steps: compile ``validation_step``/``test_step``/``predict_step`` too (:mod:`trainer.compile.eval`).
     max_graphs: graphs per step variant (one per batch shape) before the step falls back to eager
@@ -42,6 +46,7 @@ class CompileConfig:
     passes: Tuple[str, ...] = DEFAULT_PASSES
     disable: Tuple[str, ...] = ()
     cudagraphs: bool = False
+    cudagraph_warmup: int = 2
     debug_dir: Optional[str] = None
     eval_steps: bool = True
     max_graphs: int = 8
@@ -57,11 +62,14 @@ class CompileConfig:
                 raise MisconfigurationException(
                     f"`CompileConfig`: unknown pass {name!r}; known passes: {list(PASSES)}."
                 )
-        if self.cudagraphs:
+        if not isinstance(self.cudagraphs, bool):
             raise MisconfigurationException(
-                "`CompileConfig(cudagraphs=True)`: CUDA-graph replay of the compiled step is not implemented in this"
-                " version; use cudagraphs=False (the default). The step still runs as inductor-generated kernels."
-            )
+                f"`CompileConfig(cudagraphs={self.cudagraphs!r})`: allowed True or False.")
+        if isinstance(self.cudagraph_warmup, bool) or not isinstance(self.cudagraph_warmup, int) \
+                or self.cudagraph_warmup < 1:
+            raise MisconfigurationException(
+                f"`CompileConfig(cudagraph_warmup={self.cudagraph_warmup!r})`: expected an int >= 1 (the"
+                " capture must not be the graph's first run).")
         self.passes = tuple(self.passes)
         self.disable = tuple(self.disable)
 

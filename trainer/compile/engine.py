@@ -208,6 +208,7 @@ class CompiledEngine:
         self._sync: Optional[Tuple[str, int, int]] = None  # DDP: (group name, world size, bucket bytes)
         self._ddp: Any = None  # DDP: the DistributedDataParallel wrapper (buffer broadcast)
         self._sharded: Any = None  # FSDP: trainer.compile.sharded.ShardedStep (tier "fsdp")
+        self._cudagraphs = False  # CompileConfig(cudagraphs=True) and the step can be recorded
         self._ulayout: Optional[Layout] = None
         self._update_prefix: Tuple[List[Tensor], List[Tensor]] = ([], [])
 
@@ -299,6 +300,11 @@ class CompiledEngine:
         )
         # fwd_bwd: the update still runs as a graph (after the hooks) when the optimizer allows it
         self._update_graph = self.tier == "fwd_bwd" and self._update_reason(opt, precision, trainable) is None
+        self._cudagraphs = False
+        if self.config.cudagraphs:
+            cause = self._cudagraph_reason(trainable)
+            self.report.cudagraph_reason = cause
+            self._cudagraphs = cause is None
         if self.tier == "full":
             self._setup_optimizer(layout, opt)
             if k > 1:
@@ -324,10 +330,27 @@ class CompiledEngine:
                                 int(scaler._growth_interval))
         self.layout = layout
         self._prefix = layout.prefix()
+        if self._cudagraphs:
+            from trainer.compile import cudagraphs
+
+            cause = cudagraphs.cuda_graph_reason(self._prefix)
+            if cause is not None:
+                self._cudagraphs = False
+                self.report.cudagraph_reason = cause
         from trainer.optim import HAS_CPP
 
         dev = trainable[0].device.type if trainable else "cpu"
         self._use_cpp = bool(HAS_CPP) and dev == "cpu"
+
+    def _cudagraph_reason(self, trainable: List[Tensor]) -> Optional[str]:
+        """Why the step graphs cannot be recorded as CUDA graphs (None: they can)."""
+        if self.tier != "full":
+            return f"the step is split into graphs and eager hooks ({self.report.fallback_reason})"
+        if self._sync is not None:
+            return "DDP: the gradient all-reduce is part of the step graph (collectives are not recorded)"
+        if not trainable:
+            return "no trainable parameters"
+        return None  # the devices of every input are checked once the layout is built
 
     def _setup_ddp(self, strategy: Any, module: Any) -> Optional[str]:
         """DDP: the gradients are all-reduced inside the step graph (``passes/gradient_sync.py``);
@@ -415,6 +438,10 @@ class CompiledEngine:
                         st["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 if not isinstance(st["step"], Tensor):
                     st["step"] = torch.tensor(float(st["step"]), dtype=_get_scalar_dtype())
+                if self._cudagraphs and st["step"].device != p.device:
+                    # a CUDA graph records GPU work only: the step counter lives on the device, as
+                    # torch.optim keeps it with capturable=True (same value, same state_dict key)
+                    st["step"] = st["step"].to(p.device)
                 for key in layout.state_keys:
                     layout.states[key].append(st.get(key) if (key != "max_exp_avg_sq" or group["amsgrad"]) else None)
             else:
@@ -463,6 +490,16 @@ class CompiledEngine:
                 fn = _inductor_compile(gm, cap.example_inputs)
         else:
             fn = _inductor_compile(gm, cap.example_inputs)
+        if self._cudagraphs and variant != "fwd_bwd":
+            from trainer.compile import cudagraphs
+
+            report = self.report
+
+            def captured() -> None:
+                report.cudagraph_captures += 1
+
+            fn = cudagraphs.GraphReplay(fn, len(self._prefix), warmup=self.config.cudagraph_warmup,
+                                        on_capture=captured)
         if variant != "fwd_bwd" and cap.unused:
             self._drop_unused_state(cap)
         self.report.compile_seconds += time.perf_counter() - t0
@@ -589,6 +626,10 @@ class CompiledEngine:
             self.tier, self.layout, self._ulayout = None, None, None
         if self.tier is None:
             self._setup(optimizer, batch_idx)
+            if self.config.cudagraphs and not self._cudagraphs and self.report.cudagraph_reason is None:
+                self.report.cudagraph_reason = (
+                    f"the step runs as tier {self.tier!r} ({self.report.fallback_reason})" if self.tier != "fsdp"
+                    else "FSDP: the step is several graphs around FSDP's collectives")
         if self.tier == "eager":
             return None
         try:

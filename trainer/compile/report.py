@@ -39,6 +39,8 @@ class CompileReport:
     graph_keys: List[str] = field(default_factory=list)
     steps_run: int = 0
     update_compiled: bool = False  # fwd_bwd tier: the optimizer update ran as its own compiled graph
+    cudagraph_captures: int = 0  # CompileConfig(cudagraphs=True): step graphs recorded as CUDA graphs
+    cudagraph_reason: Optional[str] = None  # cudagraphs asked for but the step runs without: why
     _eval_engine: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -61,5 +63,7 @@ class CompileReport:
         return (
             f"compile: {self.mode}, {self.graphs_built} graph(s), {self.recompiles} recompile(s),"
             f" {self.compile_seconds:.1f}s compiling, passes {self.passes_applied}, {self.steps_run} steps"
-            + (", compiled update" if self.update_compiled else "") + tail
+            + (", compiled update" if self.update_compiled else "")
+            + (f", {self.cudagraph_captures} CUDA graph capture(s)" if self.cudagraph_captures else "")
+            + (f", no CUDA graphs ({self.cudagraph_reason})" if self.cudagraph_reason else "") + tail
         )
