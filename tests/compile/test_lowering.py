@@ -95,3 +95,16 @@ def test_tiny_gpt_compiled_matches_eager(tmp_path):
     assert compiled.compile_report.mode == "full"
     assert compiled.global_step == eager.global_step >= 10
     assert max_rel_diff(compiled.lightning_module, eager.lightning_module) < 1e-5
+    # what inductor generated: both biased linears feed pointwise ops, so no addmm survives inductor's
+    # own post-grad patterns (which turn mm + bias add back into addmm on CPUs), and the embedding
+    # backward is ATen's kernel
+    engine = compiled.fit_loop.epoch_loop.automatic_optimization._engine
+    graph = next(iter(engine._graphs.values()))
+    x, y = next(iter(compiled.lightning_module.train_dataloader()))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        graph.fn(*engine._prefix, x, y)
+    events = prof.events()
+    ops = {e.key: e.count for e in prof.key_averages()}
+    bias_addmms = [e.input_shapes for e in events if e.name == "aten::addmm" and len(e.input_shapes[0]) == 1]
+    assert not bias_addmms and ops.get("aten::mm", 0) >= 6, (bias_addmms, ops)
+    assert ops.get("aten::embedding_dense_backward", 0) == 2, ops  # token and position tables

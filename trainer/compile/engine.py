@@ -84,9 +84,10 @@ def _inductor_compile(gm: Any, example_inputs: List[Any]) -> Callable:
     from trainer.compile import lowering
 
     cpu = all(t.device.type == "cpu" for t in example_inputs if isinstance(t, Tensor))
-    if cpu:
-        lowering.unfuse_bias_addmm(gm)
-    with torch.no_grad(), tracing(TracingContext(fake_mode)), inductor_config.patch(emulate_precision_casts=True):
+    patches: Dict[str, Any] = {"emulate_precision_casts": True}
+    if cpu and inductor_config.post_grad_custom_post_pass is None:
+        patches["post_grad_custom_post_pass"] = lowering.post_grad_pass()
+    with torch.no_grad(), tracing(TracingContext(fake_mode)), inductor_config.patch(patches):
         return compile_fx(gm, fakes, decompositions=lowering.decompositions() if cpu else None)
 
 

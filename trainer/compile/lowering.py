@@ -16,7 +16,8 @@ than eager there:
   runs the GEMM with ``beta=1`` (read-modify-write of the output). When every consumer of the
   result is pointwise (GELU, the residual add), ``mm`` plus an ``add`` that inductor fuses into the
   consumer's loop saves that pass over the output. inductor does this itself only on GPUs
-  (``should_prefer_unfused_addmm``); :func:`unfuse_bias_addmm` does it on the ATen graph.
+  (``should_prefer_unfused_addmm``), and on CPUs it even fuses ``mm`` + bias ``add`` back into
+  ``addmm``; :func:`post_grad_pass` does the rewrite after inductor's own post-grad patterns.
 """
 from __future__ import annotations
 
@@ -75,8 +76,16 @@ def _pointwise_users(node: fx.Node) -> bool:
 def unfuse_bias_addmm(gm: fx.GraphModule) -> int:
     """``addmm(bias, x, w)`` -> ``add(mm(x, w), bias)`` where the bias is a 1-D row broadcast and every
     consumer of the result is pointwise (so the add fuses into its loop). Returns the count."""
+    count = _unfuse_bias_addmm(gm.graph)
+    if count:
+        gm.graph.lint()
+        gm.recompile()
+    return count
+
+
+def _unfuse_bias_addmm(graph: fx.Graph) -> int:
     count = 0
-    for node in list(gm.graph.nodes):
+    for node in list(graph.nodes):
         if node.op != "call_function" or node.target is not aten.addmm.default:
             continue
         if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1 or len(node.args) != 3:
@@ -88,18 +97,31 @@ def unfuse_bias_addmm(gm: fx.GraphModule) -> int:
             continue
         if bval.dtype != val.dtype or not _pointwise_users(node):
             continue
-        with gm.graph.inserting_before(node):
-            mm = gm.graph.call_function(aten.mm.default, (x, w))
+        with graph.inserting_before(node):
+            mm = graph.call_function(aten.mm.default, (x, w))
             mm.meta["val"] = val
-            add = gm.graph.call_function(aten.add.Tensor, (mm, bias))
+            add = graph.call_function(aten.add.Tensor, (mm, bias))
             add.meta["val"] = val
         node.replace_all_uses_with(add)
-        gm.graph.erase_node(node)
+        graph.erase_node(node)
         count += 1
-    if count:
-        gm.graph.lint()
-        gm.recompile()
     return count
 
 
-__all__ = ["KEEP_WHOLE", "decompositions", "unfuse_bias_addmm"]
+def post_grad_pass() -> Any:
+    """:func:`unfuse_bias_addmm` as inductor's ``post_grad_custom_post_pass``. It has to run there:
+    inductor's own post-grad patterns turn ``add(mm(x, w), bias)`` back into ``addmm`` on CPUs
+    (``is_valid_addmm_fusion``), so a rewrite of the graph handed to inductor is undone."""
+    from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+
+    class UnfuseBiasAddmm(CustomGraphPass):
+        def __call__(self, graph: fx.Graph) -> None:
+            _unfuse_bias_addmm(graph)
+
+        def uuid(self) -> Any:  # part of the FX graph cache key
+            return get_hash_for_files((__file__,))
+
+    return UnfuseBiasAddmm()
+
+
+__all__ = ["KEEP_WHOLE", "decompositions", "post_grad_pass", "unfuse_bias_addmm"]
