@@ -489,8 +489,12 @@ TORCH_LIBRARY_IMPL(trainer, CUDA, m) {
 }  // namespace trainer
 
 // A plain module: importing trainer._C loads the library above, which registers the ops.
-static PyModuleDef trainer_c_module = {PyModuleDef_HEAD_INIT, "_C", "trainer's fused optimizer kernels", -1,
-                                       nullptr};
+// csrc/step_allocator.cpp: the compiled step's caching CPU allocator
+extern PyMethodDef trainer_step_alloc_methods[];
+
+static PyModuleDef trainer_c_module = {PyModuleDef_HEAD_INIT, "_C",
+                                       "trainer's fused optimizer kernels and the compiled step's CPU allocator", -1,
+                                       trainer_step_alloc_methods};
 
 PyMODINIT_FUNC PyInit__C(void) {
   PyObject* m = PyModule_Create(&trainer_c_module);

@@ -1188,6 +1188,9 @@ class Trainer:
     def _teardown(self) -> None:
         self.strategy.teardown()
         self.fit_loop.teardown()
+        from trainer.compile import allocator
+
+        allocator.empty_cache()  # the compiled step's cached CPU blocks (no-op when never used)
         self.profiler.teardown(self.state.fn.value if self.state.fn else None)
         status = "success" if self.state.status != TrainerStatus.INTERRUPTED else "failed"
         for logger in self.loggers:

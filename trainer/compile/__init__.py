@@ -35,6 +35,9 @@ class CompileConfig:
         without, and ``compile_report.cudagraph_reason`` says why.
     cudagraph_warmup: calls of each step graph run normally before it is recorded (lazy cuBLAS and
         allocator initialisation, Triton autotuning must not happen during a capture).
+    cpu_caching_allocator: CPU step graphs take their large buffers from a caching allocator
+        (:mod:`trainer.compile.allocator`): no page faults and huge pages after the first step,
+        instead of glibc mapping and unmapping each activation every step. Needs ``trainer._C``.
     debug_dir: when set, each graph before/after each pass is written there as Python code.
     eval_steps: compile ``validation_step``/``test_step``/``predict_step`` too (:mod:`trainer.compile.eval`).
     max_graphs: graphs per step variant (one per batch shape) before the step falls back to eager
@@ -47,6 +50,7 @@ class CompileConfig:
     disable: Tuple[str, ...] = ()
     cudagraphs: bool = False
     cudagraph_warmup: int = 2
+    cpu_caching_allocator: bool = True
     debug_dir: Optional[str] = None
     eval_steps: bool = True
     max_graphs: int = 8
@@ -62,9 +66,10 @@ class CompileConfig:
                 raise MisconfigurationException(
                     f"`CompileConfig`: unknown pass {name!r}; known passes: {list(PASSES)}."
                 )
-        if not isinstance(self.cudagraphs, bool):
-            raise MisconfigurationException(
-                f"`CompileConfig(cudagraphs={self.cudagraphs!r})`: allowed True or False.")
+        for name in ("cudagraphs", "cpu_caching_allocator", "eval_steps"):
+            if not isinstance(getattr(self, name), bool):
+                raise MisconfigurationException(
+                    f"`CompileConfig({name}={getattr(self, name)!r})`: allowed True or False.")
         if isinstance(self.cudagraph_warmup, bool) or not isinstance(self.cudagraph_warmup, int) \
                 or self.cudagraph_warmup < 1:
             raise MisconfigurationException(

@@ -210,6 +210,7 @@ class CompiledEngine:
         self._ddp: Any = None  # DDP: the DistributedDataParallel wrapper (buffer broadcast)
         self._sharded: Any = None  # FSDP: trainer.compile.sharded.ShardedStep (tier "fsdp")
         self._cudagraphs = False  # CompileConfig(cudagraphs=True) and the step can be recorded
+        self._alloc: Any = None  # trainer._C while the CPU step allocator serves the step graphs
         self._ulayout: Optional[Layout] = None
         self._update_prefix: Tuple[List[Tensor], List[Tensor]] = ([], [])
 
@@ -342,6 +343,11 @@ class CompiledEngine:
 
         dev = trainable[0].device.type if trainable else "cpu"
         self._use_cpp = bool(HAS_CPP) and dev == "cpu"
+        self._alloc = None
+        if dev == "cpu" and self.config.cpu_caching_allocator:
+            from trainer.compile import allocator
+
+            self._alloc = allocator.module()
 
     def _cudagraph_reason(self, trainable: List[Tensor]) -> Optional[str]:
         """Why the step graphs cannot be recorded as CUDA graphs (None: they can)."""
@@ -692,7 +698,15 @@ class CompiledEngine:
             loop.optim_progress.step.increment_ready()
         if self._ddp is not None:
             self._sync_buffers()
-        outs = graph.fn(*self._prefix, *tensors)
+        alloc = self._alloc
+        if alloc is None:
+            outs = graph.fn(*self._prefix, *tensors)
+        else:  # the step's buffers from the caching CPU allocator (trainer/compile/allocator.py)
+            before = alloc.step_alloc_set_active(True)
+            try:
+                outs = graph.fn(*self._prefix, *tensors)
+            finally:
+                alloc.step_alloc_set_active(before)
         if self._ddp is not None:  # as DDP's forward: buffers are broadcast again after a synchronised step
             self._ddp.require_forward_param_sync = not should_accumulate
         if not should_accumulate:
@@ -739,7 +753,15 @@ class _CompiledClosure(_Closure):
         ddp = engine._ddp
         if ddp is not None:
             engine._sync_buffers()
-        outs = graph.fn(*engine._prefix, *tensors)
+        alloc = engine._alloc
+        if alloc is None:
+            outs = graph.fn(*engine._prefix, *tensors)
+        else:
+            before = alloc.step_alloc_set_active(True)
+            try:
+                outs = graph.fn(*engine._prefix, *tensors)
+            finally:
+                alloc.step_alloc_set_active(before)
         if ddp is not None:
             ddp.require_forward_param_sync = self.sync
         cap = graph.cap
