@@ -58,6 +58,7 @@ struct State {
   int64_t hits = 0;
   size_t min_bytes = 64 * 1024;
   size_t limit_bytes = size_t(1) << 30;
+  size_t huge_min = kHuge;  // blocks of at least this many bytes are rounded up to whole huge pages
   bool huge = true;
 };
 
@@ -67,8 +68,8 @@ thread_local bool g_active = false;
 
 State& state() { return *g_state; }
 
-size_t rounded(size_t n) {
-  const size_t align = n >= kHuge ? kHuge : kPage;
+size_t rounded(size_t n, size_t huge_min) {
+  const size_t align = n >= huge_min ? kHuge : kPage;
   return (n + align - 1) / align * align;
 }
 
@@ -123,8 +124,8 @@ void release(void* ptr) {
 struct StepAllocator final : c10::Allocator {
   c10::DataPtr allocate(size_t n) override {
     if (!g_active || n < state().min_bytes) return g_prev->allocate(n);
-    const size_t size = rounded(n);
     State& s = state();
+    const size_t size = rounded(n, s.huge_min);
     Block* b = nullptr;
     bool huge;
     {
@@ -192,15 +193,16 @@ void empty_cache() {
 // ---- Python functions of trainer._C (plain C API: the per-step flag costs ~0.1 us, not an op dispatch)
 
 PyObject* py_install(PyObject*, PyObject* args) {
-  unsigned long long min_bytes, limit_bytes;
+  unsigned long long min_bytes, limit_bytes, huge_min;
   int huge;
-  if (!PyArg_ParseTuple(args, "KKp", &min_bytes, &limit_bytes, &huge)) return nullptr;
+  if (!PyArg_ParseTuple(args, "KKpK", &min_bytes, &limit_bytes, &huge, &huge_min)) return nullptr;
   install();
   State& s = state();
   std::lock_guard<std::mutex> guard(s.mu);
   s.min_bytes = static_cast<size_t>(min_bytes);
   s.limit_bytes = static_cast<size_t>(limit_bytes);
   s.huge = huge != 0;
+  s.huge_min = static_cast<size_t>(huge_min);
   Py_RETURN_NONE;
 }
 
@@ -235,7 +237,7 @@ PyObject* py_empty_cache(PyObject*, PyObject*) {
 
 PyMethodDef trainer_step_alloc_methods[] = {
     {"step_alloc_install", trainer::step_alloc::py_install, METH_VARARGS,
-     "step_alloc_install(min_bytes, limit_bytes, huge): install the step allocator (once) and set its options"},
+     "step_alloc_install(min_bytes, limit_bytes, huge, huge_min_bytes): install the step allocator (once) and set its options"},
     {"step_alloc_set_active", trainer::step_alloc::py_set_active, METH_O,
      "step_alloc_set_active(on) -> bool: route this thread's large CPU allocations to the cache; returns the old flag"},
     {"step_alloc_stats", trainer::step_alloc::py_stats, METH_NOARGS, "step_alloc_stats() -> dict"},

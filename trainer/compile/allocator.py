@@ -14,10 +14,11 @@ The cache is capped at ``LIMIT_BYTES`` of free blocks and emptied when a fit/val
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 MIN_BYTES = 64 * 1024  # smaller blocks: glibc's heap already reuses them without faults
 LIMIT_BYTES = 1 << 30  # free blocks kept at most (a freed block beyond it is unmapped)
+HUGE_MIN_BYTES = 2 << 20  # blocks this large are rounded up to whole 2 MiB (huge) pages
 
 _C: Any = None
 
@@ -33,9 +34,18 @@ def module() -> Optional[Any]:
         return None
     if not hasattr(ext, "step_alloc_install"):  # an older build of the extension
         return None
-    ext.step_alloc_install(MIN_BYTES, LIMIT_BYTES, True)
+    ext.step_alloc_install(MIN_BYTES, LIMIT_BYTES, True, HUGE_MIN_BYTES)
     _C = ext
     return _C
+
+
+def run(ext: Any, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` with this thread's large CPU allocations served by the cache (``ext``: :func:`module`)."""
+    before = ext.step_alloc_set_active(True)
+    try:
+        return fn(*args)
+    finally:
+        ext.step_alloc_set_active(before)
 
 
 def stats() -> Dict[str, Any]:
@@ -52,4 +62,4 @@ def empty_cache() -> None:
         _C.step_alloc_empty_cache()
 
 
-__all__ = ["LIMIT_BYTES", "MIN_BYTES", "empty_cache", "module", "stats"]
+__all__ = ["LIMIT_BYTES", "MIN_BYTES", "empty_cache", "module", "run", "stats"]

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 from torch.utils._pytree import tree_flatten
 
-from trainer.compile import CompileConfig, CompileError
+from trainer.compile import CompileConfig, CompileError, allocator
 from trainer.compile.capture import Captured, CaptureError, Layout, capture, check_step_source
 from trainer.compile.passes import StepConfig, run_passes
 from trainer.compile.report import CompileReport
@@ -345,8 +345,6 @@ class CompiledEngine:
         self._use_cpp = bool(HAS_CPP) and dev == "cpu"
         self._alloc = None
         if dev == "cpu" and self.config.cpu_caching_allocator:
-            from trainer.compile import allocator
-
             self._alloc = allocator.module()
 
     def _cudagraph_reason(self, trainable: List[Tensor]) -> Optional[str]:
@@ -702,11 +700,7 @@ class CompiledEngine:
         if alloc is None:
             outs = graph.fn(*self._prefix, *tensors)
         else:  # the step's buffers from the caching CPU allocator (trainer/compile/allocator.py)
-            before = alloc.step_alloc_set_active(True)
-            try:
-                outs = graph.fn(*self._prefix, *tensors)
-            finally:
-                alloc.step_alloc_set_active(before)
+            outs = allocator.run(alloc, graph.fn, *self._prefix, *tensors)
         if self._ddp is not None:  # as DDP's forward: buffers are broadcast again after a synchronised step
             self._ddp.require_forward_param_sync = not should_accumulate
         if not should_accumulate:
@@ -757,11 +751,7 @@ class _CompiledClosure(_Closure):
         if alloc is None:
             outs = graph.fn(*engine._prefix, *tensors)
         else:
-            before = alloc.step_alloc_set_active(True)
-            try:
-                outs = graph.fn(*engine._prefix, *tensors)
-            finally:
-                alloc.step_alloc_set_active(before)
+            outs = allocator.run(alloc, graph.fn, *engine._prefix, *tensors)
         if ddp is not None:
             ddp.require_forward_param_sync = self.sync
         cap = graph.cap
