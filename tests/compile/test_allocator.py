@@ -134,6 +134,17 @@ def test_compiled_step_uses_the_cache_and_trains_identically():
     # steady state: after the first epoch the step maps nothing new
     assert model.mapped[0] == model.mapped[1] == model.mapped[2] > 0
     assert allocator.stats()["cached_bytes"] == 0  # emptied when the fit ended
+    engine = trainer.fit_loop.epoch_loop.automatic_optimization._engine
+    assert all(g.alloc is not None for g in engine._graphs.values())
+
+
+def test_a_step_without_large_buffers_does_not_switch_the_allocator():
+    from .models import MLP, fit
+
+    trainer = fit(MLP(n=32), CompileConfig(mode="strict"), epochs=1)
+    engine = trainer.fit_loop.epoch_loop.automatic_optimization._engine
+    assert engine._alloc is not None and engine._graphs
+    assert all(g.alloc is None for g in engine._graphs.values())  # 16 x 16 floats: below MIN_BYTES
 
 
 def test_config_checks_the_flag():

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional
 
+import torch
+
 MIN_BYTES = 64 * 1024  # smaller blocks: glibc's heap already reuses them without faults
 LIMIT_BYTES = 1 << 30  # free blocks kept at most (a freed block beyond it is unmapped)
 HUGE_MIN_BYTES = 2 << 20  # blocks this large are rounded up to whole 2 MiB (huge) pages
@@ -48,6 +50,15 @@ def run(ext: Any, fn: Callable[..., Any], *args: Any) -> Any:
         ext.step_alloc_set_active(before)
 
 
+def has_large_buffer(gm: Any) -> bool:
+    """Whether an FX graph computes a tensor of at least ``MIN_BYTES`` (one the cache would serve)."""
+    for node in gm.graph.nodes:
+        val = node.meta.get("val")
+        if isinstance(val, torch.Tensor) and val.numel() * val.element_size() >= MIN_BYTES:
+            return True
+    return False
+
+
 def stats() -> Dict[str, Any]:
     """``installed``, and once installed: ``cached_bytes`` (free, kept), ``live_bytes`` (handed out),
     ``mapped`` (blocks mapped so far: a steady step maps none), ``hits`` (allocations served from the cache)."""
@@ -62,4 +73,4 @@ def empty_cache() -> None:
         _C.step_alloc_empty_cache()
 
 
-__all__ = ["LIMIT_BYTES", "MIN_BYTES", "empty_cache", "module", "run", "stats"]
+__all__ = ["HUGE_MIN_BYTES", "LIMIT_BYTES", "MIN_BYTES", "empty_cache", "has_large_buffer", "module", "run", "stats"]

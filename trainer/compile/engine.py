@@ -54,11 +54,12 @@ _SGD_KEYS = ("momentum", "dampening", "weight_decay", "nesterov", "maximize")
 
 
 class _Graph:
-    __slots__ = ("fn", "cap")
+    __slots__ = ("fn", "cap", "alloc")
 
-    def __init__(self, fn: Callable, cap: Captured) -> None:
+    def __init__(self, fn: Callable, cap: Captured, alloc: Any = None) -> None:
         self.fn = fn
         self.cap = cap
+        self.alloc = alloc  # trainer._C when the graph's buffers come from the step allocator
 
 
 def _inductor_compile(gm: Any, example_inputs: List[Any]) -> Callable:
@@ -515,7 +516,9 @@ class CompiledEngine:
         self.report.passes_applied = list(names)
         self.report.graph_keys.append(f"{variant}:{key[1]}")
         cap.gm = gm
-        graph = _Graph(fn, cap)
+        # the caching allocator only where the graph has buffers it would serve (the tiny, overhead-
+        # bound steps skip even the two flag switches)
+        graph = _Graph(fn, cap, self._alloc if self._alloc is not None and allocator.has_large_buffer(gm) else None)
         self._graphs[key] = graph
         return graph
 
@@ -696,7 +699,7 @@ class CompiledEngine:
             loop.optim_progress.step.increment_ready()
         if self._ddp is not None:
             self._sync_buffers()
-        alloc = self._alloc
+        alloc = graph.alloc
         if alloc is None:
             outs = graph.fn(*self._prefix, *tensors)
         else:  # the step's buffers from the caching CPU allocator (trainer/compile/allocator.py)
@@ -747,7 +750,7 @@ class _CompiledClosure(_Closure):
         ddp = engine._ddp
         if ddp is not None:
             engine._sync_buffers()
-        alloc = engine._alloc
+        alloc = graph.alloc
         if alloc is None:
             outs = graph.fn(*engine._prefix, *tensors)
         else:
