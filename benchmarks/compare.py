@@ -38,7 +38,7 @@ import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -247,6 +247,8 @@ class Result:
     others_cpu: List[float] = field(default_factory=list)  # other processes' use, in cores, per kept fit
     discarded_fits: int = 0  # fits run again because other processes were busy during them
     error: Optional[str] = None
+    flops_per_sample: float = float("nan")  # training FLOPs per sample (workloads.py)
+    tokens_per_sample: int = 1
 
     @property
     def median(self) -> float:
@@ -267,7 +269,9 @@ def measure(workloads: List[Workload], runners: List[Runner], *, repeats: int, w
     for w in workloads:
         n_steps = steps or w.steps_per_epoch
         batches = w.make_batches(n_steps, w.batch_size, seed)
-        by_runner = {r.name: Result(w.name, r.name, w.batch_size, n_steps) for r in runners}
+        flops = w.flops_per_sample(w.make_model())
+        by_runner = {r.name: Result(w.name, r.name, w.batch_size, n_steps, flops_per_sample=flops,
+                                    tokens_per_sample=w.tokens_per_sample) for r in runners}
         for rep in range(repeats):
             order = runners[rep % len(runners):] + runners[:rep % len(runners)]  # rotate
             for r in order:
@@ -346,7 +350,35 @@ def machine_info() -> Dict[str, Any]:
     }
 
 
-def result_rows(results: List[Result]) -> List[Dict[str, Any]]:
+# fp32 peak without TF32 (torch's default for matmuls), dense, TFLOP/s: the MFU denominator on GPUs
+_GPU_FP32_PEAK_TFLOPS = (("H200", 67.0), ("H100 PCIe", 51.0), ("H100", 67.0), ("A100", 19.5), ("L40S", 91.6),
+                         ("L4", 30.3), ("A10", 31.2), ("V100", 15.7))
+
+
+def peak_tflops(device: str, given: Optional[float] = None) -> Tuple[Optional[float], str]:
+    """The MFU denominator and where it came from: ``given`` (``--peak-tflops``), a datasheet fp32
+    figure for a known GPU, else the best fp32 GEMM rate measured here (2048^3 matmuls, best of 10):
+    on a CPU, "MFU" is then the fraction of what this machine's BLAS reaches on a large GEMM."""
+    if given:
+        return given, "given (--peak-tflops)"
+    if device.startswith("cuda") and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(torch.device(device))
+        for key, tflops in _GPU_FP32_PEAK_TFLOPS:
+            if key in name:
+                return tflops, f"{name} fp32 datasheet peak"
+    n = 2048
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    best = float("inf")
+    for _ in range(12):
+        _sync(device)
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e12, f"measured fp32 GEMM {n}^3 on {device}"
+
+
+def result_rows(results: List[Result], peak: Optional[float] = None) -> List[Dict[str, Any]]:
     rows = []
     for res in results:
         same = {r.runner: r for r in results if r.workload == res.workload}
@@ -364,6 +396,10 @@ def result_rows(results: List[Result]) -> List[Dict[str, Any]]:
             # throughput relative to Lightning: 2.0 = twice Lightning's samples/s
             "speedup_vs_lightning": res.median / light.median if ok and light and light.samples_per_s else None,
             "fit_overhead_s": statistics.median(res.fit_overhead_s) if res.fit_overhead_s else None,
+            "tokens_per_s": res.median * res.tokens_per_sample if ok and res.tokens_per_sample > 1 else None,
+            # model FLOPs utilisation: training FLOPs per second over the peak (peak_tflops)
+            "mfu": (res.median * res.flops_per_sample / (peak * 1e12)
+                    if ok and peak and res.flops_per_sample == res.flops_per_sample else None),
             # loss on the last batch after the fit: equal across runners that update bit-identically
             "final_loss": res.final_loss[-1] if res.final_loss else None,
             "all_samples_per_s": res.samples_per_s,
@@ -376,7 +412,7 @@ def result_rows(results: List[Result]) -> List[Dict[str, Any]]:
 
 def format_table(rows: List[Dict[str, Any]]) -> str:
     header = ["workload", "runner", "samples/s (median)", "ms/step", "min-max samples/s",
-              "step time / hand", "speed-up vs Lightning", "fit start-up s"]
+              "step time / hand", "speed-up vs Lightning", "tokens/s", "MFU", "fit start-up s"]
 
     def f(v: Optional[float], fmt: str) -> str:
         return "-" if v is None else format(v, fmt)
@@ -384,15 +420,17 @@ def format_table(rows: List[Dict[str, Any]]) -> str:
     body = []
     for r in rows:
         if r["error"]:
-            body.append([r["workload"], r["runner"], "error", "-", "-", "-", "-", "-"])
+            body.append([r["workload"], r["runner"], "error", "-", "-", "-", "-", "-", "-", "-"])
             continue
         body.append([r["workload"], r["runner"], f(r["samples_per_s"], ",.0f"), f(r["ms_per_step"], ".3f"),
                      f"{r['min_samples_per_s']:,.0f}-{r['max_samples_per_s']:,.0f}",
                      f(r["time_vs_hand"], ".2f") + ("x" if r["time_vs_hand"] is not None else ""),
                      f(r["speedup_vs_lightning"], ".2f") + ("x" if r["speedup_vs_lightning"] is not None else ""),
+                     f(r["tokens_per_s"], ",.0f"),
+                     "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%",
                      f(r["fit_overhead_s"], ".2f")])
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
-    align_right = [False, False, True, True, True, True, True, True]
+    align_right = [False, False, True, True, True, True, True, True, True, True]
 
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(c.rjust(w) if ar else c.ljust(w)
@@ -425,6 +463,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run: 1 repeat, 1+1 epochs, <= 16 steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="MFU denominator (default: a datasheet fp32 figure for known GPUs, else a measured large GEMM)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads (default: leave torch's default, which is printed)")
     p.add_argument("--max-others", type=float, default=0.15, metavar="CORES",
@@ -485,12 +525,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       warmup=args.warmup, epochs=args.epochs, steps=args.steps, seed=args.seed,
                       device=args.device, verbose=not args.quiet, max_others=args.max_others,
                       retries=args.retries)
-    rows = result_rows(results)
+    peak, peak_source = peak_tflops(args.device, args.peak_tflops)
+    rows = result_rows(results, peak)
     print()
     print(format_table(rows))
     print("\nsamples/s: median over all measured epochs of all repeats. step time / hand: the runner's time per "
           "step over the hand loop's (goal for the eager trainer on tiny_mlp: <= 1.15x). speed-up vs Lightning: "
-          "samples/s over Lightning's. fit start-up: fit() time outside the training epochs (median).")
+          "samples/s over Lightning's. fit start-up: fit() time outside the training epochs (median). "
+          f"MFU: training FLOPs/s (workloads.py's estimate) over {peak:.2f} TFLOP/s ({peak_source}).")
     for w in args.workloads:
         print(f"  {w}: {WORKLOADS[w].description}")
     for w in args.workloads:
@@ -509,6 +551,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "machine": machine,
             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "skipped_runners": skipped,
+            "peak_tflops": {"value": peak, "source": peak_source},
             "results": rows,
         }, indent=2) + "\n")
         print(f"\nwrote {args.json}")

@@ -36,6 +36,10 @@ class Workload:
     make_model: Callable[[], nn.Module]
     make_batches: Callable[[int, int, int], List[Batch]]  # (steps, batch_size, seed) -> batches
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (model output, target) -> loss
+    # training FLOPs (forward + backward) per sample of the model make_model() builds, and tokens per
+    # sample (1 for the MLPs): the benchmark reports tokens/s and MFU from them
+    flops_per_sample: Callable[[nn.Module], float] = lambda model: float("nan")
+    tokens_per_sample: int = 1
 
 
 class BatchDataset(Dataset):
@@ -189,6 +193,23 @@ def next_token_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1), y.flatten())
 
 
+# --------------------------------------------------------------------------- FLOPs
+
+def mlp_flops_per_sample(model: nn.Module) -> float:
+    """Forward 2 FLOPs per weight (multiply-add), backward 4 (input and weight gradients): 6 per
+    weight per sample; biases and activations are lower-order."""
+    return 6.0 * sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+
+
+def gpt_flops_per_sample(model: nn.Module) -> float:
+    """The PaLM / nanoGPT estimate per token, 6 N + 12 L d T (N: parameters without the position
+    table, the tied token table counted once for the output projection; 12 L d T: the attention
+    scores and the weighted sum, forward and backward, without the causal halving), times T tokens."""
+    n = sum(p.numel() for p in model.parameters()) - model.pos.weight.numel()
+    layers, d, t = len(model.blocks), model.tok.weight.shape[1], model.pos.weight.shape[0]
+    return (6.0 * n + 12.0 * layers * d * t) * t
+
+
 # --------------------------------------------------------------------------- the registry
 
 WORKLOADS: Dict[str, Workload] = {
@@ -197,14 +218,17 @@ WORKLOADS: Dict[str, Workload] = {
         Workload("tiny_mlp", "MLP 32-64-64-10 GELU, batch 32, random data (overhead-bound)",
                  batch_size=32, steps_per_epoch=256,
                  make_model=lambda: _mlp([32, 64, 64, 10]),
-                 make_batches=_random_classification(32, 10), loss_fn=cross_entropy),
+                 make_batches=_random_classification(32, 10), loss_fn=cross_entropy,
+                 flops_per_sample=mlp_flops_per_sample),
         Workload("mlp", "MLP 784-1024-1024-10 GELU, batch 128, random data (compute-bound)",
                  batch_size=128, steps_per_epoch=32,
                  make_model=lambda: _mlp([784, 1024, 1024, 10]),
-                 make_batches=_random_classification(784, 10), loss_fn=cross_entropy),
+                 make_batches=_random_classification(784, 10), loss_fn=cross_entropy,
+                 flops_per_sample=mlp_flops_per_sample),
         Workload("gpt", "GPT 4 layers d=128 4 heads, context 64, bytes (vocab 256), batch 16; sample = 64-byte sequence",
                  batch_size=16, steps_per_epoch=32,
                  make_model=lambda: GPT(vocab=256, context=64, d=128, n_layer=4, n_head=4),
-                 make_batches=_byte_windows(64), loss_fn=next_token_loss),
+                 make_batches=_byte_windows(64), loss_fn=next_token_loss,
+                 flops_per_sample=gpt_flops_per_sample, tokens_per_sample=64),
     ]
 }

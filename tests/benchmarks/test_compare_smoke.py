@@ -38,6 +38,9 @@ def test_compare_quick_tiny(compare, tmp_path: Path, capsys: pytest.CaptureFixtu
         assert row["time_vs_hand"] > 0, row
         assert row["final_loss"] == row["final_loss"], row  # not NaN: the runner really trained
         assert f"| tiny_mlp | {name}" in stdout, stdout
+        assert row["tokens_per_s"] is None  # one sample is not a token sequence here
+        assert 0 < row["mfu"] < 1.5, row  # FLOPs/s over the GEMM rate measured on this machine
+    assert data["peak_tflops"]["value"] > 0 and "measured" in data["peak_tflops"]["source"]
     assert rows["hand loop"]["time_vs_hand"] == pytest.approx(1.0)
     for key in ("cpu", "nproc", "torch_num_threads", "versions", "date"):
         assert key in data["machine"]
@@ -54,3 +57,17 @@ def test_workloads_are_deterministic() -> None:
         assert len(a) == 2 and a[0][0].shape[0] == w.batch_size
         for (xa, ya), (xb, yb) in zip(a, b):
             assert xa.equal(xb) and ya.equal(yb)
+
+
+def test_flop_estimates() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from workloads import WORKLOADS
+
+    mlp = WORKLOADS["mlp"]
+    assert mlp.flops_per_sample(mlp.make_model()) == 6 * (784 * 1024 + 1024 * 1024 + 1024 * 10)
+    gpt = WORKLOADS["gpt"]
+    model = gpt.make_model()
+    # per token: 6 x (parameters without the 64 x 128 position table) + 12 L d T; 64 tokens a sample
+    n = sum(p.numel() for p in model.parameters()) - 64 * 128
+    assert gpt.flops_per_sample(model) == (6 * n + 12 * 4 * 128 * 64) * 64
+    assert gpt.tokens_per_sample == 64
