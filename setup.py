@@ -95,7 +95,8 @@ def _extensions() -> tuple[list, dict]:
     # AdamW loop does not vectorise at all.
     cxx_flags = ["-O3", "-fopenmp", "-fno-math-errno"]
     if os.environ.get("TRAINER_NATIVE", "1") == "1":
-        cxx_flags.append("-march=native")
+        # 512-bit vectors where the CPU has them (gcc defaults to 256-bit loops on Intel cores)
+        cxx_flags += ["-march=native", "-mprefer-vector-width=512"]
     extra = {"cxx": cxx_flags + (["-DTRAINER_WITH_CUDA"] if with_cuda else [])}
     if with_cuda:
         # No --use_fast_math: the kernels are memory bound, and IEEE sqrt/division (no flush of

@@ -38,6 +38,8 @@ class CompileConfig:
     cpu_caching_allocator: CPU step graphs take their large buffers from a caching allocator
         (:mod:`trainer.compile.allocator`): no page faults and huge pages after the first step,
         instead of glibc mapping and unmapping each activation every step. Needs ``trainer._C``.
+    cpu_attention: CPU step graphs run ``F.scaled_dot_product_attention`` on short sequences (<= 256)
+        with trainer's own kernels (:mod:`trainer.compile.attention`) instead of ATen's flash kernels.
     debug_dir: when set, each graph before/after each pass is written there as Python code.
     eval_steps: compile ``validation_step``/``test_step``/``predict_step`` too (:mod:`trainer.compile.eval`).
     max_graphs: graphs per step variant (one per batch shape) before the step falls back to eager
@@ -51,6 +53,7 @@ class CompileConfig:
     cudagraphs: bool = False
     cudagraph_warmup: int = 2
     cpu_caching_allocator: bool = True
+    cpu_attention: bool = True
     debug_dir: Optional[str] = None
     eval_steps: bool = True
     max_graphs: int = 8
@@ -66,7 +69,7 @@ class CompileConfig:
                 raise MisconfigurationException(
                     f"`CompileConfig`: unknown pass {name!r}; known passes: {list(PASSES)}."
                 )
-        for name in ("cudagraphs", "cpu_caching_allocator", "eval_steps"):
+        for name in ("cudagraphs", "cpu_caching_allocator", "cpu_attention", "eval_steps"):
             if not isinstance(getattr(self, name), bool):
                 raise MisconfigurationException(
                     f"`CompileConfig({name}={getattr(self, name)!r})`: allowed True or False.")

@@ -36,6 +36,8 @@ eager engine's bit for bit (same distribution; see the statistical test).
 """
 from __future__ import annotations
 
+import contextlib
+
 import dis
 import traceback
 from collections.abc import Mapping
@@ -252,8 +254,11 @@ def capture_update(layout: Layout, grads: List[Tensor]) -> Tuple[fx.GraphModule,
 
 def capture(
     module: Any, layout: Layout, batch: Any, step_args: tuple, step_context: Callable[[], Any], variant: str,
+    cpu_attention: bool = False,
 ) -> Captured:
-    """Traces one step for ``variant`` ("step"/"micro"/"final": with updates; "fwd_bwd": grads out)."""
+    """Traces one step for ``variant`` ("step"/"micro"/"final": with updates; "fwd_bwd": grads out).
+    ``cpu_attention``: trace the covered ``F.scaled_dot_product_attention`` calls as trainer's
+    short-sequence kernels (:mod:`trainer.compile.attention`)."""
     leaves, spec = tree_flatten(batch)
     t_pos = [i for i, v in enumerate(leaves) if isinstance(v, Tensor)]
     const_leaves = list(leaves)
@@ -296,7 +301,7 @@ def capture(
             tensors = {**dict(zip(layout.param_names, params)), **dict(zip(layout.other_names, others)),
                        **dict(zip(layout.buffer_names, bufs))}
             records.clear()
-            with _reparametrize_module(module, tensors, tie_weights=True), step_context():
+            with _reparametrize_module(module, tensors, tie_weights=True), step_context(), attention_mode():
                 out = module.training_step(b, *step_args)
             extra: Dict[str, Any] = {}
             if isinstance(out, Mapping):
@@ -326,6 +331,10 @@ def capture(
         _emit_updates(layout, params, grads, states, lrs)
         return (loss.detach(), *logs, *extras)
 
+    if cpu_attention:
+        from trainer.compile.attention import SmallAttention as attention_mode
+    else:
+        attention_mode = contextlib.nullcontext
     example = prefix + [leaves[i] for i in t_pos]
     module.__dict__["log"] = recorder
     prev_fx = module.__dict__.get("_current_fx_name")

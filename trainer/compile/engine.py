@@ -212,6 +212,7 @@ class CompiledEngine:
         self._sharded: Any = None  # FSDP: trainer.compile.sharded.ShardedStep (tier "fsdp")
         self._cudagraphs = False  # CompileConfig(cudagraphs=True) and the step can be recorded
         self._alloc: Any = None  # trainer._C while the CPU step allocator serves the step graphs
+        self._attention = False  # trace short-sequence attention with trainer's CPU kernels
         self._ulayout: Optional[Layout] = None
         self._update_prefix: Tuple[List[Tensor], List[Tensor]] = ([], [])
 
@@ -347,6 +348,10 @@ class CompiledEngine:
         self._alloc = None
         if dev == "cpu" and self.config.cpu_caching_allocator:
             self._alloc = allocator.module()
+        if dev == "cpu" and self.config.cpu_attention:
+            from trainer.compile import attention
+
+            self._attention = attention.available()
 
     def _cudagraph_reason(self, trainable: List[Tensor]) -> Optional[str]:
         """Why the step graphs cannot be recorded as CUDA graphs (None: they can)."""
@@ -477,7 +482,8 @@ class CompiledEngine:
         layout = self.layout
         assert layout is not None
         t0 = time.perf_counter()
-        cap = capture(module, layout, batch, step_args, trainer.precision_plugin.train_step_context, variant)
+        cap = capture(module, layout, batch, step_args, trainer.precision_plugin.train_step_context, variant,
+                      cpu_attention=self._attention)
         cfg = StepConfig(variant=variant, accumulate=layout.accumulate, clip_val=trainer.gradient_clip_val,
                          clip_algorithm=trainer.gradient_clip_algorithm or "norm", precision=trainer.precision,
                          use_cpp=self._use_cpp, scaler=self._scaler_cfg if layout.scaler is not None else None,
