@@ -2,7 +2,7 @@
 // (used by the compiled step, trainer/compile/attention.py).
 //
 // ATen's CPU flash-attention kernel is blocked for long sequences; at the sizes of small language
-// models (T <= 256, head size <= 128) one (batch, head) pair's Q, K, V, scores and probabilities fit
+// models (T <= 128, head size <= 128) one (batch, head) pair's Q, K, V, scores and probabilities fit
 // in L1/L2 and the whole pair is best done in one go: S = scale Q K^T, a row softmax (causal rows stop
 // at the diagonal), O = P V. The forward keeps P (T x T per pair), so the backward needs no
 // recomputation and no exp:

@@ -38,7 +38,7 @@ class CompileConfig:
     cpu_caching_allocator: CPU step graphs take their large buffers from a caching allocator
         (:mod:`trainer.compile.allocator`): no page faults and huge pages after the first step,
         instead of glibc mapping and unmapping each activation every step. Needs ``trainer._C``.
-    cpu_attention: CPU step graphs run ``F.scaled_dot_product_attention`` on short sequences (<= 256)
+    cpu_attention: CPU step graphs run ``F.scaled_dot_product_attention`` on short sequences (<= 128)
         with trainer's own kernels (:mod:`trainer.compile.attention`) instead of ATen's flash kernels.
     debug_dir: when set, each graph before/after each pass is written there as Python code.
     eval_steps: compile ``validation_step``/``test_step``/``predict_step`` too (:mod:`trainer.compile.eval`).
