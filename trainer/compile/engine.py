@@ -418,8 +418,6 @@ class CompiledEngine:
         return None
 
     def _setup_optimizer(self, layout: Layout, opt: Any) -> None:
-        from torch.optim.optimizer import _get_scalar_dtype
-
         adam = not isinstance(opt, torch.optim.SGD)
         layout.opt_kind = "adam" if adam else "sgd"
         layout.state_keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step") if adam else ("momentum_buffer",)
@@ -436,19 +434,7 @@ class CompiledEngine:
             group = opt.param_groups[gi]
             st = opt.state[p]
             if adam:
-                # exactly what torch.optim.Adam(W)._init_group creates on the first step
-                if len(st) == 0:
-                    st["step"] = (
-                        torch.zeros((), dtype=_get_scalar_dtype(is_fused=group["fused"]), device=p.device)
-                        if group["capturable"] or group["fused"]
-                        else torch.tensor(0.0, dtype=_get_scalar_dtype())
-                    )
-                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    if group["amsgrad"]:
-                        st["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                if not isinstance(st["step"], Tensor):
-                    st["step"] = torch.tensor(float(st["step"]), dtype=_get_scalar_dtype())
+                init_adam_state(st, p, group)
                 if self._cudagraphs and st["step"].device != p.device:
                     # a CUDA graph records GPU work only: the step counter lives on the device, as
                     # torch.optim keeps it with capturable=True (same value, same state_dict key)
@@ -788,6 +774,25 @@ class _CompiledClosure(_Closure):
         precision.post_backward(loss, module)
         engine.report.steps_run += 1
         return loss
+
+
+def init_adam_state(st: Dict[str, Any], p: Tensor, group: Dict[str, Any]) -> None:
+    """A parameter's Adam(W) state as ``torch.optim.Adam(W)._init_group`` creates it on the first step
+    (kept when it exists; a number ``step`` from an old checkpoint becomes a tensor)."""
+    from torch.optim.optimizer import _get_scalar_dtype
+
+    if len(st) == 0:
+        st["step"] = (
+            torch.zeros((), dtype=_get_scalar_dtype(is_fused=group.get("fused")), device=p.device)
+            if group.get("capturable") or group.get("fused")
+            else torch.tensor(0.0, dtype=_get_scalar_dtype())
+        )
+        st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if group["amsgrad"]:
+            st["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    if not isinstance(st["step"], Tensor):
+        st["step"] = torch.tensor(float(st["step"]), dtype=_get_scalar_dtype())
 
 
 def optimizer_step_with(loop: "AutomaticOptimization", batch_idx: int, closure: Any, opt: Any,

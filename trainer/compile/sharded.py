@@ -196,7 +196,7 @@ class ShardedStep:
         """torch.optim's state tensors (created as its first ``step()`` would), each DTensor as its local shard.
 
         Read every step: ``load_state_dict`` (resume) and FSDP2's state-dict hooks replace these tensors."""
-        from torch.optim.optimizer import _get_scalar_dtype
+        from trainer.compile.engine import init_adam_state
 
         opt = self.opt
         layout = self.layout
@@ -207,14 +207,7 @@ class ShardedStep:
             group = opt.param_groups[gi]
             st = opt.state[p]
             if adam:
-                if len(st) == 0:
-                    st["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
-                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    if group["amsgrad"]:
-                        st["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                if not isinstance(st["step"], Tensor):
-                    st["step"] = torch.tensor(float(st["step"]), dtype=_get_scalar_dtype())
+                init_adam_state(st, p, group)
                 for key in layout.state_keys:
                     t = st.get(key) if (key != "max_exp_avg_sq" or group["amsgrad"]) else None
                     states[key].append(None if t is None else _local(t))
