@@ -41,7 +41,8 @@ def test_fast_graph_lookup_follows_rebuilt_graphs():
     compiled = fit(MLP(opt="adamw"), True, epochs=2, callbacks=[_WeightDecayAt(8)])
     report = compiled.compile_report
     assert report.mode == "full" and report.fallback_reason is None, report
-    assert report.graphs_built == 4 and report.recompiles == 3, report  # 2 shapes, before and after the change
+    # 2 shapes, each built again after the change: the rebuilds are the recompiles
+    assert report.graphs_built == 4 and report.recompiles == 2, report
     assert compiled.global_step == eager.global_step == 14
     assert max_rel_diff(compiled.lightning_module, eager.lightning_module) < 1e-5
     assert _progress(compiled) == _progress(eager)

@@ -200,7 +200,8 @@ class CompiledEngine:
         self.layout: Optional[Layout] = None
         self._prefix: List[Tensor] = []
         self._graphs: Dict[Any, _Graph] = {}
-        self._variants_seen: set = set()
+        self._keys_built: set = set()  # graph keys built in this fit: building one again is a recompile
+        self._applied: set = set()  # passes that changed a graph of this fit (compile_report.passes_applied)
         self._lr_cache: List[Any] = []
         self._hp_cache: List[Tuple] = []
         self._use_cpp = False
@@ -477,7 +478,9 @@ class CompiledEngine:
         names = tuple(p for p in self.config.active_passes if p != "gradient_sync" or self._sync is not None)
         if variant == "fwd_bwd":
             names = tuple(p for p in names if p == "amp")
-        gm = run_passes(cap.gm, cap.example_inputs, cfg, names, self.config.debug_dir, tag=f"{variant}{len(self._graphs)}")
+        applied: List[str] = []
+        gm = run_passes(cap.gm, cap.example_inputs, cfg, names, self.config.debug_dir, tag=f"{variant}{len(self._graphs)}",
+                        applied=applied)
         if self._sync is not None and variant in ("step", "final"):
             # issue each bucket's all-reduce as early as its gradients allow and wait as late as possible
             # (inductor otherwise fuses the bucket copies into later kernels and issues them at the end)
@@ -501,11 +504,7 @@ class CompiledEngine:
         if variant != "fwd_bwd" and cap.unused:
             self._drop_unused_state(cap)
         self.report.compile_seconds += time.perf_counter() - t0
-        self.report.graphs_built += 1
-        if variant in self._variants_seen:
-            self.report.recompiles += 1
-        self._variants_seen.add(variant)
-        self.report.passes_applied = list(names)
+        self._count_graph(key, applied)
         self.report.graph_keys.append(f"{variant}:{key[1]}")
         cap.gm = gm
         # the caching allocator only where the graph has buffers it would serve (the tiny, overhead-
@@ -513,6 +512,17 @@ class CompiledEngine:
         graph = _Graph(fn, cap, self._alloc if self._alloc is not None and allocator.has_large_buffer(gm) else None)
         self._graphs[key] = graph
         return graph
+
+    def _count_graph(self, key: Any, applied: List[str]) -> None:
+        """compile_report: one graph more; a recompile when this key had a graph before (dropped because
+        something baked into it changed); the passes that changed it."""
+        report = self.report
+        report.graphs_built += 1
+        if key in self._keys_built:
+            report.recompiles += 1
+        self._keys_built.add(key)
+        self._applied.update(applied)
+        report.passes_applied = [p for p in self.config.passes if p in self._applied]
 
     def _graph_for(self, variant: str, batch: Any, step_args: tuple) -> Tuple[_Graph, List[Tensor]]:
         leaves, spec = tree_flatten(batch)
@@ -541,7 +551,12 @@ class CompiledEngine:
                 self._hp_cache = [self._hp_key(gr) for gr in groups]
                 for gi, gr in enumerate(groups):
                     layout.hparams[gi].update({key: gr[key] for key in self._hp_key_names()})
-                self._graphs.clear()  # baked hyperparameters changed: rebuild (counted as recompiles)
+                # baked hyperparameters changed: rebuild the graphs that update (counted as recompiles);
+                # the fwd_bwd tier's forward+backward graphs hold no hyperparameter
+                if layout is self._ulayout:
+                    self._graphs.pop(("update",), None)
+                else:
+                    self._graphs.clear()
                 break
 
     def _hp_key_names(self) -> Tuple[str, ...]:
@@ -584,14 +599,15 @@ class CompiledEngine:
         t0 = time.perf_counter()
         gm, example = capture_update(layout, grads)
         cfg = StepConfig(variant="update", use_cpp=self._use_cpp)
+        applied: List[str] = []
         gm = run_passes(gm, example, cfg, tuple(p for p in self.config.active_passes if p == "optimizer_fusion"),
-                        self.config.debug_dir, tag=f"update{len(self._graphs)}")
+                        self.config.debug_dir, tag=f"update{len(self._graphs)}", applied=applied)
         fn = _inductor_compile(gm, example)
         n = len(layout.params)
         states = example[2 * n:len(example) - len(layout.lrs)]
         self._update_prefix = ([p.detach() for p in layout.params], list(states) + list(layout.lrs))
         self.report.compile_seconds += time.perf_counter() - t0
-        self.report.graphs_built += 1
+        self._count_graph(("update",), applied)
         self.report.graph_keys.append("update")
         self.report.update_compiled = True
         graph = _Graph(fn, None)  # type: ignore[arg-type]
@@ -621,7 +637,8 @@ class CompiledEngine:
         if self.tier is not None and self.tier != "eager" and (
                 self.trainer.accumulate_grad_batches != self.layout.accumulate):
             # k changed (GradientAccumulationScheduler, at an epoch start): the graphs differentiate
-            # loss / k and own k-sized windows: set up again (the new graphs count as recompiles)
+            # loss / k and own k-sized windows: set up again (a graph built again for a key that had one
+            # counts as a recompile)
             self._graphs.clear()
             self.tier, self.layout, self._ulayout = None, None, None
         if self.tier is None:

@@ -24,15 +24,36 @@ class EvalReport:
 
 @dataclass
 class CompileReport:
+    """What the compiled training step did in this fit (``trainer.compile_report``).
+
+    enabled: ``Trainer(compile=...)`` was on.
+    mode: ``"full"``: the whole step is one graph per variant (single device, and DDP with the
+        all-reduce in the graph); ``"fwd_bwd"``: forward+backward compiled, hooks/clipping/
+        accumulation/scaler eager, the update a second graph when it can be; ``"fsdp"``: each FSDP
+        unit's forward/backward compiled between FSDP2's hooks and the sharded update one graph
+        (trainer/compile/sharded.py); ``"eager"``: fell back (see ``fallback_reason``); None: not
+        run yet.
+    graphs_built: every graph compiled in this fit: one per step variant (``step``, ``micro``,
+        ``final``, ``fwd_bwd``, ``update``) and batch signature, plus the recompiles.
+    recompiles: graphs built again for a key (variant and batch signature) that already had one,
+        because something baked into the graph changed (optimizer hyperparameters other than lr,
+        ``accumulate_grad_batches``). A new batch shape (a short last batch) is a new graph, not a
+        recompile.
+    compile_seconds: time spent capturing, running the passes and compiling (inductor).
+    fallback_reason: why the step is not one full graph: the cause of the eager fallback (mode
+        ``"eager"``), or of the split (mode ``"fwd_bwd"``, e.g. an overridden hook, or a semantic
+        pass left out while its feature is in use); None for the full tier.
+    passes_applied: the passes that changed at least one graph of this fit, in pass order (a pass
+        with nothing to do, e.g. ``clipping`` without ``gradient_clip_val``, ``amp`` under
+        ``32-true``, ``accumulation`` with k=1, is not named).
+    graph_keys: one entry per graph built (``variant:signature``; ``update``; FSDP: ``region#n``).
+    steps_run: batches run by the compiled step (micro-batches included).
+    """
+
     enabled: bool = False
-    # "full": the whole step is one graph per variant (single device, and DDP with the all-reduce in
-    # the graph); "fwd_bwd": forward+backward compiled, hooks eager, the update a second graph when
-    # it can be; "fsdp": each FSDP unit's forward/backward compiled between FSDP2's hooks and the
-    # sharded update one graph (trainer/compile/sharded.py); "eager": fell back (see
-    # fallback_reason); None: not run yet
     mode: Optional[str] = None
     graphs_built: int = 0
-    recompiles: int = 0  # graphs built for a variant that already had one (new shape, new hyperparameters)
+    recompiles: int = 0
     compile_seconds: float = 0.0
     fallback_reason: Optional[str] = None
     passes_applied: List[str] = field(default_factory=list)

@@ -37,7 +37,14 @@ So the step is compiled the way torchtitan compiles it, per region, with FSDP2's
 
 ``trainer.compile_report``: ``mode == "fsdp"``; ``graphs_built`` counts the inductor graphs (each compiled
 region's forward, its backward when built, and the update graph), ``graph_keys`` names them, and
-``compile_seconds`` is the time spent in AOT autograd + inductor (dynamo's bytecode tracing is not counted).
+``compile_seconds`` is the time spent in AOT autograd + inductor (dynamo's bytecode tracing is not counted);
+``recompiles`` counts a region compiled again after a finished step for inputs it already had a graph for
+(a new batch shape is a new graph, not a recompile) and the update graph rebuilt for new hyperparameters.
+
+``CompileConfig(passes=/disable=)``: of the passes only ``optimizer_fusion`` runs here (on the update graph;
+``passes_applied`` names it when it changed the graph). Accumulation, gradient synchronisation
+(FSDP2's reduce-scatter), fp16 loss scaling and clipping are the eager engine's machinery under FSDP
+whatever the pass list says, so leaving those passes out changes nothing.
 
 Fallback (one warning naming the cause; ``compile="strict"`` raises): ``detect_anomaly``; a failure while
 compiling the first step (the batch reruns in the eager engine: both engines issue the same FSDP2
@@ -90,7 +97,7 @@ def _local(t: Tensor) -> Tensor:
 class _Region:
     """One module whose ``forward`` is compiled for the training step."""
 
-    __slots__ = ("module", "name", "compiled", "graphs", "pieces")
+    __slots__ = ("module", "name", "compiled", "graphs", "pieces", "sigs")
 
     def __init__(self, module: nn.Module, name: str) -> None:
         self.module = module
@@ -98,6 +105,7 @@ class _Region:
         self.compiled: Optional[Callable] = None
         self.graphs = 0  # dynamo graphs built for it (0 after a step: it ran eagerly)
         self.pieces = 0  # graphs per batch shape (graph breaks at FSDP units split a forward), after step 1
+        self.sigs: set = set()  # the input signatures (shapes, dtypes) of the graphs built for it
 
 
 class ShardedStep:
@@ -151,8 +159,12 @@ class ShardedStep:
             region.graphs += 1
             report.graphs_built += 1
             report.graph_keys.append(f"{region.name}#{region.graphs}")
-            if self._ok_steps:  # a region compiled again after a finished step: a guard failed (new shape...)
+            # a new batch shape is a new graph; the same inputs compiled again after a finished step mean a
+            # guard on something else failed (a module attribute, grad mode...): a recompile
+            sig = tuple((tuple(t.shape), t.dtype) if isinstance(t, Tensor) else type(t) for t in example)
+            if self._ok_steps and sig in region.sigs:
                 report.recompiles += 1
+            region.sigs.add(sig)
             try:
                 # see engine._inductor_compile: round bf16/fp16 intermediates where eager rounds them
                 with inductor_config.patch(emulate_precision_casts=True):
@@ -270,13 +282,14 @@ class ShardedStep:
         use_cpp = bool(HAS_CPP) and all(p.device.type == "cpu" for p in params)
         config = self.engine.config
         names = tuple(p for p in config.active_passes if p == "optimizer_fusion")
+        applied: List[str] = []
         gm = run_passes(gm, example, StepConfig(variant="update", use_cpp=use_cpp), names, config.debug_dir,
-                        tag="fsdp_update")
+                        tag="fsdp_update", applied=applied)
         self.update_fn = _inductor_compile(gm, example)
         self.report.compile_seconds += time.perf_counter() - t0
         self.report.graphs_built += 1
         self.report.graph_keys.append("update")
-        self.report.passes_applied = list(names)
+        self.report.passes_applied = applied  # the regions run no pass (FSDP2 and the eager closure do the rest)
         self.report.update_compiled = True
 
     def optimizer_step(self, closure: Optional[Callable[[], Any]] = None) -> Any:

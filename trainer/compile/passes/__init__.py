@@ -80,17 +80,24 @@ PASSES: Dict[str, Pass] = _Registry()
 
 def run_passes(
     gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: StepConfig, names: Sequence[str],
-    debug_dir: Optional[str] = None, tag: str = "step",
+    debug_dir: Optional[str] = None, tag: str = "step", applied: Optional[List[str]] = None,
 ) -> fx.GraphModule:
-    """Applies ``names`` in order; with ``debug_dir`` writes ``{tag}.{i}.{name}.{before,after}.py``."""
+    """Applies ``names`` in order; with ``debug_dir`` writes ``{tag}.{i}.{name}.{before,after}.py``.
+
+    ``applied``: the names of the passes that changed the graph are appended to it (a pass with
+    nothing to do for this graph, e.g. ``clipping`` without ``gradient_clip_val`` or on a ``micro``
+    graph, leaves the code as it was and is not named)."""
     for i, name in enumerate(names):
+        before = gm.code
         if debug_dir:
             os.makedirs(debug_dir, exist_ok=True)
             with open(os.path.join(debug_dir, f"{tag}.{i}.{name}.before.py"), "w") as f:
-                f.write(gm.code)
+                f.write(before)
         gm = PASSES[name](gm, example_inputs, cfg)
         gm.graph.lint()
         gm.recompile()
+        if applied is not None and gm.code != before:
+            applied.append(name)
         if debug_dir:
             with open(os.path.join(debug_dir, f"{tag}.{i}.{name}.after.py"), "w") as f:
                 f.write(gm.code)
