@@ -27,7 +27,14 @@ class CompileConfig:
     """How the training step is compiled.
 
     mode: ``"default"`` (fall back to eager with one warning) or ``"strict"`` (raise instead).
-    passes: the ordered pass list; ``disable``: names to skip (e.g. ``("optimizer_fusion",)``).
+    passes: the pass list, a subsequence of ``DEFAULT_PASSES`` (that order, each pass once: checked
+        here); ``disable``: names to skip (e.g. ``("optimizer_fusion",)``). Skipping a pass never
+        changes the results, only how the work is done: where this fit uses the feature of a
+        skipped semantic pass (``accumulation`` with ``accumulate_grad_batches > 1``,
+        ``gradient_sync`` under DDP, ``amp`` under ``16-mixed``, ``clipping`` with
+        ``gradient_clip_val``), the step runs as the split tier (forward+backward compiled, the
+        feature done by the eager engine's machinery; ``compile_report.fallback_reason`` names the
+        pass). ``optimizer_fusion`` only changes the update's kernels.
     cudagraphs: replay the whole-step graphs (tier ``full``, one device) as CUDA graphs
         (:mod:`trainer.compile.cudagraphs`): the kernel launches of a step are recorded once and
         replayed with one launch. Needs ``accelerator="cuda"`` (checked at Trainer construction);
@@ -64,11 +71,18 @@ class CompileConfig:
             raise MisconfigurationException(f"`CompileConfig(mode={self.mode!r})`: allowed 'default' or 'strict'.")
         from trainer.compile.passes import PASSES
 
+        for arg in ("passes", "disable"):
+            value = getattr(self, arg)
+            if isinstance(value, str) or not isinstance(value, (tuple, list)):
+                raise MisconfigurationException(
+                    f"`CompileConfig({arg}={value!r})`: expected a tuple of pass names (e.g. {arg}=({value!r},)),"
+                    f" from {list(DEFAULT_PASSES)}.")
         for name in (*self.passes, *self.disable):
             if name not in PASSES:
                 raise MisconfigurationException(
                     f"`CompileConfig`: unknown pass {name!r}; known passes: {list(PASSES)}."
                 )
+        _check_pass_order(tuple(self.passes))
         for name in ("cudagraphs", "cpu_caching_allocator", "cpu_attention", "eval_steps"):
             if not isinstance(getattr(self, name), bool):
                 raise MisconfigurationException(
@@ -88,6 +102,26 @@ class CompileConfig:
     @property
     def active_passes(self) -> Tuple[str, ...]:
         return tuple(p for p in self.passes if p not in self.disable)
+
+
+def _check_pass_order(passes: Tuple[str, ...]) -> None:
+    """``passes`` must be a subsequence of DEFAULT_PASSES: each pass reads what the earlier ones left
+    in the graph (see the comment above DEFAULT_PASSES), and a pass run twice would e.g. fold the
+    clip coefficient or the fp16 unscale into the update twice."""
+    seen = set()
+    for name in passes:
+        if name in seen:
+            raise MisconfigurationException(
+                f"`CompileConfig(passes={passes!r})`: pass {name!r} is listed twice; allowed: each pass at most once,"
+                f" in the order of {DEFAULT_PASSES!r} (leave a pass out, or name it in `disable=`, to skip it).")
+        seen.add(name)
+    rank = {name: i for i, name in enumerate(DEFAULT_PASSES)}
+    for a, b in zip(passes, passes[1:]):
+        if rank[a] > rank[b]:
+            raise MisconfigurationException(
+                f"`CompileConfig(passes={passes!r})`: {b!r} must come before {a!r}; allowed: a subsequence of"
+                f" {DEFAULT_PASSES!r} (the passes depend on this order; leave a pass out, or name it in `disable=`,"
+                " to skip it).")
 
 
 ENV_VAR = "TRAINER_COMPILE"

@@ -8,7 +8,9 @@ Tiers, decided at the first training step of a fit (reason recorded in ``compile
 - ``fwd_bwd``: a hook that must see real tensors inside the step is overridden
   (``on_before_backward``, ``on_after_backward``, ``on_before_optimizer_step``,
   ``configure_gradient_clipping``, ``optimizer_step``, ``optimizer_zero_grad``; module or
-  callback), or the optimizer/precision is not one the update graph covers: forward+backward
+  callback), or the optimizer/precision is not one the update graph covers, or a semantic pass
+  is left out (``CompileConfig(passes=/disable=)``) while this fit uses its feature (clipping,
+  accumulation, fp16 loss scaling, DDP gradient averaging): forward+backward
   are one compiled graph whose gradients land in ``.grad``, and the eager engine's closure
   machinery runs every hook and the clipping with real tensors. When the optimizer is one the
   update graph covers, ``optimizer.step()`` itself is replaced (for that call) by a second
@@ -293,6 +295,8 @@ class CompiledEngine:
         others = [(n, p) for n, p in named.items() if id(p) not in tids]
         buffers = list(module.named_buffers())
         split = self._split_reason(module, opt, precision, trainable)
+        if not split:
+            split = self._missing_pass_reason()
         self.tier = "fwd_bwd" if split else "full"
         self.report.mode = self.tier
         if split:
@@ -397,6 +401,32 @@ class CompiledEngine:
                 return f"callback {type(cbs[0]).__name__} overrides `{h}`"
         return self._update_reason(opt, precision, trainable)
 
+    def _missing_pass_reason(self) -> Optional[str]:
+        """A semantic pass left out (``CompileConfig(passes=..., disable=...)``) while this fit uses the
+        feature it implements: a full-tier graph would silently skip the feature (no clipping, an update
+        every micro-batch, scaled fp16 gradients, ranks that drift apart). The split tier does each of
+        them outside the graph, as the eager engine does (the eager closure's accumulation into ``.grad``,
+        ``_allreduce_grads``, the precision plugin's GradScaler, its clipping), so the step goes there.
+        None: every feature in use has its pass (or the feature is not in use)."""
+        trainer = self.trainer
+        config = self.config
+        active = config.active_passes
+        k = trainer.accumulate_grad_batches
+        scaler = getattr(trainer.precision_plugin, "scaler", None) if trainer.precision == "16-mixed" else None
+        uses = (
+            ("accumulation", k > 1, lambda: f"accumulate_grad_batches={k}"),
+            ("gradient_sync", self._sync is not None,
+             lambda: f"the strategy is DDP over {self._sync[1]} processes"),  # type: ignore[index]
+            ("amp", scaler is not None, lambda: "precision='16-mixed' (GradScaler loss scaling)"),
+            ("clipping", bool(trainer.gradient_clip_val), lambda: f"gradient_clip_val={trainer.gradient_clip_val}"),
+        )
+        for name, used, what in uses:
+            if used and name not in active:
+                how = ("disabled (CompileConfig(disable=...))" if name in config.disable
+                       else "not in CompileConfig(passes=...)")
+                return f"pass {name!r} is {how} while {what()}"
+        return None
+
     def _update_reason(self, opt: Any, precision: str, trainable: List[Tensor]) -> Optional[str]:
         """Why the optimizer update cannot be a graph (None: it can)."""
         if precision not in ("32-true", "bf16-mixed", "16-mixed"):
@@ -481,6 +511,8 @@ class CompiledEngine:
         applied: List[str] = []
         gm = run_passes(cap.gm, cap.example_inputs, cfg, names, self.config.debug_dir, tag=f"{variant}{len(self._graphs)}",
                         applied=applied)
+        if variant != "fwd_bwd" and "amp" not in names:
+            self._check_update_dtypes(gm)
         if self._sync is not None and variant in ("step", "final"):
             # issue each bucket's all-reduce as early as its gradients allow and wait as late as possible
             # (inductor otherwise fuses the bucket copies into later kernels and issues them at the end)
@@ -523,6 +555,20 @@ class CompiledEngine:
         self._keys_built.add(key)
         self._applied.update(applied)
         report.passes_applied = [p for p in self.config.passes if p in self._applied]
+
+    @staticmethod
+    def _check_update_dtypes(gm: Any) -> None:
+        """Without the ``amp`` pass nothing casts a gradient to its parameter's dtype before the update:
+        a mismatch (none is known with fp32 parameters, the only ones the full tier updates) must not
+        reach an update kernel."""
+        from trainer.compile.passes import update_nodes
+
+        for node in update_nodes(gm.graph):
+            p_val, g = node.args[0].meta.get("val"), node.args[1]
+            g_val = g.meta.get("val") if hasattr(g, "meta") else None
+            if p_val is not None and g_val is not None and g_val.dtype != p_val.dtype:
+                raise CaptureError(f"pass 'amp' is left out (CompileConfig(passes=/disable=)) while a {g_val.dtype} gradient"
+                                   f" reaches the update of a {p_val.dtype} parameter")
 
     def _graph_for(self, variant: str, batch: Any, step_args: tuple) -> Tuple[_Graph, List[Tensor]]:
         leaves, spec = tree_flatten(batch)
