@@ -178,6 +178,7 @@ def main(argv=None):
     p.add_argument("--model", default="net", choices=["net", "plain", "batchnorm", "hooked", "manual", "failing"])
     p.add_argument("--clip", type=float, default=None)
     p.add_argument("--count-collectives", action="store_true")
+    p.add_argument("--disable", default="", help="comma-separated passes for CompileConfig(disable=...)")
     p.add_argument("--csv", action="store_true")
     p.add_argument("--num-nodes", type=int, default=1)
     args = p.parse_args(argv)
@@ -213,13 +214,19 @@ def main(argv=None):
     counter = CollectiveCounter() if args.count_collectives else None
     if counter is not None:
         callbacks.append(counter)
+    compile_arg = {"0": False, "1": True, "strict": "strict"}[args.compile]
+    if args.disable and compile_arg:
+        from trainer.compile import CompileConfig
+
+        compile_arg = CompileConfig(mode="strict" if compile_arg == "strict" else "default",
+                                    disable=tuple(args.disable.split(",")))
     trainer = L.Trainer(
         accelerator="cpu", devices=args.devices, num_nodes=args.num_nodes, strategy=strategy, max_epochs=args.max_epochs,
         max_steps=args.max_steps, accumulate_grad_batches=args.accumulate,
         logger=L.loggers.CSVLogger(args.out) if args.csv else False, log_every_n_steps=1,
         enable_checkpointing=args.checkpointing, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, default_root_dir=args.out, callbacks=callbacks or None,
-        compile={"0": False, "1": True, "strict": "strict"}[args.compile], gradient_clip_val=args.clip,
+        compile=compile_arg, gradient_clip_val=args.clip,
     )
     loader = DataLoader(dataset(), batch_size=args.batch, shuffle=False)
     val_loader = DataLoader(dataset(), batch_size=args.batch)

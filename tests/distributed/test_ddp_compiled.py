@@ -112,6 +112,20 @@ def test_compiled_ddp_split_step_reduces_before_on_after_backward(workdir):
     assert r0["collectives"] == r0["counted_batches"]
 
 
+def test_compiled_ddp_gradient_sync_disabled_still_averages(workdir):
+    """CompileConfig(disable=("gradient_sync",)) under DDP: no all-reduce in the graph, so the step runs as
+    the split tier, whose eager all-reduce averages the gradients (ranks must not drift apart)."""
+    args = ("--model", "plain")
+    run = _compiled(workdir, "nosync", *args, "--disable", "gradient_sync")
+    ref = _reference(workdir, "nosync", *args)
+    r0, r1 = run.result(0), run.result(1)
+    assert r0["compile_mode"] == r1["compile_mode"] == "fwd_bwd", r0["compile_fallback"]
+    assert "pass 'gradient_sync' is disabled" in r0["compile_fallback"]
+    assert max_diff(run.weights(0), run.weights(1)) == 0.0
+    assert max_diff(ref.weights(), run.weights(0)) < TOL
+    assert r0["collectives"] == r0["counted_batches"] == 14  # one eager all-reduce (one bucket) per step
+
+
 def test_comm_hook_falls_back_with_the_cause(workdir):
     run = _compiled(workdir, "commhook", "--model", "plain", "--count-comm", compile="1")
     r0 = run.result(0)
