@@ -26,9 +26,11 @@ def adam_param_(
     found_inf: Optional[Tensor] = None,
 ) -> None:
     """torch.optim.Adam/AdamW ``_single_tensor_adam`` for one parameter (non-capturable: host step).
-    ``grad_scale``/``found_inf``: GradScaler's unscale (a power of two: division is exact) and skip."""
-    if found_inf is not None and bool(found_inf.any()):
-        return
+    ``grad_scale``/``found_inf``: GradScaler's unscale (a power of two: division is exact) and skip,
+    decided on the device (:func:`_fp16_adam`)."""
+    if found_inf is not None:
+        return _fp16_adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
+                          weight_decay, amsgrad, maximize, decoupled, clip_coef, grad_scale, found_inf)
     if grad_scale is not None:
         grad = grad / grad_scale
     if clip_coef is not None:
@@ -68,9 +70,10 @@ def sgd_param_(
 ) -> None:
     """torch.optim.SGD ``_single_tensor_sgd`` for one parameter. The momentum buffer starts at zeros
     (torch starts it at a copy of the first gradient: identical when ``dampening == 0``, the only
-    case the engine compiles)."""
-    if found_inf is not None and bool(found_inf.any()):
-        return
+    case the engine compiles). ``found_inf``: the skip decided on the device (see :func:`_fp16_adam`)."""
+    if found_inf is not None:
+        return foreach_sgd_([param], [grad], [momentum_buffer] if momentum != 0 else [], lr, momentum, dampening,
+                            weight_decay, nesterov, maximize, clip_coef, grad_scale, found_inf)
     if grad_scale is not None:
         grad = grad / grad_scale
     if clip_coef is not None:
@@ -88,6 +91,21 @@ def sgd_param_(
 @sgd_param_.register_fake
 def _sgd_fake(*args, **kwargs) -> None:
     return None
+
+
+def _fp16_adam(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, max_exp_avg_sq: Optional[Tensor],
+               step: Tensor, lr: Tensor, beta1: float, beta2: float, eps: float, weight_decay: float, amsgrad: bool,
+               maximize: bool, decoupled: bool, clip_coef: Optional[Tensor], grad_scale: Optional[Tensor],
+               found_inf: Tensor) -> None:
+    """``adam_param_`` under fp16 loss scaling without reading ``found_inf``, ``lr`` or ``step`` on the
+    host (the issue: "the step skipped on the device, no host sync"): the multi-tensor expression for
+    one tensor, which computes the update out of place and keeps it only where ``found_inf == 0``,
+    after :func:`count_step` counted the step only if it is kept. GradScaler's semantics: a skipped
+    step leaves the parameter, the moments and the step counter as they were. (A step counter kept
+    on the host while ``found_inf`` is on a GPU still needs that one scalar copied back.)"""
+    count_step([step], found_inf)
+    foreach_adam_([param], [grad], [exp_avg], [exp_avg_sq], [max_exp_avg_sq] if amsgrad else [], [step], lr, beta1,
+                  beta2, eps, weight_decay, amsgrad, maximize, decoupled, clip_coef, grad_scale, found_inf)
 
 
 # --------------------------------------------------------------------------------------------
