@@ -101,8 +101,7 @@ def _fp16_adam(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor,
     host (the issue: "the step skipped on the device, no host sync"): the multi-tensor expression for
     one tensor, which computes the update out of place and keeps it only where ``found_inf == 0``,
     after :func:`count_step` counted the step only if it is kept. GradScaler's semantics: a skipped
-    step leaves the parameter, the moments and the step counter as they were. (A step counter kept
-    on the host while ``found_inf`` is on a GPU still needs that one scalar copied back.)"""
+    step leaves the parameter, the moments and the step counter as they were."""
     count_step([step], found_inf)
     foreach_adam_([param], [grad], [exp_avg], [exp_avg_sq], [max_exp_avg_sq] if amsgrad else [], [step], lr, beta1,
                   beta2, eps, weight_decay, amsgrad, maximize, decoupled, clip_coef, grad_scale, found_inf)
