@@ -229,20 +229,21 @@ std::tuple<Tensor, Tensor> small_attention_fwd(const Tensor& q, const Tensor& k,
   return {out, p};
 }
 
-std::tuple<Tensor, Tensor, Tensor> small_attention_bwd(const Tensor& grad_out, const Tensor& q, const Tensor& k,
-                                                       const Tensor& v, const Tensor& p, bool causal,
-                                                       double scale_) {
-  check_inputs("small_attention_bwd", q, k, v);
+// dq, dk, dv: [B, H, T, D] outputs sharing one layout (strides), written in full
+void attention_bwd_into(const char* name, const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v,
+                        const Tensor& p, bool causal, double scale_, const Tensor& dq, const Tensor& dk,
+                        const Tensor& dv) {
+  check_inputs(name, q, k, v);
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
-  TORCH_CHECK(grad_out.sizes() == q.sizes() && grad_out.scalar_type() == at::kFloat,
-              "small_attention_bwd: grad_out must match q");
-  TORCH_CHECK(p.is_contiguous() && p.sizes() == at::IntArrayRef({B, H, T, T}),
-              "small_attention_bwd: p must be the forward's [B, H, T, T] probabilities");
+  TORCH_CHECK(grad_out.sizes() == q.sizes() && grad_out.scalar_type() == at::kFloat, name,
+              ": grad_out must match q");
+  TORCH_CHECK(p.is_contiguous() && p.sizes() == at::IntArrayRef({B, H, T, T}), name,
+              ": p must be the forward's [B, H, T, T] probabilities");
   const Tensor go = grad_out.stride(3) == 1 ? grad_out : grad_out.contiguous();
   const int64_t Tp = round_up(T, kJ), Dp = round_up(D, kD);
   const float scale = static_cast<float>(scale_);
-  Tensor dq = empty_bhtd(q), dk = empty_bhtd(q), dv = empty_bhtd(q);
-  const Strides sq(q), sk(k), sv(v), sg(go), sd(dq);  // dq, dk, dv share one layout
+  const Strides sq(q), sk(k), sv(v), sg(go), sd(dq);
+  TORCH_INTERNAL_ASSERT(dk.strides() == dq.strides() && dv.strides() == dq.strides());
   const float* Q0 = q.data_ptr<float>();
   const float* K0 = k.data_ptr<float>();
   const float* V0 = v.data_ptr<float>();
@@ -294,7 +295,28 @@ std::tuple<Tensor, Tensor, Tensor> small_attention_bwd(const Tensor& grad_out, c
       }
     }
   });
+}
+
+std::tuple<Tensor, Tensor, Tensor> small_attention_bwd(const Tensor& grad_out, const Tensor& q, const Tensor& k,
+                                                       const Tensor& v, const Tensor& p, bool causal,
+                                                       double scale) {
+  Tensor dq = empty_bhtd(q), dk = empty_bhtd(q), dv = empty_bhtd(q);
+  attention_bwd_into("small_attention_bwd", grad_out, q, k, v, p, causal, scale, dq, dk, dv);
   return {dq, dk, dv};
+}
+
+// The gradients packed as the [B, T, 3 * H * D] tensor a fused qkv projection's backward reads
+// (dq, dk, dv side by side in each token's row): what cat([dq, dk, dv] as [B, T, H * D], -1) makes,
+// without the copy.
+Tensor small_attention_bwd_packed(const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const Tensor& p, bool causal, double scale) {
+  TORCH_CHECK(q.dim() == 4, "small_attention_bwd_packed: q must be [B, H, T, D]");
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
+  Tensor packed = at::empty({B, T, 3, H, D}, q.options());
+  attention_bwd_into("small_attention_bwd_packed", grad_out, q, k, v, p, causal, scale,
+                     packed.select(2, 0).transpose(1, 2), packed.select(2, 1).transpose(1, 2),
+                     packed.select(2, 2).transpose(1, 2));
+  return packed.view({B, T, 3 * H * D});
 }
 
 }  // namespace
@@ -304,11 +326,15 @@ TORCH_LIBRARY_FRAGMENT(trainer, m) {
   m.def(
       "small_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor p, bool causal, float scale) "
       "-> (Tensor, Tensor, Tensor)");
+  m.def(
+      "small_attention_bwd_packed(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor p, bool causal, "
+      "float scale) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(trainer, CPU, m) {
   m.impl("small_attention_fwd", &small_attention_fwd);
   m.impl("small_attention_bwd", &small_attention_bwd);
+  m.impl("small_attention_bwd_packed", &small_attention_bwd_packed);
 }
 
 }  // namespace trainer

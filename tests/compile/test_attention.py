@@ -58,9 +58,40 @@ def test_fake_outputs_have_the_kernels_layout():
         fq = mode.from_tensor(q)
         fake = torch.ops.trainer.small_attention_fwd(fq, fq, fq, True, 0.5)
         fgrads = torch.ops.trainer.small_attention_bwd(fq, fq, fq, fq, fake[1], True, 0.5)
+        fgrads += (torch.ops.trainer.small_attention_bwd_packed(fq, fq, fq, fq, fake[1], True, 0.5),)
     grads = torch.ops.trainer.small_attention_bwd(q, q, q, q, real[1], True, 0.5)
+    grads += (torch.ops.trainer.small_attention_bwd_packed(q, q, q, q, real[1], True, 0.5),)
     for r, f in zip((*real, *grads), (*fake, *fgrads)):
         assert r.shape == f.shape and r.stride() == f.stride()
+
+
+@pytest.mark.parametrize("causal,b,t,h,d", [(True, 2, 16, 3, 8), (False, 1, 70, 2, 40)])
+def test_packed_backward_is_the_split_backward_without_the_copy(causal, b, t, h, d):
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def grad_of_fused_qkv(qkv, go):
+        q, k, v = (z.view(b, t, h, d).transpose(1, 2) for z in qkv.split(h * d, 2))
+        out = A.small_attention(q, k, v, is_causal=causal)
+        return torch.autograd.grad(out, qkv, go)[0]
+
+    g = torch.Generator().manual_seed(t)
+    qkv, go = torch.randn(b, t, 3 * h * d, generator=g, requires_grad=True), torch.randn(b, h, t, d, generator=g)
+    gm = make_fx(grad_of_fused_qkv)(qkv, go)
+    assert "aten.cat" in gm.code
+    assert A.pack_grads(gm) == 1
+    targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert torch.ops.aten.cat.default not in targets and torch.ops.trainer.small_attention_bwd.default not in targets
+    assert torch.ops.trainer.small_attention_bwd_packed.default in targets
+    got, want = gm(qkv, go), grad_of_fused_qkv(qkv, go)
+    assert torch.equal(got, want) and got.shape == want.shape and got.stride() == want.stride()
+
+    # gradients that do not meet in one cat (separate q, k, v tensors) are left as they are
+    def separate(q, k, v, go):
+        return torch.autograd.grad(A.small_attention(q, k, v, is_causal=causal), (q, k, v), go)
+
+    qkv3 = [torch.randn(b, h, t, d, generator=g, requires_grad=True) for _ in range(3)]
+    gm = make_fx(separate)(*qkv3, go)
+    assert A.pack_grads(gm) == 0
 
 
 def test_covers_only_what_the_kernel_does():
@@ -132,6 +163,12 @@ def test_compiled_step_uses_the_kernels_and_matches_eager():
     code = next(iter(engine._graphs.values())).cap.gm.code
     assert "small_attention_fwd" in code and "small_attention_bwd" in code
     assert "flash_attention" not in code
+    # what runs: the gradients of the fused qkv projection come out of the kernel packed (no cat)
+    x, y = next(iter(model.train_dataloader()))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        next(iter(engine._graphs.values())).fn(*engine._prefix, x, y)
+    ran = {e.key for e in prof.key_averages()}
+    assert "trainer::small_attention_bwd_packed" in ran and "aten::cat" not in ran, ran
     off, trainer_off = _fit(CompileConfig(mode="strict", cpu_attention=False))
     code = next(iter(trainer_off.fit_loop.epoch_loop.automatic_optimization._engine._graphs.values())).cap.gm.code
     assert "small_attention" not in code and "flash_attention" in code

@@ -16,6 +16,7 @@ substitution off.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any, Optional
 
 import torch
@@ -62,6 +63,66 @@ def _register() -> None:
     @torch.library.register_fake("trainer::small_attention_bwd")
     def _bwd_fake(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, p: Tensor, causal: bool, scale: float):
         return _empty_bhtd(q), _empty_bhtd(q), _empty_bhtd(q)
+
+    @torch.library.register_fake("trainer::small_attention_bwd_packed")
+    def _bwd_packed_fake(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, p: Tensor, causal: bool, scale: float):
+        b, h, t, d = q.shape
+        return q.new_empty((b, t, 3 * h * d))
+
+
+_VIEWS = (torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default, torch.ops.aten.reshape.default)
+
+
+def _only_user(node: Any) -> Any:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def pack_grads(gm: Any) -> int:
+    """Where the backward of a fused qkv projection concatenates the three attention gradients
+    (``cat([dq, dk, dv] as [B, T, H * D], -1)``, the split's backward), have the kernel write them
+    into that packed tensor itself (``small_attention_bwd_packed``): no copy of dq, dk and dv, no
+    three separate buffers. Returns how many backward calls were rewritten."""
+    if not available() or not hasattr(torch.ops.trainer, "small_attention_bwd_packed"):
+        return 0
+    aten = torch.ops.aten
+    graph = gm.graph
+    count = 0
+    for bwd in list(graph.nodes):
+        if bwd.op != "call_function" or bwd.target is not torch.ops.trainer.small_attention_bwd.default:
+            continue
+        items = sorted(bwd.users, key=lambda n: n.args[1] if n.target is operator.getitem else -1)
+        if len(items) != 3 or any(n.target is not operator.getitem or n.args[1] != i for i, n in enumerate(items)):
+            continue
+        b, h, t, d = bwd.args[1].meta["val"].shape
+        chain, views = [], []
+        for item in items:
+            tr = _only_user(item)
+            if tr is None or tr.target is not aten.transpose.int or sorted(tr.args[1:]) != [1, 2]:
+                break
+            view = _only_user(tr)
+            if view is None or view.target not in _VIEWS or list(view.args[1]) != [b, t, h * d]:
+                break
+            chain += [view, tr, item]
+            views.append(view)
+        else:
+            cat = _only_user(views[0])
+            if (cat is None or cat.target is not aten.cat.default or list(cat.args[0]) != views
+                    or (cat.args[1] if len(cat.args) > 1 else cat.kwargs.get("dim", 0)) not in (2, -1)):
+                continue
+            with graph.inserting_before(cat):
+                packed = graph.call_function(torch.ops.trainer.small_attention_bwd_packed.default, bwd.args)
+            packed.meta["val"] = cat.meta.get("val")
+            cat.replace_all_uses_with(packed)
+            graph.erase_node(cat)
+            for node in chain:
+                graph.erase_node(node)
+            graph.erase_node(bwd)
+            count += 1
+    if count:
+        graph.lint()
+        gm.recompile()
+    return count
 
 
 
@@ -119,4 +180,4 @@ class SmallAttention(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-__all__ = ["MAX_D", "MAX_T", "SmallAttention", "available", "covers", "small_attention"]
+__all__ = ["MAX_D", "MAX_T", "SmallAttention", "available", "covers", "pack_grads", "small_attention"]

@@ -90,6 +90,8 @@ def _inductor_compile(gm: Any, example_inputs: List[Any]) -> Callable:
     patches: Dict[str, Any] = {"emulate_precision_casts": True}
     if cpu and inductor_config.post_grad_custom_post_pass is None:
         patches["post_grad_custom_post_pass"] = lowering.post_grad_pass()
+    if cpu:
+        lowering.rewrite(gm)
     with torch.no_grad(), tracing(TracingContext(fake_mode)), inductor_config.patch(patches):
         return compile_fx(gm, fakes, decompositions=lowering.decompositions() if cpu else None)
 

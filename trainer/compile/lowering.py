@@ -146,6 +146,14 @@ def _unfuse_bias_addmm(graph: fx.Graph) -> int:
     return count
 
 
+def rewrite(gm: fx.GraphModule) -> None:
+    """Rewrites of a CPU step graph before it goes to inductor (semantics unchanged): the attention
+    gradients written packed where the backward concatenates them (:func:`attention.pack_grads`)."""
+    from trainer.compile import attention
+
+    attention.pack_grads(gm)
+
+
 def post_grad_pass() -> Any:
     """:func:`unfuse_bias_addmm` as inductor's ``post_grad_custom_post_pass``. It has to run there:
     inductor's own post-grad patterns turn ``add(mm(x, w), bias)`` back into ``addmm`` on CPUs
@@ -162,4 +170,4 @@ def post_grad_pass() -> Any:
     return UnfuseBiasAddmm()
 
 
-__all__ = ["KEEP_WHOLE", "decompositions", "gelu_backward", "post_grad_pass", "unfuse_bias_addmm"]
+__all__ = ["KEEP_WHOLE", "decompositions", "gelu_backward", "post_grad_pass", "rewrite", "unfuse_bias_addmm"]
