@@ -31,8 +31,12 @@ What fake tracing cannot see is Python state read inside ``training_step`` (``ba
 ``self.current_epoch``, ``self.global_step``, ``self.trainer...``): it would be frozen at capture
 time. The capture checks ``training_step``'s bytecode for those reads and refuses (fallback with
 the cause) rather than produce a silently wrong graph. Randomness (dropout) is captured as RNG
-ops; inductor draws from its own generator seeded from torch's, so dropout masks are not the
-eager engine's bit for bit (same distribution; see the statistical test).
+ops, drawn anew at every call. On the CPU inductor calls ATen's ``bernoulli_`` on torch's default
+generator in the eager order, so a seeded compiled fit draws the eager engine's masks bit for bit;
+on CUDA inductor draws with its own kernels, seeded from torch's generator at each call: the same
+distribution, other bits. tests/compile/test_dropout.py has both: the statistical test
+(``test_dropout_statistics``: zeroed fraction within a binomial bound of p, a new independent mask
+every step, the 1/(1-p) scaling) and ``test_cpu_dropout_masks_equal_eager``.
 """
 from __future__ import annotations
 
