@@ -127,6 +127,7 @@ def main(argv=None):
             "mode": report.mode, "graphs_built": report.graphs_built, "graph_keys": report.graph_keys,
             "compile_seconds": report.compile_seconds, "update_compiled": report.update_compiled,
             "steps_run": report.steps_run, "fallback_reason": report.fallback_reason, "str": str(report),
+            "recompiles": report.recompiles, "passes_applied": report.passes_applied,
         },
     }
     with open(os.path.join(args.out, f"result_{rank}.json"), "w") as f:

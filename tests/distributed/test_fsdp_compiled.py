@@ -67,6 +67,8 @@ def _assert_compiled(run: Run, steps: int) -> None:
         keys = report["graph_keys"]
         assert {k.split("#")[0] for k in keys} == {"blocks.0", "blocks.1", "Net.forward", "update"}, keys
         assert report["fallback_reason"] is None and report["compile_seconds"] > 0, report
+        # the regions run no pass; optimizer_fusion fused the update graph; nothing compiled twice
+        assert report["passes_applied"] == ["optimizer_fusion"] and report["recompiles"] == 0, report
 
 
 def test_compiled_fsdp_matches_one_process(workdir):
