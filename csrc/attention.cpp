@@ -24,6 +24,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -149,25 +150,59 @@ inline void rows_x_mat(const float* w, int64_t wr, int64_t wc, const float* m, i
   }
 }
 
-// rows [T, D] of a strided head -> contiguous [Tp, ld] (zero padded), times `scale`
+// rows [T, D] of a strided head plus `bias` ([D], or nullptr) -> contiguous [Tp, ld] (zero padded),
+// times `scale`
 inline void load_rows(const float* src, int64_t stride, int64_t T, int64_t D, int64_t Tp, int64_t ld, float* dst,
-                      float scale = 1.0f) {
+                      const float* bias, float scale = 1.0f) {
   for (int64_t t = 0; t < T; ++t) {
     const float* s = src + t * stride;
     float* o = dst + t * ld;
+    if (bias) {
 #pragma omp simd
-    for (int64_t d = 0; d < D; ++d) o[d] = s[d] * scale;
+      for (int64_t d = 0; d < D; ++d) o[d] = (s[d] + bias[d]) * scale;
+    } else {
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) o[d] = s[d] * scale;
+    }
     std::fill(o + D, o + ld, 0.0f);
   }
   std::fill(dst + T * ld, dst + Tp * ld, 0.0f);
 }
 
-// the transpose [D, ld] of a strided head's rows (zero padded to ld columns)
-inline void load_transposed(const float* src, int64_t stride, int64_t T, int64_t D, int64_t ld, float* dst) {
+// the transpose [D, ld] of a strided head's rows plus `bias` ([D], or nullptr), zero padded to ld columns
+inline void load_transposed(const float* src, int64_t stride, int64_t T, int64_t D, int64_t ld, float* dst,
+                            const float* bias) {
   std::fill(dst, dst + D * ld, 0.0f);
   for (int64_t t = 0; t < T; ++t)
-    for (int64_t d = 0; d < D; ++d) dst[d * ld + t] = src[t * stride + d];
+    for (int64_t d = 0; d < D; ++d) dst[d * ld + t] = bias ? src[t * stride + d] + bias[d] : src[t * stride + d];
 }
+
+// Optional per-head biases of q, k, v ([H, D] contiguous each): the kernels attend over q + q_bias
+// etc., so a fused qkv projection's bias is added as its rows are loaded instead of into its output.
+struct HeadBias {
+  const float* q = nullptr;
+  const float* k = nullptr;
+  const float* v = nullptr;
+  int64_t D = 0;
+  HeadBias(const char* name, const Tensor& q_like, const std::optional<Tensor>& bq, const std::optional<Tensor>& bk,
+           const std::optional<Tensor>& bv)
+      : D(q_like.size(3)) {
+    const float** dst[3] = {&q, &k, &v};
+    const std::optional<Tensor>* src[3] = {&bq, &bk, &bv};
+    for (int i = 0; i < 3; ++i) {
+      if (!src[i]->has_value()) continue;
+      const Tensor& b = src[i]->value();
+      TORCH_CHECK(b.device().is_cpu() && b.scalar_type() == at::kFloat && b.is_contiguous() && b.dim() == 2 &&
+                      b.size(0) == q_like.size(1) && b.size(1) == D,
+                  name, ": a bias must be a contiguous float32 [H, D] CPU tensor");
+      *dst[i] = b.data_ptr<float>();
+    }
+  }
+  static const float* head(const float* p, int64_t h, int64_t D) { return p ? p + h * D : nullptr; }
+  const float* qh(int64_t h) const { return head(q, h, D); }
+  const float* kh(int64_t h) const { return head(k, h, D); }
+  const float* vh(int64_t h) const { return head(v, h, D); }
+};
 
 void check_inputs(const char* name, const Tensor& q, const Tensor& k, const Tensor& v) {
   TORCH_CHECK(q.dim() == 4 && k.sizes() == q.sizes() && v.sizes() == q.sizes(), name,
@@ -185,8 +220,11 @@ Tensor empty_bhtd(const Tensor& like) {
 }
 
 std::tuple<Tensor, Tensor> small_attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
-                                               double scale_) {
+                                               double scale_, const std::optional<Tensor>& q_bias,
+                                               const std::optional<Tensor>& k_bias,
+                                               const std::optional<Tensor>& v_bias) {
   check_inputs("small_attention_fwd", q, k, v);
+  const HeadBias bias("small_attention_fwd", q, q_bias, k_bias, v_bias);
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
   const int64_t Tp = round_up(T, kJ), Dp = round_up(D, kD);
   const float scale = static_cast<float>(scale_);
@@ -206,9 +244,9 @@ std::tuple<Tensor, Tensor> small_attention_fwd(const Tensor& q, const Tensor& k,
       const int64_t b = bh / H, h = bh % H;
       float* O = O0 + b * so.b + h * so.h;
       float* P = P0 + bh * T * T;
-      load_transposed(K0 + b * sk.b + h * sk.h, sk.t, T, D, Tp, kt.data());
-      load_rows(V0 + b * sv.b + h * sv.h, sv.t, T, D, Tp, Dp, vp.data());
-      load_rows(Q0 + b * sq.b + h * sq.h, sq.t, T, D, Tr, Dp, qs.data(), scale);
+      load_transposed(K0 + b * sk.b + h * sk.h, sk.t, T, D, Tp, kt.data(), bias.kh(h));
+      load_rows(V0 + b * sv.b + h * sv.h, sv.t, T, D, Tp, Dp, vp.data(), bias.vh(h));
+      load_rows(Q0 + b * sq.b + h * sq.h, sq.t, T, D, Tr, Dp, qs.data(), bias.qh(h), scale);
       for (int64_t i0 = 0; i0 < T; i0 += kR) {
         const int64_t rows = std::min(kR, T - i0);
         const int64_t nmax = causal ? i0 + rows : T;  // keys any row of the block sees
@@ -231,9 +269,9 @@ std::tuple<Tensor, Tensor> small_attention_fwd(const Tensor& q, const Tensor& k,
 
 // dq, dk, dv: [B, H, T, D] outputs sharing one layout (strides), written in full
 void attention_bwd_into(const char* name, const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v,
-                        const Tensor& p, bool causal, double scale_, const Tensor& dq, const Tensor& dk,
-                        const Tensor& dv) {
-  check_inputs(name, q, k, v);
+                        const Tensor& p, bool causal, double scale_, const HeadBias& bias, const Tensor& dq,
+                        const Tensor& dk, const Tensor& dv) {
+  // q, k, v: checked by the caller (check_inputs)
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
   TORCH_CHECK(grad_out.sizes() == q.sizes() && grad_out.scalar_type() == at::kFloat, name,
               ": grad_out must match q");
@@ -260,10 +298,10 @@ void attention_bwd_into(const char* name, const Tensor& grad_out, const Tensor& 
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H;
       const float* P = P0 + bh * T * T;
-      load_transposed(V0 + b * sv.b + h * sv.h, sv.t, T, D, Tp, vt.data());
-      load_rows(K0 + b * sk.b + h * sk.h, sk.t, T, D, Tp, Dp, kp.data());
-      load_rows(Q0 + b * sq.b + h * sq.h, sq.t, T, D, Tr, Dp, qp.data());
-      load_rows(G0 + b * sg.b + h * sg.h, sg.t, T, D, Tr, Dp, gp.data());
+      load_transposed(V0 + b * sv.b + h * sv.h, sv.t, T, D, Tp, vt.data(), bias.vh(h));
+      load_rows(K0 + b * sk.b + h * sk.h, sk.t, T, D, Tp, Dp, kp.data(), bias.kh(h));
+      load_rows(Q0 + b * sq.b + h * sq.h, sq.t, T, D, Tr, Dp, qp.data(), bias.qh(h));
+      load_rows(G0 + b * sg.b + h * sg.h, sg.t, T, D, Tr, Dp, gp.data(), nullptr);
       std::fill(pp.begin(), pp.end(), 0.0f);
       std::fill(ds.begin(), ds.end(), 0.0f);
       for (int64_t i = 0; i < T; ++i) std::memcpy(pp.data() + i * Tp, P + i * T, T * sizeof(float));
@@ -298,10 +336,14 @@ void attention_bwd_into(const char* name, const Tensor& grad_out, const Tensor& 
 }
 
 std::tuple<Tensor, Tensor, Tensor> small_attention_bwd(const Tensor& grad_out, const Tensor& q, const Tensor& k,
-                                                       const Tensor& v, const Tensor& p, bool causal,
-                                                       double scale) {
+                                                       const Tensor& v, const Tensor& p, bool causal, double scale,
+                                                       const std::optional<Tensor>& q_bias,
+                                                       const std::optional<Tensor>& k_bias,
+                                                       const std::optional<Tensor>& v_bias) {
+  check_inputs("small_attention_bwd", q, k, v);
+  const HeadBias bias("small_attention_bwd", q, q_bias, k_bias, v_bias);
   Tensor dq = empty_bhtd(q), dk = empty_bhtd(q), dv = empty_bhtd(q);
-  attention_bwd_into("small_attention_bwd", grad_out, q, k, v, p, causal, scale, dq, dk, dv);
+  attention_bwd_into("small_attention_bwd", grad_out, q, k, v, p, causal, scale, bias, dq, dk, dv);
   return {dq, dk, dv};
 }
 
@@ -309,11 +351,13 @@ std::tuple<Tensor, Tensor, Tensor> small_attention_bwd(const Tensor& grad_out, c
 // (dq, dk, dv side by side in each token's row): what cat([dq, dk, dv] as [B, T, H * D], -1) makes,
 // without the copy.
 Tensor small_attention_bwd_packed(const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v,
-                                  const Tensor& p, bool causal, double scale) {
-  TORCH_CHECK(q.dim() == 4, "small_attention_bwd_packed: q must be [B, H, T, D]");
+                                  const Tensor& p, bool causal, double scale, const std::optional<Tensor>& q_bias,
+                                  const std::optional<Tensor>& k_bias, const std::optional<Tensor>& v_bias) {
+  check_inputs("small_attention_bwd_packed", q, k, v);
+  const HeadBias bias("small_attention_bwd_packed", q, q_bias, k_bias, v_bias);
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
   Tensor packed = at::empty({B, T, 3, H, D}, q.options());
-  attention_bwd_into("small_attention_bwd_packed", grad_out, q, k, v, p, causal, scale,
+  attention_bwd_into("small_attention_bwd_packed", grad_out, q, k, v, p, causal, scale, bias,
                      packed.select(2, 0).transpose(1, 2), packed.select(2, 1).transpose(1, 2),
                      packed.select(2, 2).transpose(1, 2));
   return packed.view({B, T, 3 * H * D});
@@ -322,13 +366,16 @@ Tensor small_attention_bwd_packed(const Tensor& grad_out, const Tensor& q, const
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(trainer, m) {
-  m.def("small_attention_fwd(Tensor q, Tensor k, Tensor v, bool causal, float scale) -> (Tensor, Tensor)");
+  // q_bias, k_bias, v_bias: [H, D] each, added to q, k, v as they are read (see HeadBias)
   m.def(
-      "small_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor p, bool causal, float scale) "
-      "-> (Tensor, Tensor, Tensor)");
+      "small_attention_fwd(Tensor q, Tensor k, Tensor v, bool causal, float scale, Tensor? q_bias=None, "
+      "Tensor? k_bias=None, Tensor? v_bias=None) -> (Tensor, Tensor)");
+  m.def(
+      "small_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor p, bool causal, float scale, "
+      "Tensor? q_bias=None, Tensor? k_bias=None, Tensor? v_bias=None) -> (Tensor, Tensor, Tensor)");
   m.def(
       "small_attention_bwd_packed(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor p, bool causal, "
-      "float scale) -> Tensor");
+      "float scale, Tensor? q_bias=None, Tensor? k_bias=None, Tensor? v_bias=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(trainer, CPU, m) {

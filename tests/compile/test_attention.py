@@ -94,6 +94,62 @@ def test_packed_backward_is_the_split_backward_without_the_copy(causal, b, t, h,
     assert A.pack_grads(gm) == 0
 
 
+def test_head_biases_are_added_as_q_k_v_are_read():
+    g = torch.Generator().manual_seed(3)
+    b, h, t, d = 2, 3, 20, 8
+    q, k, v, go = (torch.randn(b, h, t, d, generator=g) for _ in range(4))
+    bq, bk, bv = (torch.randn(h, d, generator=g) for _ in range(3))
+    ops = torch.ops.trainer
+    out, p = ops.small_attention_fwd(q, k, v, True, 0.3, q_bias=bq, k_bias=bk, v_bias=bv)
+    qb, kb, vb = q + bq[:, None], k + bk[:, None], v + bv[:, None]
+    want_out, want_p = ops.small_attention_fwd(qb, kb, vb, True, 0.3)
+    assert torch.equal(out, want_out) and torch.equal(p, want_p)
+    grads = ops.small_attention_bwd(go, q, k, v, p, True, 0.3, q_bias=bq, k_bias=bk, v_bias=bv)
+    want = ops.small_attention_bwd(go, qb, kb, vb, p, True, 0.3)
+    assert all(torch.equal(a, w) for a, w in zip(grads, want))
+    packed = ops.small_attention_bwd_packed(go, q, k, v, p, True, 0.3, q_bias=bq, k_bias=bk, v_bias=bv)
+    assert torch.equal(packed, torch.cat([w.transpose(1, 2).reshape(b, t, h * d) for w in want], -1))
+    with pytest.raises(RuntimeError, match=r"\[H, D\]"):
+        ops.small_attention_fwd(q, k, v, True, 0.3, q_bias=bq.t().contiguous())
+
+
+def test_fused_qkv_bias_is_folded_into_the_kernels():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    b, t, h, d = 2, 16, 3, 8
+
+    def step(x, w, bias, go):
+        q, k, v = (z.view(b, t, h, d).transpose(1, 2) for z in F.linear(x, w, bias).split(h * d, 2))
+        out = A.small_attention(q, k, v, is_causal=True)
+        return out, torch.autograd.grad(out, (x, w, bias), go)
+
+    g = torch.Generator().manual_seed(1)
+    args = (torch.randn(b, t, 20, generator=g, requires_grad=True),
+            torch.randn(3 * h * d, 20, generator=g, requires_grad=True),
+            torch.randn(3 * h * d, generator=g, requires_grad=True), torch.randn(b, h, t, d, generator=g))
+    gm = make_fx(step, tracing_mode="fake")(*args)
+    assert A.pack_grads(gm) == 1 and A.fold_qkv_bias(gm) == 1
+    nodes = [n for n in gm.graph.nodes if n.op == "call_function"]
+    assert torch.ops.aten.addmm.default not in [n.target for n in nodes]
+    kernels = [n for n in nodes if n.target in (torch.ops.trainer.small_attention_fwd.default,
+                                                torch.ops.trainer.small_attention_bwd_packed.default)]
+    assert len(kernels) == 2 and all(set(n.kwargs) == {"q_bias", "k_bias", "v_bias"} for n in kernels)
+    (out, grads), (want_out, want_grads) = gm(*args), step(*args)
+    torch.testing.assert_close(out, want_out, rtol=1e-6, atol=1e-6)
+    for got, want in zip(grads, want_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert A.fold_qkv_bias(gm) == 0  # nothing left to fold
+
+    # a projection whose output is read elsewhere too keeps its addmm
+    def also_read(x, w, bias, go):
+        qkv = F.linear(x, w, bias)
+        q, k, v = (z.view(b, t, h, d).transpose(1, 2) for z in qkv.split(h * d, 2))
+        return A.small_attention(q, k, v, is_causal=True), qkv.sum()
+
+    gm = make_fx(also_read, tracing_mode="fake")(*args)
+    assert A.fold_qkv_bias(gm) == 0
+
+
 def test_covers_only_what_the_kernel_does():
     q = torch.randn(2, 2, 8, 4)
     assert A.covers(q, q, q)

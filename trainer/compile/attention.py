@@ -56,16 +56,20 @@ def _empty_bhtd(q: Tensor) -> Tensor:
 
 def _register() -> None:
     @torch.library.register_fake("trainer::small_attention_fwd")
-    def _fwd_fake(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float):
+    def _fwd_fake(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float, q_bias: Optional[Tensor] = None,
+                  k_bias: Optional[Tensor] = None, v_bias: Optional[Tensor] = None):
         b, h, t, _ = q.shape
         return _empty_bhtd(q), q.new_empty((b, h, t, t))
 
     @torch.library.register_fake("trainer::small_attention_bwd")
-    def _bwd_fake(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, p: Tensor, causal: bool, scale: float):
+    def _bwd_fake(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, p: Tensor, causal: bool, scale: float,
+                  q_bias: Optional[Tensor] = None, k_bias: Optional[Tensor] = None, v_bias: Optional[Tensor] = None):
         return _empty_bhtd(q), _empty_bhtd(q), _empty_bhtd(q)
 
     @torch.library.register_fake("trainer::small_attention_bwd_packed")
-    def _bwd_packed_fake(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, p: Tensor, causal: bool, scale: float):
+    def _bwd_packed_fake(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, p: Tensor, causal: bool, scale: float,
+                         q_bias: Optional[Tensor] = None, k_bias: Optional[Tensor] = None,
+                         v_bias: Optional[Tensor] = None):
         b, h, t, d = q.shape
         return q.new_empty((b, t, 3 * h * d))
 
@@ -111,13 +115,91 @@ def pack_grads(gm: Any) -> int:
                     or (cat.args[1] if len(cat.args) > 1 else cat.kwargs.get("dim", 0)) not in (2, -1)):
                 continue
             with graph.inserting_before(cat):
-                packed = graph.call_function(torch.ops.trainer.small_attention_bwd_packed.default, bwd.args)
+                packed = graph.call_function(torch.ops.trainer.small_attention_bwd_packed.default, bwd.args,
+                                             dict(bwd.kwargs))
             packed.meta["val"] = cat.meta.get("val")
             cat.replace_all_uses_with(packed)
             graph.erase_node(cat)
             for node in chain:
                 graph.erase_node(node)
             graph.erase_node(bwd)
+            count += 1
+    if count:
+        graph.lint()
+        gm.recompile()
+    return count
+
+
+def _ops() -> tuple:
+    t = torch.ops.trainer
+    return (t.small_attention_fwd.default, t.small_attention_bwd.default, t.small_attention_bwd_packed.default)
+
+
+def fold_qkv_bias(gm: Any) -> int:
+    """Where q, k and v are the heads of one biased projection (``addmm(bias, x, w)`` -> view
+    ``[B, T, 3 * H * D]`` -> ``split(H * D, 2)`` -> each ``view [B, T, H, D]`` -> ``transpose(1, 2)``)
+    read by these kernels only, the projection becomes ``mm(x, w)`` and the kernels add the bias as
+    they load q, k, v (``q_bias``, ``k_bias``, ``v_bias``): ``addmm`` otherwise copies the bias into
+    every row of its output before the GEMM. The bias gradient (a sum over the packed gradient) is
+    unchanged. Returns how many projections were rewritten."""
+    if not available():
+        return 0
+    aten = torch.ops.aten
+    graph = gm.graph
+    ops = _ops()
+    count = 0
+    for fwd in list(graph.nodes):
+        if fwd.op != "call_function" or fwd.target is not ops[0] or fwd.kwargs:
+            continue
+        heads = fwd.args[:3]
+        chains = []
+        for i, tr in enumerate(heads):
+            view = tr.args[0] if tr.target is aten.transpose.int and sorted(tr.args[1:]) == [1, 2] else None
+            item = view.args[0] if view is not None and view.target in _VIEWS and len(view.users) == 1 else None
+            if item is None or item.target is not operator.getitem or item.args[1] != i or len(item.users) != 1:
+                break
+            chains.append((tr, view, item))
+        else:
+            split = chains[0][2].args[0]
+            if any(c[2].args[0] is not split for c in chains) or split.target is not aten.split.Tensor:
+                continue
+            b, h, t, d = fwd.args[0].meta["val"].shape
+            dim = split.args[2] if len(split.args) > 2 else split.kwargs.get("dim", 0)
+            packed_view = split.args[0]
+            if split.args[1] != h * d or dim not in (2, -1) or len(split.users) != 3:
+                continue
+            if packed_view.target not in _VIEWS or list(packed_view.args[1]) != [b, t, 3 * h * d] \
+                    or len(packed_view.users) != 1:
+                continue
+            mm = packed_view.args[0]
+            if mm.target is not aten.addmm.default or len(mm.users) != 1 or len(mm.args) != 3 \
+                    or mm.kwargs.get("beta", 1) != 1 or mm.kwargs.get("alpha", 1) != 1:
+                continue
+            bias = mm.args[0]
+            bval = bias.meta.get("val") if isinstance(bias, torch.fx.Node) else None
+            if not isinstance(bval, Tensor) or bval.shape != (3 * h * d,) or bval.dtype != torch.float32:
+                continue
+            # every reader of q, k, v must be one of these kernels, with q, k, v in their places
+            readers = {u for tr, _, _ in chains for u in tr.users}
+            if not all(u.op == "call_function" and u.target in ops and not u.kwargs
+                       and tuple(u.args[:3] if u.target is ops[0] else u.args[1:4]) == tuple(heads)
+                       for u in readers):
+                continue
+            with graph.inserting_before(mm):
+                plain = graph.call_function(aten.mm.default, tuple(mm.args[1:]))
+                plain.meta["val"] = mm.meta.get("val")
+            mm.replace_all_uses_with(plain)
+            graph.erase_node(mm)
+            kwargs, cursor = {}, plain
+            for i, key in enumerate(("q_bias", "k_bias", "v_bias")):
+                with graph.inserting_after(cursor):
+                    part = graph.call_function(aten.slice.Tensor, (bias, 0, i * h * d, (i + 1) * h * d))
+                part.meta["val"] = bval[i * h * d:(i + 1) * h * d]
+                with graph.inserting_after(part):
+                    cursor = kwargs[key] = graph.call_function(aten.view.default, (part, [h, d]))
+                cursor.meta["val"] = part.meta["val"].view(h, d)
+            for u in readers:
+                u.kwargs = kwargs
             count += 1
     if count:
         graph.lint()
@@ -180,4 +262,5 @@ class SmallAttention(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-__all__ = ["MAX_D", "MAX_T", "SmallAttention", "available", "covers", "pack_grads", "small_attention"]
+__all__ = ["MAX_D", "MAX_T", "SmallAttention", "available", "covers", "fold_qkv_bias", "pack_grads",
+           "small_attention"]

@@ -148,10 +148,12 @@ def _unfuse_bias_addmm(graph: fx.Graph) -> int:
 
 def rewrite(gm: fx.GraphModule) -> None:
     """Rewrites of a CPU step graph before it goes to inductor (semantics unchanged): the attention
-    gradients written packed where the backward concatenates them (:func:`attention.pack_grads`)."""
+    gradients written packed where the backward concatenates them (:func:`attention.pack_grads`),
+    a fused qkv projection's bias added by the attention kernels (:func:`attention.fold_qkv_bias`)."""
     from trainer.compile import attention
 
     attention.pack_grads(gm)
+    attention.fold_qkv_bias(gm)
 
 
 def post_grad_pass() -> Any:
