@@ -88,7 +88,8 @@ def test_second_build_in_process_hits_the_fx_graph_cache(cold_build):
 @pytest.mark.xfail(strict=True, reason=_BYPASSED)
 def test_fresh_process_hits_the_fx_graph_cache(cold_build):
     cache, first_trainer, _ = cold_build
-    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache,
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-c", _FRESH_PROCESS], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
