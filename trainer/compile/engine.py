@@ -465,8 +465,8 @@ class CompiledEngine:
             layout.lrs.append(torch.tensor(float(lr), dtype=torch.float32, device=dev))
         for p, gi in zip(layout.params, layout.group_of):
             group = opt.param_groups[gi]
-            st = opt.state[p]
             if adam:
+                st = opt.state[p]  # a defaultdict: touching it creates the entry, as Adam's step does
                 init_adam_state(st, p, group)
                 if self._cudagraphs and st["step"].device != p.device:
                     # a CUDA graph records GPU work only: the step counter lives on the device, as
@@ -474,11 +474,14 @@ class CompiledEngine:
                     st["step"] = st["step"].to(p.device)
                 for key in layout.state_keys:
                     layout.states[key].append(st.get(key) if (key != "max_exp_avg_sq" or group["amsgrad"]) else None)
-            else:
-                if group["momentum"] != 0 and st.get("momentum_buffer") is None:
+            elif group["momentum"] != 0:
+                st = opt.state[p]
+                if st.get("momentum_buffer") is None:
                     # torch starts the buffer at a copy of the first gradient; 0*m + g == g (dampening is 0)
                     st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                layout.states["momentum_buffer"].append(st.get("momentum_buffer") if group["momentum"] != 0 else None)
+                layout.states["momentum_buffer"].append(st["momentum_buffer"])
+            else:  # torch's SGD keeps no state (not even an empty entry) without momentum
+                layout.states["momentum_buffer"].append(None)
         self._lr_cache = [float(g["lr"]) for g in opt.param_groups]
         self._hp_cache = [self._hp_key(g) for g in opt.param_groups]
 
