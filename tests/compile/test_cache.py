@@ -1,7 +1,8 @@
 """Compile caching: a second build of the same step graphs loads them from inductor's on-disk FX
 graph cache (``$TORCHINDUCTOR_CACHE_DIR``; see ``trainer/compile/__init__.py`` and
-``engine._inductor_compile``, which gives inductor a fake mode with a ShapeEnv so that the cache
-is not bypassed), in the same process after the in-memory caches are cleared, and in a fresh
+``engine._inductor_compile``, which gives inductor a fake mode with a ShapeEnv, and
+``lowering.DecompTable``, which gives the CPU decomposition table a cache key: either missing and
+every graph bypasses the cache), in the same process after the in-memory caches are cleared, and in a fresh
 process. Checked on inductor's own counters, not on time.
 
 The first build runs in a fresh cache directory (a temporary one): it must miss and write the
@@ -21,12 +22,6 @@ from torch._dynamo.utils import counters
 from .models import MLP, fit, max_rel_diff
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-_BYPASSED = ("engine._inductor_compile passes `decompositions=lowering.decompositions()` to compile_fx on "
-             "CPU; inductor puts that dict (wrapped in _ConstantDecompTable) into the FX graph cache key, and "
-             "it holds pybind11 functions (e.g. the aten.alias_copy entry of inductor's own table), which cannot "
-             "be keyed: every CPU graph bypasses the FX graph and AOT autograd caches ('Cannot produce stable "
-             "cache key for unpicklable type pybind11_detail_function_record...')")
 
 _FRESH_PROCESS = r"""
 import json
@@ -63,7 +58,6 @@ def cold_build(tmp_path_factory):
         mp.undo()
 
 
-@pytest.mark.xfail(strict=True, reason=_BYPASSED)
 def test_second_build_in_process_hits_the_fx_graph_cache(cold_build):
     cache, first_trainer, first = cold_build
     graphs = first_trainer.compile_report.graphs_built
@@ -85,7 +79,6 @@ def test_second_build_in_process_hits_the_fx_graph_cache(cold_build):
     assert max_rel_diff(trainer.lightning_module, first_trainer.lightning_module) == 0.0  # the same kernels
 
 
-@pytest.mark.xfail(strict=True, reason=_BYPASSED)
 def test_fresh_process_hits_the_fx_graph_cache(cold_build):
     cache, first_trainer, _ = cold_build
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache,

@@ -27,7 +27,7 @@ than eager there:
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch import fx
@@ -81,6 +81,36 @@ def gelu_backward(grad: torch.Tensor, x: torch.Tensor, approximate: str = "none"
 _STOCK_GELU_BACKWARD: Callable = None  # type: ignore[assignment]  # set on first use of decompositions()
 
 
+class DecompTable(dict):
+    """The table :func:`decompositions` returns, with a cache key of its own.
+
+    inductor puts a custom decomposition table into its FX-graph (and AOT-autograd) cache key by
+    pickling it, and some of its entries are pybind11 functions, which do not pickle: every graph
+    compiled with the table would bypass the on-disk caches (a second run of a script recompiling
+    everything). This table pickles as a reference to :func:`decompositions` plus a digest of this
+    file (what decides the table's contents besides torch's version, already in the key)."""
+
+    def __reduce__(self) -> Any:
+        return (_table_for, (_source_digest(),))
+
+
+def _table_for(digest: str) -> Dict[Any, Callable]:
+    return decompositions()
+
+
+_DIGEST: Optional[str] = None
+
+
+def _source_digest() -> str:
+    global _DIGEST
+    if _DIGEST is None:
+        import hashlib
+
+        with open(__file__, "rb") as f:
+            _DIGEST = hashlib.sha256(f.read()).hexdigest()
+    return _DIGEST
+
+
 def decompositions() -> Dict[Any, Callable]:
     """inductor's decomposition table without the ops in :data:`KEEP_WHOLE` (which get an explicit
     ATen fallback lowering instead), and with :func:`gelu_backward` for the exact GELU."""
@@ -88,8 +118,8 @@ def decompositions() -> Dict[Any, Callable]:
     from torch._inductor.decomposition import select_decomp_table
 
     _register_fallbacks()
-    table = {op: fn for op, fn in select_decomp_table().items()
-             if getattr(op, "overloadpacket", None) not in KEEP_WHOLE}
+    table = DecompTable((op, fn) for op, fn in select_decomp_table().items()
+                        if getattr(op, "overloadpacket", None) not in KEEP_WHOLE)
     if _STOCK_GELU_BACKWARD is None:
         _STOCK_GELU_BACKWARD = table[aten.gelu_backward.default]
     table[aten.gelu_backward.default] = gelu_backward
