@@ -468,9 +468,11 @@ class CompiledEngine:
             if adam:
                 st = opt.state[p]  # a defaultdict: touching it creates the entry, as Adam's step does
                 init_adam_state(st, p, group)
-                if self._cudagraphs and st["step"].device != p.device:
-                    # a CUDA graph records GPU work only: the step counter lives on the device, as
-                    # torch.optim keeps it with capturable=True (same value, same state_dict key)
+                if st["step"].device != p.device and (self._cudagraphs or self.trainer.precision == "16-mixed"):
+                    # a CUDA graph records GPU work only, and under 16-mixed the step is counted only
+                    # when the device-side inf check passes (no host sync): the step counter lives on
+                    # the device, as torch.optim keeps it with capturable=True or fused=True (same
+                    # value, same state_dict key)
                     st["step"] = st["step"].to(p.device)
                 for key in layout.state_keys:
                     layout.states[key].append(st.get(key) if (key != "max_exp_avg_sq" or group["amsgrad"]) else None)
