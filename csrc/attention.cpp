@@ -20,6 +20,8 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include "vec16.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -32,6 +34,7 @@ namespace trainer {
 namespace {
 
 using at::Tensor;
+using namespace vec;
 
 struct Strides {
   int64_t b, h, t;  // element strides of dims 0, 1, 2 (dim 3 is contiguous)
@@ -41,40 +44,11 @@ struct Strides {
 // Register-blocked inner products with GCC vector types (16 floats: one AVX-512 register, or two
 // AVX2 ones): blocks of kR rows x 64 columns (scores) or kR rows x 32 head columns (weighted sums)
 // keep their accumulators in registers over the whole reduction.
-typedef float v16 __attribute__((vector_size(64)));
 constexpr int64_t kR = 4;   // rows per block
 constexpr int64_t kJ = 64;  // score columns per block (4 vectors)
 constexpr int64_t kD = 32;  // head-dimension columns per block (2 vectors)
 
-inline v16 load16(const float* p) {
-  v16 x;
-  std::memcpy(&x, p, sizeof(x));
-  return x;
-}
-inline void store16(float* p, v16 x) { std::memcpy(p, &x, sizeof(x)); }
-
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
-typedef int32_t vi16 __attribute__((vector_size(64)));
-
-// exp on 16 lanes: 2^n * e^r, n = round(x / ln2) (by the 1.5 * 2^23 trick), r in [-ln2/2, ln2/2],
-// e^r by its degree-7 Taylor polynomial (relative error < 1e-7); x clamped at -87 (exp -> ~1e-38)
-inline v16 vexp(v16 x) {
-  const v16 lo = x * 0.0f - 87.0f;
-  x = x < lo ? lo : x;
-  const v16 n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  v16 r = x - n * 0.693145751953125f;
-  r = r - n * 1.428606765330187045e-06f;
-  v16 p = r * (1.0f / 5040.0f) + (1.0f / 720.0f);
-  p = p * r + (1.0f / 120.0f);
-  p = p * r + (1.0f / 24.0f);
-  p = p * r + (1.0f / 6.0f);
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const vi16 bits = reinterpret_cast<vi16&>(p) + (__builtin_convertvector(n, vi16) << 23);
-  return reinterpret_cast<const v16&>(bits);
-}
 
 // z[:ld] = softmax(s[:n]) padded with zeros (s and z hold ld >= n floats, ld a multiple of 16)
 inline void row_softmax(const float* s, int64_t n, int64_t ld, float* z) {

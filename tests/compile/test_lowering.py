@@ -137,3 +137,5 @@ def test_tiny_gpt_compiled_matches_eager(tmp_path):
     bias_addmms = [e.input_shapes for e in events if e.name == "aten::addmm" and len(e.input_shapes[0]) == 1]
     assert not bias_addmms and ops.get("aten::mm", 0) >= 6, (bias_addmms, ops)
     assert ops.get("aten::embedding_dense_backward", 0) == 2, ops  # token and position tables
+    # the MLP's GELU (after its first linear) runs as trainer's kernels, forward and backward
+    assert ops.get("trainer::bias_gelu", 0) == 1 and ops.get("trainer::bias_gelu_backward", 0) == 1, ops

@@ -179,11 +179,13 @@ def _unfuse_bias_addmm(graph: fx.Graph) -> int:
 def rewrite(gm: fx.GraphModule) -> None:
     """Rewrites of a CPU step graph before it goes to inductor (semantics unchanged): the attention
     gradients written packed where the backward concatenates them (:func:`attention.pack_grads`),
-    a fused qkv projection's bias added by the attention kernels (:func:`attention.fold_qkv_bias`)."""
-    from trainer.compile import attention
+    a fused qkv projection's bias added by the attention kernels (:func:`attention.fold_qkv_bias`),
+    the GELU of a GEMM's output by trainer's kernels (:func:`gelu.fold_bias_gelu`)."""
+    from trainer.compile import attention, gelu
 
     attention.pack_grads(gm)
     attention.fold_qkv_bias(gm)
+    gelu.fold_bias_gelu(gm)
 
 
 def post_grad_pass() -> Any:
