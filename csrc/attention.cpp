@@ -144,11 +144,23 @@ inline void load_rows(const float* src, int64_t stride, int64_t T, int64_t D, in
 }
 
 // the transpose [D, ld] of a strided head's rows plus `bias` ([D], or nullptr), zero padded to ld columns
+// (16 x 16 tiles transposed in registers; ld >= T rounded up to 16)
 inline void load_transposed(const float* src, int64_t stride, int64_t T, int64_t D, int64_t ld, float* dst,
                             const float* bias) {
-  std::fill(dst, dst + D * ld, 0.0f);
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t d = 0; d < D; ++d) dst[d * ld + t] = bias ? src[t * stride + d] + bias[d] : src[t * stride + d];
+  const int64_t T16 = round_up(T, 16);
+  if (T16 < ld)
+    for (int64_t d = 0; d < D; ++d) std::fill(dst + d * ld + T16, dst + (d + 1) * ld, 0.0f);
+  v16 r[16];
+  for (int64_t d0 = 0; d0 < D; d0 += 16) {
+    const int64_t nd = std::min<int64_t>(16, D - d0);
+    const v16 b = bias ? loadn(bias + d0, nd) : v16{};
+    for (int64_t t0 = 0; t0 < T; t0 += 16) {
+      const int64_t nt = std::min<int64_t>(16, T - t0);
+      for (int64_t i = 0; i < 16; ++i) r[i] = i < nt ? loadn(src + (t0 + i) * stride + d0, nd) + b : v16{};
+      transpose16(r);
+      for (int64_t i = 0; i < nd; ++i) store16(dst + (d0 + i) * ld + t0, r[i]);
+    }
+  }
 }
 
 // Optional per-head biases of q, k, v ([H, D] contiguous each): the kernels attend over q + q_bias

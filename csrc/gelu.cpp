@@ -56,20 +56,6 @@ inline v16 gelu_grad16(v16 g, v16 z) {
   return g * (0.5f * (1.0f + erf) + z * (e * kInvSqrt2Pi));
 }
 
-// n <= 16 floats at p, zero-padded to 16 lanes (the last N % 16 columns of a row)
-inline v16 loadn(const float* p, int64_t n) {
-  if (n == 16) return load16(p);
-  alignas(64) float z[16] = {};
-  std::copy(p, p + n, z);
-  return load16(z);
-}
-inline void storen(float* p, v16 v, int64_t n) {
-  if (n == 16) return store16(p, v);
-  alignas(64) float z[16];
-  store16(z, v);
-  std::copy(z, z + n, p);
-}
-
 // out[i] = f(i, bias[i % N], n) for the flat index i of each 16-column piece (n columns) of the
 // rows of a [M, N] tensor, rows split over threads
 template <typename F>
