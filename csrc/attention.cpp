@@ -279,8 +279,10 @@ void attention_bwd_into(const char* name, const Tensor& grad_out, const Tensor& 
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     const int64_t Tr = round_up(T, kR);
     // vt: V^T; kp, qp, gp: K, Q, dO rows; sb: a block of dP; ds: scale * dS (all rows, Tr x Tp);
-    // pp: P padded to Tr x Tp
-    std::vector<float> vt(D * Tp), kp(Tp * Dp), qp(Tr * Dp), gp(Tr * Dp), sb(kR * Tp), ds(Tr * Tp), pp(Tr * Tp);
+    // pp: P padded to Tr x Tp (P itself where it needs no padding: T a multiple of kJ)
+    const bool padded = Tp != T || Tr != T;
+    std::vector<float> vt(D * Tp), kp(Tp * Dp), qp(Tr * Dp), gp(Tr * Dp), sb(kR * Tp), ds(Tr * Tp),
+        pp(padded ? Tr * Tp : 0);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H;
       const float* P = P0 + bh * T * T;
@@ -288,9 +290,13 @@ void attention_bwd_into(const char* name, const Tensor& grad_out, const Tensor& 
       load_rows(K0 + b * sk.b + h * sk.h, sk.t, T, D, Tp, Dp, kp.data(), bias.kh(h));
       load_rows(Q0 + b * sq.b + h * sq.h, sq.t, T, D, Tr, Dp, qp.data(), bias.qh(h));
       load_rows(G0 + b * sg.b + h * sg.h, sg.t, T, D, Tr, Dp, gp.data(), nullptr);
-      std::fill(pp.begin(), pp.end(), 0.0f);
       std::fill(ds.begin(), ds.end(), 0.0f);
-      for (int64_t i = 0; i < T; ++i) std::memcpy(pp.data() + i * Tp, P + i * T, T * sizeof(float));
+      const float* PP = P;  // the forward wrote zeros above a causal diagonal
+      if (padded) {
+        std::fill(pp.begin(), pp.end(), 0.0f);
+        for (int64_t i = 0; i < T; ++i) std::memcpy(pp.data() + i * Tp, P + i * T, T * sizeof(float));
+        PP = pp.data();
+      }
       float* DQ = DQ0 + b * sd.b + h * sd.h;
       for (int64_t i0 = 0; i0 < T; i0 += kR) {
         const int64_t rows = std::min(kR, T - i0);
@@ -298,7 +304,7 @@ void attention_bwd_into(const char* name, const Tensor& grad_out, const Tensor& 
         rows_x_mat_t(gp.data() + i0 * Dp, Dp, vt.data(), Tp, D, nmax, sb.data(), Tp);  // dP = dO V^T
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t n = causal ? i0 + r + 1 : T;
-          const float* pi = pp.data() + (i0 + r) * Tp;
+          const float* pi = PP + (i0 + r) * Tp;
           const float* dp = sb.data() + r * Tp;
           float* dsi = ds.data() + (i0 + r) * Tp;
           float dot = 0.0f;
@@ -315,7 +321,7 @@ void attention_bwd_into(const char* name, const Tensor& grad_out, const Tensor& 
         const int64_t rows = std::min(kR, T - j0);
         const int64_t i_begin = causal ? j0 : 0;  // queries that saw these keys
         rows_x_mat(ds.data() + j0, 1, Tp, qp.data(), Dp, i_begin, T, D, DK + j0 * sd.t, sd.t, rows);  // dK
-        rows_x_mat(pp.data() + j0, 1, Tp, gp.data(), Dp, i_begin, T, D, DV + j0 * sd.t, sd.t, rows);  // dV
+        rows_x_mat(PP + j0, 1, Tp, gp.data(), Dp, i_begin, T, D, DV + j0 * sd.t, sd.t, rows);  // dV
       }
     }
   });
