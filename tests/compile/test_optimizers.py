@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from .equivalence import OptMLP, assert_matches_eager, assert_optimizer_state_same, fit_pair, rel_diff
+from .equivalence import OptMLP, assert_matches_eager, fit_pair, rel_diff
 from .models import MLP, max_rel_diff
 
 

@@ -24,28 +24,15 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from trainer.compile._ext import register_once
+from trainer.compile.lowering import VIEW_OPS as _VIEWS
+
 MAX_T = 128  # measured: 1.0-1.5x ATen's flash kernels up to 128; mixed (0.8-1.1x) at 256
 MAX_D = 128
 
-_REGISTERED = False
-
-
 def available() -> bool:
     """Whether ``trainer._C`` (with the attention kernels) is built; registers the Python parts once."""
-    global _REGISTERED
-    if _REGISTERED:
-        return True
-    import importlib
-
-    try:
-        importlib.import_module("trainer._C")  # registers the ops
-    except ImportError:
-        return False
-    if not hasattr(torch.ops.trainer, "small_attention_fwd"):
-        return False
-    _register()
-    _REGISTERED = True
-    return True
+    return register_once("small_attention_fwd", _register)
 
 
 def _empty_bhtd(q: Tensor) -> Tensor:
@@ -72,9 +59,6 @@ def _register() -> None:
                          v_bias: Optional[Tensor] = None):
         b, h, t, d = q.shape
         return q.new_empty((b, t, 3 * h * d))
-
-
-_VIEWS = (torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default, torch.ops.aten.reshape.default)
 
 
 def _only_user(node: Any) -> Any:

@@ -18,23 +18,11 @@ from typing import Any, List, Optional
 import torch
 from torch import Tensor
 
-_REGISTERED = False
+from trainer.compile._ext import register_once
+from trainer.compile.lowering import VIEW_OPS as _VIEWS
 
 
-def available() -> bool:
-    """Whether ``trainer._C`` has the kernels; registers their fake (shape) functions once."""
-    global _REGISTERED
-    if _REGISTERED:
-        return True
-    import importlib
-
-    try:
-        importlib.import_module("trainer._C")
-    except ImportError:
-        return False
-    if not hasattr(torch.ops.trainer, "bias_gelu"):
-        return False
-
+def _register() -> None:
     @torch.library.register_fake("trainer::bias_gelu")
     def _fwd_fake(x: Tensor, bias: Optional[Tensor] = None) -> Tensor:
         return torch.empty_like(x, memory_format=torch.contiguous_format)
@@ -43,11 +31,10 @@ def available() -> bool:
     def _bwd_fake(grad: Tensor, x: Tensor, bias: Optional[Tensor] = None) -> Tensor:
         return torch.empty_like(x, memory_format=torch.contiguous_format)
 
-    _REGISTERED = True
-    return True
 
-
-_VIEWS = (torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default, torch.ops.aten.reshape.default)
+def available() -> bool:
+    """Whether ``trainer._C`` has the kernels; registers their fake (shape) functions once."""
+    return register_once("bias_gelu", _register)
 
 
 def _exact(node: Any) -> bool:

@@ -35,7 +35,7 @@ from torch import fx
 aten = torch.ops.aten
 
 # ops a consumer may reach the addmm result through without materialising it elsewhere
-_VIEWS = {aten.view.default, aten._unsafe_view.default, aten.reshape.default}
+VIEW_OPS = frozenset({aten.view.default, aten._unsafe_view.default, aten.reshape.default})
 # inductor's fallbacks on CPU that beat its decomposition (see the module docstring)
 KEEP_WHOLE = (aten.embedding_dense_backward,)
 
@@ -133,7 +133,7 @@ def _pointwise_users(node: fx.Node) -> bool:
     for user in users:
         if user.op != "call_function":
             return False
-        if user.target in _VIEWS:
+        if user.target in VIEW_OPS:
             if not _pointwise_users(user):
                 return False
         elif torch.Tag.pointwise not in getattr(user.target, "tags", ()):
@@ -204,4 +204,4 @@ def post_grad_pass() -> Any:
     return UnfuseBiasAddmm()
 
 
-__all__ = ["KEEP_WHOLE", "decompositions", "gelu_backward", "post_grad_pass", "rewrite", "unfuse_bias_addmm"]
+__all__ = ["KEEP_WHOLE", "VIEW_OPS", "decompositions", "gelu_backward", "post_grad_pass", "rewrite", "unfuse_bias_addmm"]

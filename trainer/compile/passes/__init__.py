@@ -11,7 +11,6 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import torch
 from torch import fx
 
 from trainer.compile.ops import UPDATE_OPS
