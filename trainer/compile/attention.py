@@ -26,6 +26,7 @@ from torch.overrides import TorchFunctionMode
 
 from trainer.compile._ext import register_once
 from trainer.compile.lowering import VIEW_OPS as _VIEWS
+from trainer.compile.lowering import without_bias
 
 MAX_T = 128  # measured: 1.0-1.5x ATen's flash kernels up to 128; mixed (0.8-1.1x) at 256
 MAX_D = 128
@@ -169,12 +170,7 @@ def fold_qkv_bias(gm: Any) -> int:
                        and tuple(u.args[:3] if u.target is ops[0] else u.args[1:4]) == tuple(heads)
                        for u in readers):
                 continue
-            with graph.inserting_before(mm):
-                plain = graph.call_function(aten.mm.default, tuple(mm.args[1:]))
-                plain.meta["val"] = mm.meta.get("val")
-            mm.replace_all_uses_with(plain)
-            graph.erase_node(mm)
-            kwargs, cursor = {}, plain
+            kwargs, cursor = {}, without_bias(graph, mm)
             for i, key in enumerate(("q_bias", "k_bias", "v_bias")):
                 with graph.inserting_after(cursor):
                     part = graph.call_function(aten.slice.Tensor, (bias, 0, i * h * d, (i + 1) * h * d))

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from trainer.compile._ext import register_once
 from trainer.compile.lowering import VIEW_OPS as _VIEWS
+from trainer.compile.lowering import without_bias
 
 
 def _register() -> None:
@@ -93,11 +94,7 @@ def fold_bias_gelu(gm: Any) -> int:
             if not isinstance(bval, Tensor) or bval.dim() != 1 or bval.shape[0] != gval.shape[-1] \
                     or bval.dtype != torch.float32:
                 continue
-            with graph.inserting_before(gemm):
-                mm = graph.call_function(aten.mm.default, tuple(gemm.args[1:]))
-            mm.meta["val"] = gemm.meta.get("val")
-            gemm.replace_all_uses_with(mm)
-            graph.erase_node(gemm)
+            without_bias(graph, gemm)
         for node in readers:
             with graph.inserting_before(node):
                 if node.target is aten.gelu.default:

@@ -188,6 +188,17 @@ def rewrite(gm: fx.GraphModule) -> None:
     gelu.fold_bias_gelu(gm)
 
 
+def without_bias(graph: fx.Graph, addmm: fx.Node) -> fx.Node:
+    """Replaces ``addmm(bias, x, w)`` by ``mm(x, w)`` in place (for a rewrite that adds the bias
+    elsewhere) and returns the ``mm`` node."""
+    with graph.inserting_before(addmm):
+        mm = graph.call_function(aten.mm.default, tuple(addmm.args[1:]))
+    mm.meta["val"] = addmm.meta.get("val")
+    addmm.replace_all_uses_with(mm)
+    graph.erase_node(addmm)
+    return mm
+
+
 def post_grad_pass() -> Any:
     """:func:`unfuse_bias_addmm` as inductor's ``post_grad_custom_post_pass``. It has to run there:
     inductor's own post-grad patterns turn ``add(mm(x, w), bias)`` back into ``addmm`` on CPUs
@@ -204,4 +215,5 @@ def post_grad_pass() -> Any:
     return UnfuseBiasAddmm()
 
 
-__all__ = ["KEEP_WHOLE", "VIEW_OPS", "decompositions", "gelu_backward", "post_grad_pass", "rewrite", "unfuse_bias_addmm"]
+__all__ = ["KEEP_WHOLE", "VIEW_OPS", "decompositions", "gelu_backward", "post_grad_pass", "rewrite",
+           "unfuse_bias_addmm", "without_bias"]
