@@ -201,9 +201,12 @@ static std::vector<int64_t> numels_of(const at::TensorList& ts) {
 // ---------------------------------------------------------------------------------------------
 // Adam / AdamW
 // ---------------------------------------------------------------------------------------------
+// omb1, omb2: 1 - beta1, 1 - beta2 rounded from double (as torch.optim's Python floats reach its
+// kernels); 1.0f - 0.999f would be 1.3e-5 relative off, a drift of every exp_avg_sq
 struct AdamScalars {
   float lr, beta1, beta2, eps, wd, gmul, step_size, bc2_sqrt_inv;
   bool decoupled;
+  float omb1, omb2;
 };
 
 template <typename P, bool AMS, bool MASTER>
@@ -217,8 +220,8 @@ static void adam_piece(P* __restrict p, const P* __restrict g, float* __restrict
     float pi = MASTER ? w[i] : ld(p, i);
     gi += l2 * pi;
     pi *= decay;
-    const float mi = m[i] + (1.0f - s.beta1) * (gi - m[i]);
-    const float vi = s.beta2 * v[i] + (1.0f - s.beta2) * gi * gi;
+    const float mi = m[i] + s.omb1 * (gi - m[i]);
+    const float vi = s.beta2 * v[i] + s.omb2 * gi * gi;
     m[i] = mi;
     v[i] = vi;
     float vu = vi;
@@ -265,7 +268,7 @@ void fused_adamw_cpu(at::TensorList params, at::TensorList grads, at::TensorList
   ListArg LX = make_list(amsgrad ? max_exp_avg_sqs : at::TensorList()), LW = make_list(master_params);
   for_each_piece(numels_of(params), [&](int64_t i, int64_t b, int64_t e) {
     AdamScalars s{lr_v, float(beta1), float(beta2), float(eps), float(weight_decay), gmul,
-                  step_size[i], bc2_inv[i], decoupled};
+                  step_size[i], bc2_inv[i], decoupled, float(1.0 - beta1), float(1.0 - beta2)};
     float* m = LM.work[i].data_ptr<float>() + b;
     float* v = LV.work[i].data_ptr<float>() + b;
     float* x = amsgrad ? LX.work[i].data_ptr<float>() + b : nullptr;
@@ -362,16 +365,16 @@ void fused_sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList m
 // ---------------------------------------------------------------------------------------------
 template <typename P, bool MASTER>
 static void lion_piece(P* __restrict p, const P* __restrict g, float* __restrict m, float* __restrict w, int64_t n,
-                       float lr, float beta1, float beta2, float wd, float gmul) {
+                       float lr, float beta1, float beta2, float wd, float gmul, float omb1, float omb2) {
   const float decay = 1.0f - lr * wd;
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const float gi = ld(g, i) * gmul;
     float pi = MASTER ? w[i] : ld(p, i);
-    const float c = beta1 * m[i] + (1.0f - beta1) * gi;
+    const float c = beta1 * m[i] + omb1 * gi;
     const float sgn = c > 0.0f ? 1.0f : (c < 0.0f ? -1.0f : 0.0f);
     pi = pi * decay - lr * sgn;
-    m[i] = beta2 * m[i] + (1.0f - beta2) * gi;
+    m[i] = beta2 * m[i] + omb2 * gi;
     if (MASTER) w[i] = pi;
     st(p, i, pi);
   }
@@ -396,8 +399,12 @@ void fused_lion_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
     TRAINER_DISPATCH_PARAM(LP.work[i].scalar_type(), {
       P* p = LP.work[i].data_ptr<P>() + b;
       const P* g = LG.work[i].const_data_ptr<P>() + b;
-      if (master) lion_piece<P, true>(p, g, m, w, e - b, lr_v, float(beta1), float(beta2), float(weight_decay), gmul);
-      else lion_piece<P, false>(p, g, m, w, e - b, lr_v, float(beta1), float(beta2), float(weight_decay), gmul);
+      if (master)
+        lion_piece<P, true>(p, g, m, w, e - b, lr_v, float(beta1), float(beta2), float(weight_decay), gmul,
+                            float(1.0 - beta1), float(1.0 - beta2));
+      else
+        lion_piece<P, false>(p, g, m, w, e - b, lr_v, float(beta1), float(beta2), float(weight_decay), gmul,
+                             float(1.0 - beta1), float(1.0 - beta2));
     });
   });
   finish_list(LP, params);

@@ -235,16 +235,17 @@ struct AdamArgs {
 static_assert(sizeof(AdamMeta) + sizeof(StepTable) + sizeof(AdamArgs) <= mta::kMaxParamBytes,
               "Adam kernel parameters exceed 4 KB");
 
+// omb1, omb2: 1 - beta1, 1 - beta2 rounded from double, as torch.optim's Python floats reach its kernels
 struct AdamCoef {
-  float gmul, l2, decay, beta1, beta2, eps, step_size, bc2_inv;
+  float gmul, l2, decay, beta1, beta2, eps, step_size, bc2_inv, omb1, omb2;
 };
 
 template <bool AMS>
 __device__ __forceinline__ void adam_elem(float& p, float g, float& m, float& v, float& x, const AdamCoef& c) {
   g = g * c.gmul + c.l2 * p;
   p *= c.decay;
-  m = m + (1.0f - c.beta1) * (g - m);
-  v = c.beta2 * v + (1.0f - c.beta2) * g * g;
+  m = m + c.omb1 * (g - m);
+  v = c.beta2 * v + c.omb2 * g * g;
   float vu = v;
   if (AMS) {
     vu = fmaxf(x, v);
@@ -312,7 +313,9 @@ __global__ void __launch_bounds__(kThreads)
                      float(a.beta2),
                      a.eps,
                      float(double(lr) / bc1),
-                     float(1.0 / sqrt(bc2))};
+                     float(1.0 / sqrt(bc2)),
+                     float(1.0 - a.beta1),
+                     float(1.0 - a.beta2)};
     }
   }
   __syncthreads();
@@ -536,19 +539,20 @@ struct LionArgs {
   GradArgs g;
   Scalar lr;
   float beta1, beta2, wd;
+  float omb1, omb2;  // 1 - beta1, 1 - beta2 rounded from double
 };
 static_assert(sizeof(LionMeta) + sizeof(LionArgs) <= mta::kMaxParamBytes, "Lion kernel parameters exceed 4 KB");
 
 struct LionCoef {
-  float gmul, lr, decay, beta1, beta2;
+  float gmul, lr, decay, beta1, beta2, omb1, omb2;
 };
 
 __device__ __forceinline__ void lion_elem(float& p, float g, float& m, const LionCoef& c) {
   g *= c.gmul;
-  const float u = c.beta1 * m + (1.0f - c.beta1) * g;
+  const float u = c.beta1 * m + c.omb1 * g;
   const float sgn = u > 0.0f ? 1.0f : (u < 0.0f ? -1.0f : 0.0f);
   p = p * c.decay - c.lr * sgn;
-  m = c.beta2 * m + (1.0f - c.beta2) * g;
+  m = c.beta2 * m + c.omb2 * g;
 }
 
 template <typename P, bool MASTER>
@@ -591,7 +595,7 @@ __global__ void __launch_bounds__(kThreads)
     if (s_run) {
       s_t = mta::find_tensor(meta, int(blockIdx.x));
       const float lr = float(mta::read_scalar(a.lr));
-      s_c = LionCoef{gmul, lr, 1.0f - lr * a.wd, a.beta1, a.beta2};
+      s_c = LionCoef{gmul, lr, 1.0f - lr * a.wd, a.beta1, a.beta2, a.omb1, a.omb2};
     }
   }
   __syncthreads();
@@ -626,7 +630,7 @@ void fused_lion(at::TensorList params, at::TensorList grads, at::TensorList exp_
   if (host_says_skip(found_inf)) return;
   const c10::cuda::CUDAGuard guard(dev);
   const LionArgs args{grad_args(grad_scale, found_inf, clip_coef, maximize, dev), make_scalar(&lr, 0.0, dev, "lr"),
-                      float(beta1), float(beta2), float(weight_decay)};
+                      float(beta1), float(beta2), float(weight_decay), float(1.0 - beta1), float(1.0 - beta2)};
   Work W = prepare({params, grads, exp_avgs, master_params}, {true, false, true, true});
   const auto stream = c10::cuda::getCurrentCUDAStream();
   mta::multi_tensor_apply<4, kLionN>(

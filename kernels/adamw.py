@@ -22,7 +22,7 @@ BLOCK = 1024
 
 
 @triton.jit
-def _adamw_body(P, G, M, V, X, W, N, blk, IDX, TAB, SC, FI, beta1, beta2, eps, wd,
+def _adamw_body(P, G, M, V, X, W, N, blk, IDX, TAB, SC, FI, omb1, beta2, omb2, eps, wd,
                 BLOCK: tl.constexpr, AMSGRAD: tl.constexpr, MASTER: tl.constexpr, DECOUPLED: tl.constexpr,
                 HAS_FI: tl.constexpr):
     offs = blk.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -46,8 +46,8 @@ def _adamw_body(P, G, M, V, X, W, N, blk, IDX, TAB, SC, FI, beta1, beta2, eps, w
     p = p * decay
     m = tl.load(M + offs, mask=mask, other=0.0)
     v = tl.load(V + offs, mask=mask, other=0.0)
-    m = m + (1.0 - beta1) * (g - m)
-    v = beta2 * v + (1.0 - beta2) * g * g
+    m = m + omb1 * (g - m)
+    v = beta2 * v + omb2 * g * g
     tl.store(M + offs, m, mask=mask)
     tl.store(V + offs, v, mask=mask)
     if AMSGRAD:
@@ -60,7 +60,9 @@ def _adamw_body(P, G, M, V, X, W, N, blk, IDX, TAB, SC, FI, beta1, beta2, eps, w
 
 
 _SLOTS = ("P", "G", "M", "V", "X", "W")
-_COMMON = ("TAB", "SC", "FI", "beta1", "beta2", "eps", "wd")
+# omb1, omb2: 1 - beta1, 1 - beta2 taken in Python (double) and passed as fp32, as torch.optim's reach its
+# kernels; 1.0 - beta2 inside the kernel is fp32 arithmetic, 1.3e-5 relative off for beta2 = 0.999
+_COMMON = ("TAB", "SC", "FI", "omb1", "beta2", "omb2", "eps", "wd")
 _CONSTS = ("BLOCK", "AMSGRAD", "MASTER", "DECOUPLED", "HAS_FI")
 
 
@@ -108,7 +110,8 @@ def fused_adamw_(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tenso
             kernel = mt.get_kernel(__name__, "_adamw_body", _SLOTS, _COMMON, _CONSTS, hi - lo)
             # The launch gets its own rows of the table, so slot j reads row BASE + j with BASE = 0.
             wrap_triton(kernel)[(starts[-1],)](
-                *args, *starts, 0, _rows(table, idx[lo:hi]), sc, fi, beta1, beta2, eps, weight_decay,
+                *args, *starts, 0, _rows(table, idx[lo:hi]), sc, fi, 1.0 - beta1, beta2, 1.0 - beta2, eps,
+                weight_decay,
                 BLOCK=BLOCK, AMSGRAD=amsgrad, MASTER=master, DECOUPLED=decoupled, HAS_FI=found_inf is not None)
 
 

@@ -18,7 +18,7 @@ BLOCK = 1024
 
 
 @triton.jit
-def _lion_body(P, G, M, W, N, blk, IDX, SC, FI, beta1, beta2, wd,
+def _lion_body(P, G, M, W, N, blk, IDX, SC, FI, beta1, beta2, omb1, omb2, wd,
                BLOCK: tl.constexpr, MASTER: tl.constexpr, HAS_FI: tl.constexpr):
     offs = blk.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     if HAS_FI:
@@ -35,17 +35,17 @@ def _lion_body(P, G, M, W, N, blk, IDX, SC, FI, beta1, beta2, wd,
     else:
         p = tl.load(P + offs, mask=mask, other=0.0).to(tl.float32)
     m = tl.load(M + offs, mask=mask, other=0.0)
-    c = beta1 * m + (1.0 - beta1) * g
+    c = beta1 * m + omb1 * g
     sgn = tl.where(c > 0, 1.0, tl.where(c < 0, -1.0, 0.0))
     p = p * (1.0 - lr * wd) - lr * sgn
-    tl.store(M + offs, beta2 * m + (1.0 - beta2) * g, mask=mask)
+    tl.store(M + offs, beta2 * m + omb2 * g, mask=mask)
     if MASTER:
         tl.store(W + offs, p, mask=mask)
     tl.store(P + offs, p.to(P.dtype.element_ty), mask=mask)
 
 
 _SLOTS = ("P", "G", "M", "W")
-_COMMON = ("SC", "FI", "beta1", "beta2", "wd")
+_COMMON = ("SC", "FI", "beta1", "beta2", "omb1", "omb2", "wd")  # omb: 1 - beta, taken in double
 _CONSTS = ("BLOCK", "MASTER", "HAS_FI")
 
 
@@ -76,5 +76,5 @@ def fused_lion_(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor
                 args += [p, grads[i], exp_avgs[i], master_params[i] if master else p, p.numel()]
             kernel = mt.get_kernel(__name__, "_lion_body", _SLOTS, _COMMON, _CONSTS, hi - lo)
             wrap_triton(kernel)[(starts[-1],)](
-                *args, *starts, 0, sc, fi, beta1, beta2, weight_decay,
+                *args, *starts, 0, sc, fi, beta1, beta2, 1.0 - beta1, 1.0 - beta2, weight_decay,
                 BLOCK=BLOCK, MASTER=master, HAS_FI=found_inf is not None)

@@ -62,24 +62,11 @@ def _sched(k: int, precision: str, opt: str) -> str:
     return "step" if step else "epoch"
 
 
-# csrc/fused_optim.cpp (adam_piece, the `vi = ...` line) computes AdamW's (1 - beta2) in float32 from
-# float(beta2): 1.0f - 0.999f = 0.99998713e-3, where torch.optim uses the double 1 - 0.999 (-> 1.0e-3 as
-# fp32), so every exp_avg_sq update of the compiled (trainer._C) update is 1.29e-5 relative too small.
-# Repro: one torch.ops.trainer.fused_adamw_ step (lr 1e-2, betas (0.9, 0.999)) on p = g = ones(4) vs one
-# torch.optim.AdamW step: exp_avg_sq 0.0009999871 vs 0.0010000000. With the rounding noise of the
-# trajectory (1.1e-5 here when the compiled step uses the Python foreach update instead, HAS_CPP off),
-# this case ends 2.05e-5 apart, over the 2 * 1e-5 bound for second moments; the other fp32 AdamW cases
-# end 1.4e-5 to 1.8e-5 apart, within it only thanks to that factor 2.
-_BETA2_BUG = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "compiled AdamW's exp_avg_sq 1.29e-5 relative low: csrc/fused_optim.cpp adam_piece computes "
-    "(1.0f - beta2) in fp32 (0.99998713e-3) instead of torch.optim's double 1 - beta2"))
-_XFAIL = {(3, "value", "32-true", "adamw"): _BETA2_BUG}
-
 CASES = list(itertools.product([1, 3], list(CLIP), ["32-true", "bf16-mixed"], ["sgd", "adamw"]))
 
 
 @pytest.mark.parametrize("k, clip, precision, opt", [
-    pytest.param(*c, id="k{}-clip_{}-{}-{}".format(*c), marks=[_XFAIL[c]] if c in _XFAIL else []) for c in CASES])
+    pytest.param(*c, id="k{}-clip_{}-{}-{}".format(*c)) for c in CASES])
 def test_matches_eager(k, clip, precision, opt):
     sched = _sched(k, precision, opt)
     epochs = 2 if k == 1 else 4  # 7 batches an epoch: k=1 7 steps, k=3 3 (the short last batch updates)
@@ -125,5 +112,4 @@ def test_matches_eager(k, clip, precision, opt):
     expected = BASE_LR[opt] * (0.7 ** (steps // 2) if sched == "step" else 0.5 ** epochs)
     assert lr_c == lr_e == pytest.approx(expected, rel=1e-12)
 
-    # last: the case marked xfail fails here only, after every other check passed
     assert_optimizer_state_same(eager, compiled, tol=state_tol)  # lr / param_groups exactly, every state entry
