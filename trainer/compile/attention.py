@@ -83,7 +83,10 @@ def pack_grads(gm: Any) -> int:
         items = sorted(bwd.users, key=lambda n: n.args[1] if n.target is operator.getitem else -1)
         if len(items) != 3 or any(n.target is not operator.getitem or n.args[1] != i for i, n in enumerate(items)):
             continue
-        b, h, t, d = bwd.args[1].meta["val"].shape
+        qval = bwd.args[1].meta.get("val")
+        if not isinstance(qval, Tensor):
+            continue
+        b, h, t, d = qval.shape
         chain, views = [], []
         for item in items:
             tr = _only_user(item)
@@ -148,7 +151,10 @@ def fold_qkv_bias(gm: Any) -> int:
             split = chains[0][2].args[0]
             if any(c[2].args[0] is not split for c in chains) or split.target is not aten.split.Tensor:
                 continue
-            b, h, t, d = fwd.args[0].meta["val"].shape
+            qval = fwd.args[0].meta.get("val")
+            if not isinstance(qval, Tensor):
+                continue
+            b, h, t, d = qval.shape
             dim = split.args[2] if len(split.args) > 2 else split.kwargs.get("dim", 0)
             packed_view = split.args[0]
             if split.args[1] != h * d or dim not in (2, -1) or len(split.users) != 3:
