@@ -26,7 +26,7 @@ from torch.overrides import TorchFunctionMode
 
 from trainer.compile._ext import register_once
 from trainer.compile.lowering import VIEW_OPS as _VIEWS
-from trainer.compile.lowering import without_bias
+from trainer.compile.lowering import substitute, without_bias
 
 MAX_T = 128  # measured: 1.0-1.5x ATen's flash kernels up to 128; mixed (0.8-1.1x) at 256
 MAX_D = 128
@@ -102,12 +102,7 @@ def pack_grads(gm: Any) -> int:
             if (cat is None or cat.target is not aten.cat.default or list(cat.args[0]) != views
                     or (cat.args[1] if len(cat.args) > 1 else cat.kwargs.get("dim", 0)) not in (2, -1)):
                 continue
-            with graph.inserting_before(cat):
-                packed = graph.call_function(torch.ops.trainer.small_attention_bwd_packed.default, bwd.args,
-                                             dict(bwd.kwargs))
-            packed.meta["val"] = cat.meta.get("val")
-            cat.replace_all_uses_with(packed)
-            graph.erase_node(cat)
+            substitute(graph, cat, torch.ops.trainer.small_attention_bwd_packed.default, bwd.args, dict(bwd.kwargs))
             for node in chain:
                 graph.erase_node(node)
             graph.erase_node(bwd)

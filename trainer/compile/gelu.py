@@ -20,7 +20,7 @@ from torch import Tensor
 
 from trainer.compile._ext import register_once
 from trainer.compile.lowering import VIEW_OPS as _VIEWS
-from trainer.compile.lowering import without_bias
+from trainer.compile.lowering import substitute, without_bias
 
 
 def _register() -> None:
@@ -96,15 +96,11 @@ def fold_bias_gelu(gm: Any) -> int:
                 continue
             without_bias(graph, gemm)
         for node in readers:
-            with graph.inserting_before(node):
-                if node.target is aten.gelu.default:
-                    new = graph.call_function(torch.ops.trainer.bias_gelu.default, (node.args[0], bias))
-                else:
-                    new = graph.call_function(torch.ops.trainer.bias_gelu_backward.default,
-                                              (node.args[0], node.args[1], bias))
-            new.meta["val"] = node.meta.get("val")
-            node.replace_all_uses_with(new)
-            graph.erase_node(node)
+            if node.target is aten.gelu.default:
+                substitute(graph, node, torch.ops.trainer.bias_gelu.default, (node.args[0], bias))
+            else:
+                substitute(graph, node, torch.ops.trainer.bias_gelu_backward.default,
+                           (node.args[0], node.args[1], bias))
         count += 1
     if count:
         graph.lint()

@@ -188,15 +188,21 @@ def rewrite(gm: fx.GraphModule) -> None:
     gelu.fold_bias_gelu(gm)
 
 
+def substitute(graph: fx.Graph, old: fx.Node, target: Any, args: tuple, kwargs: Optional[dict] = None) -> fx.Node:
+    """A call of ``target`` in place of ``old`` (same value, same shape metadata): inserted before it,
+    ``old``'s readers moved to it, ``old`` erased. Returns the new node."""
+    with graph.inserting_before(old):
+        new = graph.call_function(target, args, kwargs or {})
+    new.meta["val"] = old.meta.get("val")
+    old.replace_all_uses_with(new)
+    graph.erase_node(old)
+    return new
+
+
 def without_bias(graph: fx.Graph, addmm: fx.Node) -> fx.Node:
     """Replaces ``addmm(bias, x, w)`` by ``mm(x, w)`` in place (for a rewrite that adds the bias
     elsewhere) and returns the ``mm`` node."""
-    with graph.inserting_before(addmm):
-        mm = graph.call_function(aten.mm.default, tuple(addmm.args[1:]))
-    mm.meta["val"] = addmm.meta.get("val")
-    addmm.replace_all_uses_with(mm)
-    graph.erase_node(addmm)
-    return mm
+    return substitute(graph, addmm, aten.mm.default, tuple(addmm.args[1:]))
 
 
 def post_grad_pass() -> Any:
@@ -216,4 +222,4 @@ def post_grad_pass() -> Any:
 
 
 __all__ = ["KEEP_WHOLE", "VIEW_OPS", "decompositions", "gelu_backward", "post_grad_pass", "rewrite",
-           "unfuse_bias_addmm", "without_bias"]
+           "substitute", "unfuse_bias_addmm", "without_bias"]
