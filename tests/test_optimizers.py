@@ -278,3 +278,75 @@ def test_lightning_optimizer_step_goes_through_strategy(TL, tmp_path):
     assert lo.param_groups[0]["lr"] == 1.0 and lo.defaults["lr"] == 1.0  # attribute passthrough
     with pytest.raises(TL.MisconfigurationException, match="callable"):
         lo.step(closure=3)
+
+
+# ----------------------------------------------------------------------------- copies of the wrapper
+def test_lightning_optimizer_deepcopy(TL):
+    """`copy.deepcopy` builds the copy with `__new__` and looks up `__setstate__`/`__deepcopy__` on it before
+    `_optimizer` exists; the wrapper's attribute passthrough must answer "no such attribute", not recurse."""
+    import copy
+
+    from trainer.optimizers import LightningOptimizer
+
+    class FakeStrategy:
+        def optimizer_step(self, optimizer, closure, **kw):
+            out = closure()
+            optimizer.step()
+            return out
+
+    p = nn.Parameter(torch.ones(3))
+    lo = LightningOptimizer(torch.optim.SGD([p], lr=0.5, momentum=0.9), FakeStrategy())
+    p.grad = torch.full_like(p, 2.0)
+    lo.step(lambda: None)  # momentum buffer now in the state
+    for clone in (copy.deepcopy(lo), copy.copy(lo)):
+        assert type(clone) is LightningOptimizer and clone.param_groups[0]["lr"] == 0.5
+        assert clone.defaults["momentum"] == 0.9  # passthrough works on the copy
+    clone = copy.deepcopy(lo)
+    assert clone.optimizer is not lo.optimizer and clone.param_groups[0]["params"][0] is not p
+    (buf,), (clone_buf,) = [s["momentum_buffer"] for s in lo.state.values()], [
+        s["momentum_buffer"] for s in clone.state.values()]
+    assert torch.equal(buf, clone_buf) and buf is not clone_buf
+    again = copy.deepcopy(clone)  # a copy of a copy (Lightning's recurses here)
+    assert again.param_groups[0]["lr"] == 0.5 and again.optimizer is not clone.optimizer
+    assert clone._strategy is lo._strategy  # the wrapper does not own the strategy (Lightning: a weak proxy)
+    blank = LightningOptimizer.__new__(LightningOptimizer)
+    assert not hasattr(blank, "param_groups_x") and not hasattr(blank, "__setstate__")
+    with pytest.raises(AttributeError, match="anything"):
+        blank.anything
+
+
+def test_callback_state_holding_lightning_optimizer_deepcopies(L, tmp_path):
+    """A callback that keeps the module's (wrapped) optimizer, and a state dict holding it, deep-copy under
+    both frameworks (Lightning's test_callbacks_state_fit_ckpt_path deep-copies trainer.callbacks)."""
+    import copy
+
+    copied_at_start = []
+
+    class KeepsOptimizer(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            self.optimizer = pl_module.optimizers()
+            # kept outside the callback: in Lightning a copy of the wrapper cannot be copied again (it recurses)
+            copied_at_start.append(copy.deepcopy(self.optimizer))
+
+        def state_dict(self):
+            return {"optimizer": self.optimizer, "lr": self.optimizer.param_groups[0]["lr"]}
+
+    keep = KeepsOptimizer()
+    model = model_with(L, lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9))
+    trainer = fit(L, tmp_path, model, callbacks=[keep], limit_train_batches=2)
+    assert type(keep.optimizer).__name__ in ("LightningOptimizer", "LightningSGD")
+    assert copied_at_start[0].param_groups[0]["lr"] == 0.1
+    state = copy.deepcopy(keep.state_dict())
+    assert state["lr"] == 0.1 and state["optimizer"].param_groups[0]["lr"] == 0.1
+    # (Lightning's copy keeps the optimizer's own state only, `defaults`/`state`/`param_groups`: its wrapper
+    # subclasses the optimizer, whose __getstate__ leaves out the wrapped optimizer and the strategy)
+    live_params = keep.optimizer.param_groups[0]["params"]
+    copied_params = state["optimizer"].param_groups[0]["params"]
+    assert len(live_params) == len(copied_params) == 4
+    assert all(torch.equal(a, b) and a is not b for a, b in zip(live_params, copied_params))
+    clone = copy.deepcopy(keep)
+    live = [s["momentum_buffer"] for s in keep.optimizer.state.values()]
+    copied = [s["momentum_buffer"] for s in clone.optimizer.state.values()]
+    assert len(live) == len(copied) == 4 and all(torch.equal(a, b) and a is not b for a, b in zip(live, copied))
+    assert clone.optimizer.defaults["momentum"] == 0.9
+    assert copy.deepcopy(trainer.callbacks)[0].optimizer.param_groups[0]["lr"] == 0.1

@@ -1,6 +1,7 @@
 """``configure_optimizers`` parsing (every Lightning format), scheduler configs, LightningOptimizer."""
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
@@ -193,7 +194,24 @@ class LightningOptimizer:
         return self._optimizer
 
     def __getattr__(self, item: str) -> Any:
-        return getattr(self._optimizer, item)
+        # Only reached when normal lookup fails. `copy.deepcopy`/`pickle` build the copy with `__new__` and ask it
+        # for `__setstate__` etc. before `_optimizer` exists: reading `self._optimizer` here would call this method
+        # again, forever. Lightning's wrapper subclasses the optimizer's class, so its copies never get here.
+        try:
+            optimizer = self.__dict__["_optimizer"]
+        except KeyError:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {item!r}") from None
+        return getattr(optimizer, item)
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> "LightningOptimizer":
+        """Copies the wrapped optimizer (params, state, groups), not the strategy: the wrapper does not own it
+        (Lightning holds a weak proxy). Copied as part of a copy of the strategy (a whole trainer), the copy
+        points at that copied strategy."""
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            new.__dict__[key] = memo.get(id(value), value) if key == "_strategy" else copy.deepcopy(value, memo)
+        return new
 
     @property
     def param_groups(self) -> List[Dict[str, Any]]:

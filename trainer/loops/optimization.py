@@ -9,6 +9,7 @@ Automatic optimization, for batch ``i`` of an accumulation window of ``k``::
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Dict, Optional
 
@@ -115,6 +116,19 @@ class AutomaticOptimization:
         self._engine: Any = None  # trainer.compile.engine.CompiledEngine, one per fit (see compile_report)
         self._engine_key: Any = None
         self.compile_report: Any = None
+
+    def __getstate__(self) -> Dict[str, Any]:
+        """Copies (``copy.deepcopy(trainer.callbacks)`` reaches this through a callback's trainer, as in Lightning's
+        own tests) leave the compiled engine behind: it holds dynamo guards and compiled code, which neither copy
+        nor pickle, and is a cache that the next step rebuilds."""
+        state = self.__dict__.copy()
+        state["_engine"] = state["_engine_key"] = None
+        report = state.get("compile_report")
+        if getattr(report, "_eval_engine", None) is not None:  # set by Trainer.compile_report
+            report = copy.copy(report)
+            report._eval_engine = None
+            state["compile_report"] = report
+        return state
 
     def prepare(self) -> None:
         """Decides once per fit which per-step dispatch can be skipped because nothing hooks it.
