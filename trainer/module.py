@@ -574,15 +574,18 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
     def _on_before_batch_transfer(self, batch: Any, dataloader_idx: int = 0) -> Any:
         return self.on_before_batch_transfer(batch, dataloader_idx)
 
-    def freeze(self) -> None:
+    def freeze(self) -> "LightningModule":
+        """Turns off ``requires_grad`` on every parameter and switches to eval mode; returns the module
+        (``self.eval()``'s result, as Lightning), so ``model = Model(...).freeze()`` works."""
         for param in self.parameters():
             param.requires_grad = False
-        self.eval()
+        return self.eval()
 
-    def unfreeze(self) -> None:
+    def unfreeze(self) -> "LightningModule":
+        """Turns ``requires_grad`` back on for every parameter and switches to train mode; returns the module."""
         for param in self.parameters():
             param.requires_grad = True
-        self.train()
+        return self.train()
 
 
 def _default_float_dtype() -> torch.dtype:
