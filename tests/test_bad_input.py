@@ -11,6 +11,11 @@ limit_train_batches, max_time, max_steps, limit_val_batches; ACCEPTS accumulate_
 log_every_n_steps=-1, num_sanity_val_steps=-2, gradient_clip_val=-1, check_val_every_n_epoch=0 and
 deterministic="maybe" (failing later or never). Values Lightning accepts as valid must stay valid
 (``test_valid_values_accepted``), so strictness never breaks a working Lightning script.
+
+Where Lightning raises a class of its own choosing (``TypeError`` for ``gradient_clip_val=(1, 2)``,
+``ValueError`` for ``barebones=True`` with a feature it turns off, ``TypeError`` for
+``trainer.fit(object())``), `trainer` raises that class with Lightning's wording:
+tests/parity/test_lightning_own_behaviour.py compares them.
 """
 from __future__ import annotations
 

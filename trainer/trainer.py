@@ -1,7 +1,10 @@
 """The Trainer: Lightning 2.x's constructor, ``fit/validate/test/predict`` and run order.
 
 Every constructor argument is checked here, at construction, and a bad one raises
-``MisconfigurationException`` naming the argument, the value and what is allowed.
+``MisconfigurationException`` naming the argument, the value and what is allowed. Where Lightning
+2.6.6 rejects the same input, the exception class and message are Lightning's (a ``TypeError`` for a
+non-number ``gradient_clip_val``, a ``ValueError`` for a feature combined with ``barebones=True``),
+with our details after Lightning's words; ``tests/parity/test_lightning_own_behaviour.py`` checks it.
 
 Run order (``_run``), each step's constraint noted where it matters:
   connect module -> configure_callbacks (callbacks must be final before any hook runs) ->
@@ -20,6 +23,7 @@ import signal
 import sys
 import threading
 import warnings
+from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
 from typing import Any, Dict, Iterable, List, Optional, Union
@@ -61,6 +65,16 @@ class RunningStage(str, Enum):
     TESTING = "test"
     PREDICTING = "predict"
 
+    @property
+    def evaluating(self) -> bool:
+        return self in (RunningStage.VALIDATING, RunningStage.TESTING, RunningStage.SANITY_CHECKING)
+
+    @property
+    def dataloader_prefix(self) -> Optional[str]:
+        if self in (RunningStage.VALIDATING, RunningStage.SANITY_CHECKING):
+            return "val"
+        return self.value
+
 
 class TrainerStatus(str, Enum):
     INITIALIZING = "initializing"
@@ -68,12 +82,19 @@ class TrainerStatus(str, Enum):
     FINISHED = "finished"
     INTERRUPTED = "interrupted"
 
+    @property
+    def stopped(self) -> bool:
+        return self in (TrainerStatus.FINISHED, TrainerStatus.INTERRUPTED)
 
+
+@dataclass
 class TrainerState:
-    def __init__(self) -> None:
-        self.status = TrainerStatus.INITIALIZING
-        self.fn: Optional[TrainerFn] = None
-        self.stage: Optional[RunningStage] = None
+    """The Trainer's status, function and stage; a dataclass as in Lightning, so two states with the same
+    values compare equal (and repr shows them)."""
+
+    status: TrainerStatus = TrainerStatus.INITIALIZING
+    fn: Optional[TrainerFn] = None
+    stage: Optional[RunningStage] = None
 
     @property
     def finished(self) -> bool:
@@ -81,7 +102,7 @@ class TrainerState:
 
     @property
     def stopped(self) -> bool:
-        return self.status in (TrainerStatus.FINISHED, TrainerStatus.INTERRUPTED)
+        return self.status.stopped
 
 
 def _stage_flag(stage: RunningStage) -> property:
@@ -122,6 +143,108 @@ def _batch_limit(name: str, value: Any) -> Union[int, float]:
         f"`Trainer({name}={value!r})` is invalid: you have passed invalid value {value} for {name}, it has to be in"
         " [0.0, 1.0] or an int."
     )
+
+
+def _shown(name: str, value: Any) -> str:
+    """After a Lightning message that shows ``str(value)``: the exact value, where its str hides what it is
+    (``'1'`` prints as ``1``)."""
+    return "" if repr(value) == str(value) else f" (`Trainer({name}={value!r})`)"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_max_epochs(value: Any) -> None:
+    """Lightning's FitLoop check and wording; a non-int (which Lightning lets through) fails here too."""
+    if value is not None and (not _is_int(value) or value < -1):
+        raise MisconfigurationException(
+            f"`max_epochs` must be a non-negative integer or -1. You passed in {value!r}."
+            + ("" if _is_int(value) else " It takes an int (-1: no limit) or None.")
+        )
+
+
+def _check_max_steps(value: Any) -> None:
+    """Lightning's _TrainingEpochLoop check and wording (Lightning fails on None with a bare TypeError)."""
+    if not _is_int(value) or value < -1:
+        raise MisconfigurationException(
+            f"`max_steps` must be a non-negative integer or -1 (infinite steps). You passed in {value!r}."
+        )
+
+
+def _check_val_schedule(check_val_every_n_epoch: Any, val_check_interval: Any, reload_every_n: Any) -> None:
+    """Lightning's _DataConnector.on_trainer_init checks, in its order and wording."""
+    if check_val_every_n_epoch is not None:
+        if not _is_int(check_val_every_n_epoch):
+            raise MisconfigurationException(
+                f"`check_val_every_n_epoch` should be an integer, found {check_val_every_n_epoch!r}."
+            )
+        if check_val_every_n_epoch < 1:  # Lightning accepts it and then never validates (or divides by zero)
+            raise _bad("check_val_every_n_epoch", check_val_every_n_epoch, "expected an int >= 1 or None")
+    elif isinstance(val_check_interval, float):
+        raise MisconfigurationException(
+            "`val_check_interval` should be an integer or a time-based duration (str 'DD:HH:MM:SS', "
+            "datetime.timedelta, or dict kwargs for timedelta) when `check_val_every_n_epoch=None`."
+            f" Got `Trainer(val_check_interval={val_check_interval!r}, check_val_every_n_epoch=None)`:"
+            " with no epoch schedule a fraction of an epoch has no meaning; pass an int number of batches (this"
+            " Trainer does not take time-based durations)."
+        )
+    if not _is_int(reload_every_n) or reload_every_n < 0:
+        raise MisconfigurationException(
+            f"`reload_dataloaders_every_n_epochs` should be an int >= 0, got {reload_every_n}."
+            + _shown("reload_dataloaders_every_n_epochs", reload_every_n)
+        )
+
+
+_BAREBONES_REASONS = (  # (argument, what it enables) in Lightning's order of checks
+    ("enable_checkpointing", "Checkpointing can impact raw speed"),
+    ("logger", "Logging can impact raw speed"),
+    ("enable_progress_bar", "The progress bar can impact raw speed"),
+    ("log_every_n_steps", "Logging can impact raw speed"),
+    ("enable_model_summary", "Model summary can impact raw speed"),
+    ("num_sanity_val_steps", "Sanity checking can impact raw speed"),
+    ("fast_dev_run", "Development run is not meant for raw speed evaluation"),
+    ("detect_anomaly", "Anomaly detection can impact raw speed"),
+    ("profiler", "Profiling can impact raw speed"),
+)
+
+_BAREBONES_INFO = (
+    "You are running in `Trainer(barebones=True)` mode. All features that may impact raw speed have been"
+    " disabled to facilitate analyzing the Trainer overhead. Specifically, the following features are"
+    " deactivated:" + os.linesep + os.linesep.join((
+        " - Checkpointing: `Trainer(enable_checkpointing=True)`",
+        " - Progress bar: `Trainer(enable_progress_bar=True)`",
+        " - Model summary: `Trainer(enable_model_summary=True)`",
+        " - Logging: `Trainer(logger=True)`, `Trainer(log_every_n_steps>0)`,"
+        " `LightningModule.log(...)`, `LightningModule.log_dict(...)`",
+        " - Sanity checking: `Trainer(num_sanity_val_steps>0)`",
+        " - Development run: `Trainer(fast_dev_run=True)`",
+        " - Anomaly detection: `Trainer(detect_anomaly=True)`",
+        " - Profiling: `Trainer(profiler=...)`",
+    ))
+)
+
+
+def _check_barebones(**values: Any) -> None:
+    """``Trainer(barebones=True)`` with a feature it switches off: Lightning's ValueError and wording."""
+
+    def conflicts(name: str, value: Any) -> bool:
+        if name == "logger":
+            return value is not None and value is not False
+        if name in ("log_every_n_steps", "num_sanity_val_steps"):
+            return value is not None and value != 0
+        if name == "fast_dev_run":
+            return value is not False and value != 0
+        if name == "profiler":
+            return value is not None
+        return bool(value)
+
+    for name, reason in _BAREBONES_REASONS:
+        value = values[name]
+        if conflicts(name, value):
+            raise ValueError(
+                f"`Trainer(barebones=True, {name}={value!r})` was passed. {reason} so it is disabled in barebones mode."
+            )
 
 
 _TIME_RE = re.compile(r"^(\d+):(\d+):(\d+):(\d+)$")
@@ -204,29 +327,41 @@ class Trainer:
         compile: Optional[Union[bool, str, Any]] = None,
     ) -> None:
         # ------------------------------------------------------------ argument checks (all before any effect)
-        _check_int("max_steps", max_steps, -1)
+        if barebones is True:  # Lightning checks these first, before any other argument
+            _check_barebones(
+                enable_checkpointing=enable_checkpointing, logger=logger, enable_progress_bar=enable_progress_bar,
+                log_every_n_steps=log_every_n_steps, enable_model_summary=enable_model_summary,
+                num_sanity_val_steps=num_sanity_val_steps, fast_dev_run=fast_dev_run, detect_anomaly=detect_anomaly,
+                profiler=profiler,
+            )
+        _check_max_steps(max_steps)
         _check_int("min_steps", min_steps, 0, allow_none=True)
-        _check_int("max_epochs", max_epochs, -1, allow_none=True, extra=" (-1 means no limit)")
+        _check_max_epochs(max_epochs)
         _check_int("min_epochs", min_epochs, 0, allow_none=True)
         _check_int("num_nodes", num_nodes, 1)
         _check_int("accumulate_grad_batches", accumulate_grad_batches, 1)
         _check_int("num_sanity_val_steps", num_sanity_val_steps, -1, allow_none=True, extra=" (-1 runs all)")
         _check_int("log_every_n_steps", log_every_n_steps, 0, allow_none=True)
-        _check_int("reload_dataloaders_every_n_epochs", reload_dataloaders_every_n_epochs, 0)
-        if check_val_every_n_epoch is not None:
-            _check_int("check_val_every_n_epoch", check_val_every_n_epoch, 1, extra=" or None")
-        if isinstance(fast_dev_run, bool):
-            pass
-        elif not isinstance(fast_dev_run, int) or fast_dev_run < 0:
-            raise _bad("fast_dev_run", fast_dev_run, "expected a bool or an int >= 0")
+        _check_val_schedule(check_val_every_n_epoch, val_check_interval, reload_dataloaders_every_n_epochs)
+        if not isinstance(fast_dev_run, bool) and (not isinstance(fast_dev_run, int) or fast_dev_run < 0):
+            # Lightning's wording; it only rejects negative ints (a float passes there and is truncated)
+            raise MisconfigurationException(
+                f"fast_dev_run={fast_dev_run!r} is not a valid configuration. It should be >= 0"
+                + ("." if isinstance(fast_dev_run, int) else " (a bool or an int number of batches).")
+            )
         if gradient_clip_val is not None:
-            if isinstance(gradient_clip_val, bool) or not isinstance(gradient_clip_val, (int, float)) or (
-                gradient_clip_val < 0 or math.isnan(gradient_clip_val)
-            ):
+            if not isinstance(gradient_clip_val, (int, float)):
+                # Lightning's class and wording: a TypeError, not a MisconfigurationException
+                raise TypeError(f"`gradient_clip_val` should be an int or a float. Got {gradient_clip_val}."
+                                + _shown("gradient_clip_val", gradient_clip_val))
+            if isinstance(gradient_clip_val, bool) or gradient_clip_val < 0 or math.isnan(gradient_clip_val):
                 raise _bad("gradient_clip_val", gradient_clip_val, "expected a number >= 0 or None")
         if gradient_clip_algorithm is not None:
-            if not isinstance(gradient_clip_algorithm, str) or gradient_clip_algorithm.lower() not in ("norm", "value"):
-                raise _bad("gradient_clip_algorithm", gradient_clip_algorithm, "allowed values are 'norm' and 'value'")
+            if not isinstance(gradient_clip_algorithm, str) or gradient_clip_algorithm.lower() not in ("value", "norm"):
+                raise MisconfigurationException(
+                    f"`gradient_clip_algorithm` {gradient_clip_algorithm} is invalid. Allowed algorithms:"
+                    f" ['value', 'norm']. Got `Trainer(gradient_clip_algorithm={gradient_clip_algorithm!r})`."
+                )
             gradient_clip_algorithm = gradient_clip_algorithm.lower()
         if deterministic not in (None, True, False, "warn"):
             raise _bad("deterministic", deterministic, "allowed values are True, False, 'warn' and None")
@@ -289,29 +424,9 @@ class Trainer:
         self.strategy.precision_plugin.trainer = self
         self.strategy.trainer = self
 
-        # barebones
+        # barebones (the conflicting arguments were rejected above)
         if barebones:
-            for name, value in (
-                ("logger", logger), ("enable_checkpointing", enable_checkpointing),
-                ("enable_progress_bar", enable_progress_bar), ("enable_model_summary", enable_model_summary),
-            ):
-                if value:
-                    raise MisconfigurationException(
-                        f"`Trainer(barebones=True)` turns off {name}, but `{name}={value!r}` was passed."
-                    )
-            if log_every_n_steps is not None and log_every_n_steps != 0:
-                raise MisconfigurationException(
-                    f"`Trainer(barebones=True)` turns off logging, but `log_every_n_steps={log_every_n_steps}` was passed."
-                )
-            if num_sanity_val_steps is not None and num_sanity_val_steps != 0:
-                raise MisconfigurationException(
-                    "`Trainer(barebones=True)` turns off the sanity check, but"
-                    f" `num_sanity_val_steps={num_sanity_val_steps}` was passed."
-                )
-            if detect_anomaly:
-                raise MisconfigurationException("`Trainer(barebones=True)` turns off `detect_anomaly`.")
-            if profiler is not None:
-                raise MisconfigurationException("`Trainer(barebones=True)` turns off the profiler.")
+            log.info(_BAREBONES_INFO)
             logger = False
             enable_checkpointing = enable_progress_bar = enable_model_summary = False
             log_every_n_steps = 0
@@ -368,7 +483,7 @@ class Trainer:
         self._train_start_time = 0.0
 
         # loggers
-        self.loggers: List[Any] = self._configure_loggers(logger)
+        self.loggers = self._configure_loggers(logger)
 
         # callbacks (Lightning's defaults and order)
         self.callbacks: List[Callback] = self._configure_callbacks(callbacks)
@@ -403,6 +518,14 @@ class Trainer:
         if overfit > 0:
             self.limit_train_batches = overfit
             self.limit_val_batches = overfit
+
+    def __getstate__(self) -> Dict[str, Any]:
+        """Copies and pickles leave the compiled evaluation engine behind (dynamo guards and compiled code do not
+        copy; it is a cache rebuilt on the next evaluation), so ``copy.deepcopy(trainer.callbacks)`` works as in
+        Lightning, whose callbacks reference the trainer too."""
+        state = self.__dict__.copy()
+        state.pop("_eval_engine", None)
+        return state
 
     # ================================================================ set-up helpers
     @staticmethod
@@ -584,7 +707,15 @@ class Trainer:
 
     @logger.setter
     def logger(self, logger: Optional[Any]) -> None:
-        self.loggers = [] if logger is None else [logger]
+        self.loggers = [logger] if logger else []  # Lightning's rule: any falsy value clears the loggers
+
+    @property
+    def loggers(self) -> List[Any]:
+        return self._loggers
+
+    @loggers.setter
+    def loggers(self, loggers: Optional[List[Any]]) -> None:
+        self._loggers = loggers if loggers else []  # as Lightning: the list itself, not a copy
 
     @property
     def log_dir(self) -> Optional[str]:
@@ -848,9 +979,7 @@ class Trainer:
         model_provided = model is not None
         if model is None:
             if self.lightning_module is None:
-                raise MisconfigurationException(
-                    f"`model` must be provided to `trainer.{name}()` when it hasn't been passed in a previous run"
-                )
+                raise _no_model(name)
             model = self.lightning_module
         model = _check_module(model, name)
         if isinstance(dataloaders, LightningDataModule):
@@ -889,9 +1018,7 @@ class Trainer:
         model_provided = model is not None
         if model is None:
             if self.lightning_module is None:
-                raise MisconfigurationException(
-                    "`model` must be provided to `trainer.predict()` when it hasn't been passed in a previous run"
-                )
+                raise _no_model("predict")
             model = self.lightning_module
         model = _check_module(model, "predict")
         if isinstance(dataloaders, LightningDataModule):
@@ -1257,9 +1384,31 @@ def _reorder_callbacks(callbacks: List[Callback]) -> List[Callback]:
 
 
 def _check_module(model: Any, fn: str) -> LightningModule:
-    if not isinstance(model, LightningModule):
-        raise TypeError(f"`Trainer.{fn}()` requires a `LightningModule`, got: {type(model).__qualname__}")
-    return model
+    """Lightning's ``_maybe_unwrap_optimized`` checks: its TypeError and wording for anything else."""
+    if isinstance(model, LightningModule):
+        return model
+    kind = type(model)
+    for base in kind.__mro__:  # a subclass of Lightning's own LightningModule: the script mixes both imports
+        for other in ("pytorch_lightning", "lightning.pytorch"):
+            if base.__name__ == "LightningModule" and base.__module__.startswith(other + "."):
+                raise TypeError(
+                    f"You passed a `{other}` object ({kind.__qualname__}) to a `trainer` Trainer (`Trainer.{fn}()`)."
+                    " Please switch to a single import style."
+                )
+    if isinstance(getattr(model, "_orig_mod", None), LightningModule):  # torch.compile(module)
+        raise TypeError(
+            f"`Trainer.{fn}()` got a `{kind.__qualname__}` (the output of `torch.compile`) wrapping a LightningModule:"
+            " pass the LightningModule itself; this Trainer compiles the training step on its own"
+            " (`Trainer(compile=...)`)."
+        )
+    raise TypeError(
+        f"`model` must be a `LightningModule` or `torch._dynamo.OptimizedModule`, got `{kind.__qualname__}`"
+    )
+
+
+def _no_model(fn: str) -> TypeError:
+    """``trainer.validate/test/predict()`` without a model and none from a previous run (Lightning's wording)."""
+    return TypeError(f"`Trainer.{fn}()` requires a `LightningModule` when it hasn't been passed in a previous run")
 
 
 __all__ = ["Trainer", "TrainerFn", "RunningStage", "TrainerStatus", "TrainerState"]
