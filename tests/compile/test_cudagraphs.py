@@ -7,6 +7,8 @@ out without a clone, or a capture that ran the step would all change the trainin
 The real CUDA path is tested at the end (skipped without a GPU)."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -84,15 +86,24 @@ def test_a_replaced_persistent_input_is_captured_again():
     assert replay.captures == 2 and float(w2.sum()) == 6.0 and float(w.sum()) == 18.0
 
 
-def test_a_failed_capture_says_how_to_turn_cuda_graphs_off():
+def test_a_failed_capture_warns_once_and_runs_the_graph_unrecorded():
+    from trainer.compile.engine import CompileWarning
+
     class Failing(ReRunBackend):
         def capture(self, fn):
             raise RuntimeError("operation not permitted when stream is capturing")
 
-    replay = cudagraphs.GraphReplay(_step, 1, warmup=1, backend=Failing())
-    replay(torch.zeros(3), torch.ones(2, 3))
-    with pytest.raises(RuntimeError, match=r"cudagraphs=False"):
-        replay(torch.zeros(3), torch.ones(2, 3))
+    reasons = []
+    replay = cudagraphs.GraphReplay(_step, 1, warmup=1, backend=Failing(), on_failure=reasons.append)
+    w = torch.zeros(3)
+    replay(w, torch.ones(2, 3))  # warm-up call
+    with pytest.warns(CompileWarning, match=r"CUDA graph failed.*cudagraphs=False"):
+        replay(w, torch.ones(2, 3))  # the failed recording: the step still runs, once
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        replay(w, torch.ones(2, 3))  # no second warning, no second recording
+    assert replay.captures == 0 and len(reasons) == 1 and "operation not permitted" in reasons[0]
+    assert float(w.sum()) == 18.0  # three calls, each ran the step exactly once
 
 
 def test_needs_cuda_at_construction():

@@ -193,10 +193,19 @@ class EpochReader(MLP):
         return torch.nn.functional.cross_entropy(self.net(x), y) * (1 + self.current_epoch)
 
 
-def test_fallback_python_state_read():
-    with pytest.warns(CompileWarning, match="current_epoch"):
-        compiled = fit(EpochReader(), True, epochs=1)
-    assert compiled.compile_report.mode == "eager"
+def test_python_state_read_is_guarded_and_captured_again():
+    """``self.current_epoch`` read in the step is frozen in a graph: the guard on it captures the
+    step again at the next epoch (the epoch factor 1, 2, 3 reaches the loss), silently and counted."""
+    eager_m, comp_m = EpochReader(), EpochReader()
+    fit(eager_m, False, epochs=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CompileWarning)
+        compiled = fit(comp_m, True, epochs=3)
+    report = compiled.compile_report
+    # two changes; each sets the step up again, and both batch shapes (16 rows, the short last 4) are
+    # captured again: four recompiles
+    assert report.mode == "full" and len(report.recompile_reasons) == 2 and report.recompiles == 4
+    assert max_rel_diff(comp_m, eager_m) < 1e-5
 
 
 def test_compile_argument_validation():

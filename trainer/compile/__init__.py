@@ -52,6 +52,10 @@ class CompileConfig:
     max_graphs: graphs per step variant (one per batch shape) before the step falls back to eager
         with a warning: every new shape costs a compile (seconds on CPU); shapes that never repeat
         (variable-length batches) would make the "compiled" run slower than eager.
+    max_recompiles: captures again in one fit because a Python value the step reads changed (a
+        guard failed: ``self.beta`` set by a callback each epoch, a submodule switched to eval, a
+        parameter unfrozen) before the step falls back to eager with a warning; a value that changes
+        at every step falls back at its second change in a row.
     """
 
     mode: str = "default"
@@ -64,6 +68,7 @@ class CompileConfig:
     debug_dir: Optional[str] = None
     eval_steps: bool = True
     max_graphs: int = 8
+    max_recompiles: int = 8
     enabled: bool = field(default=True, repr=False)
 
     def __post_init__(self) -> None:
@@ -87,6 +92,10 @@ class CompileConfig:
             if not isinstance(getattr(self, name), bool):
                 raise MisconfigurationException(
                     f"`CompileConfig({name}={getattr(self, name)!r})`: allowed True or False.")
+        for name in ("max_graphs", "max_recompiles"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise MisconfigurationException(f"`CompileConfig({name}={value!r})`: expected an int >= 0.")
         if isinstance(self.cudagraph_warmup, bool) or not isinstance(self.cudagraph_warmup, int) \
                 or self.cudagraph_warmup < 1:
             raise MisconfigurationException(

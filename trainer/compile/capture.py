@@ -24,13 +24,15 @@ forward, loss (/k), backward and the per-parameter optimizer update. Reasons:
 - Fake-tensor tracing fails loudly on what it cannot represent (``if loss > 0``, ``.item()``):
   the engine turns that into one fallback warning naming the user's source line. The tracer
   never silently bakes a tensor value.
-- No guards and no per-call bytecode hooks: the engine keys its graphs on the batch's
-  structure/shapes itself, and lr/step are input tensors, so LR schedules never recompile.
+- The engine keys its graphs on the batch's structure/shapes itself and checks the guards of the
+  Python state the step read; lr/step are input tensors, so LR schedules never recompile.
 
-What fake tracing cannot see is Python state read inside ``training_step`` (``batch_idx``,
-``self.current_epoch``, ``self.global_step``, ``self.trainer...``): it would be frozen at capture
-time. The capture checks ``training_step``'s bytecode for those reads and refuses (fallback with
-the cause) rather than produce a silently wrong graph. Randomness (dropout) is captured as RNG
+What fake tracing cannot see is Python state: every Python value the step reads (``batch_idx``,
+``self.current_epoch`` in a helper, an attribute a callback sets, a global) is frozen into the graph,
+and a Python side effect runs once, at capture. :mod:`trainer.compile.guards` traces the same call
+with TorchDynamo first: a side effect or a graph break refuses the capture (eager, with the cause),
+and every value read becomes a guard checked before each call (``Captured.guard``).
+Randomness (dropout) is captured as RNG
 ops, drawn anew at every call. On the CPU inductor calls ATen's ``bernoulli_`` on torch's default
 generator in the eager order, so a seeded compiled fit draws the eager engine's masks bit for bit;
 on CUDA inductor draws with its own kernels, seeded from torch's generator at each call: the same
@@ -42,7 +44,6 @@ from __future__ import annotations
 
 import contextlib
 
-import dis
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -114,93 +115,7 @@ class Captured:
     extra_keys: List[Tuple[str, Any]]  # (key, output index or constant) of training_step's dict output
     n_outputs: int
     unused: List[int]  # trainable params with no gradient (eager: .grad stays None, no update)
-    returns_grads: bool
-
-
-def check_step_source(module: Any, name: str = "training_step") -> Optional[str]:
-    """A reason the step cannot be captured faithfully, read from the step method's bytecode."""
-    fn = getattr(type(module), name, None)
-    code = getattr(fn, "__code__", None)
-    if code is None:
-        return None
-    argnames = code.co_varnames[: code.co_argcount]
-    idx_name = argnames[2] if len(argnames) >= 3 else None
-    for ins in dis.get_instructions(code):
-        if idx_name is not None and ins.opname.startswith("LOAD_FAST") and ins.argval == idx_name:
-            return (f"`{type(module).__name__}.{name}` reads `{idx_name}` (a Python int that changes every"
-                    " step; a graph would freeze it)")
-        if ins.opname in ("LOAD_ATTR", "LOAD_METHOD") and ins.argval in ("current_epoch", "global_step", "trainer"):
-            return (f"`{type(module).__name__}.{name}` reads `self.{ins.argval}` (Python state a graph would"
-                    " freeze at capture time)")
-    return None
-
-
-_SIZED = (list, dict, set)
-
-
-def python_state(module: Any) -> Dict[Tuple[Any, str], Any]:
-    """A snapshot of the module's public Python attributes (containers by identity and size).
-
-    A step that appends to ``self.outputs`` (Lightning 2's recommended way to collect epoch
-    outputs), sets ``self.something`` or records calls runs its Python once, at capture: a graph
-    would silently drop that effect on every later step. Comparing this snapshot before and after
-    tracing finds such steps (also in submodules: a torchmetrics ``Metric`` updated in the step
-    rebinds its state attributes); framework attributes (``_``-prefixed) are not looked at.
-    """
-    snap: Dict[Tuple[Any, str], Any] = {}
-    for owner in module.modules():  # submodules too: a torchmetrics Metric rebinds its state attributes
-        for key, v in owner.__dict__.items():
-            if key.startswith("_") or key == "log":
-                continue
-            _snap_entry(snap, owner, key, v)
-    return snap
-
-
-def _snap_entry(snap: Dict[Tuple[Any, str], Any], owner: Any, key: str, v: Any) -> None:
-    entry: Any = id(v)
-    if isinstance(v, _SIZED):
-        entry = (id(v), len(v))
-        if isinstance(v, dict):
-            entry += tuple((k, id(x), len(x) if isinstance(x, _SIZED) else None) for k, x in list(v.items())[:64])
-    elif isinstance(v, (int, float, str, bool, type(None))):
-        entry = (type(v), v)
-    snap[(owner, key)] = (v, entry)
-
-
-def python_state_changes(module: Any, before: Dict[Tuple[Any, str], Any], rollback: bool = True) -> Optional[str]:
-    """The first attribute the traced step changed (see :func:`python_state`), undoing the common
-    changes (appended list items, new attributes, new dict keys) when ``rollback``: the eager step
-    that runs after a failed capture must not see the traced call's effects."""
-    after = python_state(module)
-    changed = [k for k in after if k not in before or after[k][1] != before[k][1]]
-    changed += [k for k in before if k not in after]
-    if not changed:
-        return None
-    if rollback:
-        for key in changed:
-            owner, name = key
-            if key not in before:
-                owner.__dict__.pop(name, None)
-                continue
-            old, entry = before[key]
-            if key not in after:
-                owner.__dict__[name] = old
-                continue
-            if after[key][0] is not old:
-                owner.__dict__[name] = old
-            elif isinstance(old, list) and len(old) > entry[1]:
-                del old[entry[1]:]
-            elif isinstance(old, dict):
-                keep = {k for k, _, _ in entry[2:]}
-                for k in [k for k in old if k not in keep]:
-                    del old[k]
-                for k, _, n in entry[2:]:
-                    v = old.get(k)
-                    if isinstance(v, list) and n is not None and len(v) > n:
-                        del v[n:]
-    owner, name = changed[0]
-    path = next((p for p, m in module.named_modules() if m is owner), "")
-    return f"{path}.{name}" if path else name
+    guard: Any = None  # trainer.compile.guards.StepGuard: the Python state the graph depends on
 
 
 def _user_frame(exc: BaseException) -> str:
@@ -339,24 +254,22 @@ def capture(
         from trainer.compile.attention import SmallAttention as attention_mode
     else:
         attention_mode = contextlib.nullcontext
+    from trainer.compile.guards import StepGuard
+
+    # first: whether the step is one graph without Python side effects, and what Python state it reads
+    guard = StepGuard.trace(module, "training_step", batch, step_args, step_context)
     example = prefix + [leaves[i] for i in t_pos]
     module.__dict__["log"] = recorder
     prev_fx = module.__dict__.get("_current_fx_name")
     object.__setattr__(module, "_current_fx_name", "training_step")
-    state = python_state(module)
     try:
         gm = make_fx(step, tracing_mode="fake", _allow_non_fake_inputs=False)(*example)
-        changed = python_state_changes(module, state)
-        if changed:
-            raise CaptureError(f"`training_step` changes `self.{changed}` (a Python side effect that a graph would"
-                               " run once, at capture, instead of every step)")
     except CaptureError:
         raise
     except Exception as e:  # data-dependent control flow, .item(), unsupported ops, ...
         raise CaptureError(f"capture of `training_step` failed{_user_frame(e)}: {type(e).__name__}:"
                            f" {str(e).splitlines()[0] if str(e) else ''}") from e
     finally:
-        python_state_changes(module, state)  # undo what a failed trace did
         module.__dict__.pop("log", None)
         object.__setattr__(module, "_current_fx_name", prev_fx)
 
@@ -397,7 +310,7 @@ def capture(
         unused = [i for i, g in enumerate(grads) if isinstance(g, fx.Node) and g.target in _ZERO_TARGETS]
     gm.graph.eliminate_dead_code(is_impure_node=_impure)
     gm.recompile()
-    return Captured(gm, example, log_calls, extra_keys, idx, unused, not with_update)
+    return Captured(gm, example, log_calls, extra_keys, idx, unused, guard)
 
 
 def _impure(node: fx.Node) -> bool:
@@ -410,4 +323,4 @@ def _impure(node: fx.Node) -> bool:
     return callable(target) and not isinstance(target, torch._ops.OpOverload)
 
 
-__all__ = ["CaptureError", "Captured", "Layout", "capture", "capture_update", "check_step_source"]
+__all__ = ["CaptureError", "Captured", "Layout", "capture", "capture_update"]

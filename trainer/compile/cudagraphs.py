@@ -36,6 +36,8 @@ and copies its results into fixed output tensors; the real CUDA path is exercise
 """
 from __future__ import annotations
 
+import warnings
+
 from typing import Any, Callable, List, Optional, Sequence
 
 import torch
@@ -96,8 +98,11 @@ class GraphReplay:
     ``(*persistent, *batch)``; returns its outputs (cloned out of the graph's static memory)."""
 
     def __init__(self, fn: Callable[..., Any], n_persistent: int, warmup: int = 2, backend: Any = None,
-                 on_capture: Optional[Callable[[], None]] = None) -> None:
+                 on_capture: Optional[Callable[[], None]] = None,
+                 on_failure: Optional[Callable[[str], None]] = None) -> None:
         self.fn = fn
+        self.on_failure = on_failure
+        self.failed: Optional[str] = None  # why recording failed: the compiled graph runs unrecorded
         self.n_persistent = n_persistent
         self.warmup = warmup
         self.backend = backend if backend is not None else make_backend()
@@ -111,6 +116,8 @@ class GraphReplay:
 
     def __call__(self, *args: Any) -> Any:
         self.calls += 1
+        if self.failed is not None:
+            return self.fn(*args)
         n = self.n_persistent
         persistent, batch = args[:n], args[n:]
         if self._graph is not None and not self._same_persistent(persistent):
@@ -118,7 +125,8 @@ class GraphReplay:
         if self._graph is None:
             if self.calls <= self.warmup:
                 return self.backend.warmup(lambda: self.fn(*args))
-            self._capture(persistent, batch)
+            if not self._capture(persistent, batch):
+                return self.fn(*args)  # nothing ran while recording: this step runs unrecorded
         else:
             for static, t in zip(self._static_in, batch):
                 if isinstance(static, Tensor):
@@ -135,7 +143,7 @@ class GraphReplay:
                 return False
         return True
 
-    def _capture(self, persistent: Sequence[Any], batch: Sequence[Any]) -> None:
+    def _capture(self, persistent: Sequence[Any], batch: Sequence[Any]) -> bool:
         self._graph = None  # free the previous graph's pool first
         self._static_in = [t.clone() if isinstance(t, Tensor) else t for t in batch]
         static_in = self._static_in
@@ -143,14 +151,22 @@ class GraphReplay:
         self._ptrs = [t.data_ptr() if isinstance(t, Tensor) else 0 for t in persistent]
         try:
             self._graph = self.backend.capture(lambda: fn(*persistent, *static_in))
-        except Exception as e:
-            raise RuntimeError(
-                f"recording the compiled training step as a CUDA graph failed ({type(e).__name__}: {e}). A step"
-                " that synchronises with the host (e.g. `.item()`, a data-dependent shape) cannot be recorded: run"
-                " it with `CompileConfig(cudagraphs=False)`.") from e
+        except Exception as e:  # a recording runs no kernel: the step is still to be run
+            self._graph, self._static_in = None, []
+            self.failed = (f"recording the compiled step as a CUDA graph failed ({type(e).__name__}: {e}); a step"
+                           " that synchronises with the host (e.g. `.item()`, a data-dependent shape) cannot be"
+                           " recorded. The compiled graph runs without CUDA graphs (`CompileConfig(cudagraphs=False)`"
+                           " says so up front)")
+            from trainer.compile.engine import CompileWarning
+
+            warnings.warn(f"trainer.compile: {self.failed}", CompileWarning, stacklevel=3)
+            if self.on_failure is not None:
+                self.on_failure(self.failed)
+            return False
         self.captures += 1
         if self.on_capture is not None:
             self.on_capture()
+        return True
 
 
 __all__ = ["CudaBackend", "GraphReplay", "cuda_graph_reason", "make_backend"]

@@ -16,8 +16,13 @@ Tiers, decided at the first training step of a fit (reason recorded in ``compile
   update graph covers, ``optimizer.step()`` itself is replaced (for that call) by a second
   compiled graph, the fused update over ``.grad`` (``compile_report.update_compiled``);
   otherwise torch's ``step()`` runs.
-- ``eager``: the capture failed or the configuration is out of scope: one warning naming the
-  cause (``compile="strict"`` raises) and the eager engine from then on.
+- ``eager``: the capture failed (a graph break, a Python side effect), the compiler failed, a
+  guarded Python value keeps changing, or the configuration is out of scope: one warning naming
+  the cause (``compile="strict"`` raises) and the eager engine from then on.
+
+Every graph carries the guards of the Python state its capture read (:mod:`trainer.compile.guards`),
+checked before each call and before any of the step's work: when one fails the tier is set up and
+the step captured again (``compile_report.recompiles``/``recompile_reasons``).
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ from torch import Tensor
 from torch.utils._pytree import tree_flatten
 
 from trainer.compile import CompileConfig, CompileError, allocator
-from trainer.compile.capture import Captured, CaptureError, Layout, capture, check_step_source
+from trainer.compile.capture import Captured, CaptureError, Layout, capture
 from trainer.compile.passes import StepConfig, run_passes
 from trainer.compile.report import CompileReport
 from trainer.hooks import is_overridden
@@ -55,6 +60,14 @@ _ADAM_KEYS = ("betas", "eps", "weight_decay", "amsgrad", "maximize")
 _SGD_KEYS = ("momentum", "dampening", "weight_decay", "nesterov", "maximize")
 
 
+class _GuardFailed(Exception):
+    """A Python value the step's graph was built with changed (``why``: the failed guard)."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
 class _Graph:
     __slots__ = ("fn", "cap", "alloc")
 
@@ -65,6 +78,20 @@ class _Graph:
 
 
 def _inductor_compile(gm: Any, example_inputs: List[Any]) -> Callable:
+    """:func:`_compile_graph`; a failure of the compiler (inductor, its C++ or Triton codegen) is a
+    :class:`CaptureError` naming it: the step falls back to eager with one warning instead of ending
+    the fit (``compile="strict"`` raises)."""
+    try:
+        return _compile_graph(gm, example_inputs)
+    except CaptureError:
+        raise
+    except Exception as e:
+        text = str(e).strip()
+        raise CaptureError(f"the compiler failed on the captured step ({type(e).__name__}:"
+                           f" {text.splitlines()[0] if text else ''})") from e
+
+
+def _compile_graph(gm: Any, example_inputs: List[Any]) -> Callable:
     """inductor's compile_fx under a TracingContext whose fake mode has a ShapeEnv: without one the
     FX graph cache and the AOT autograd cache bypass every graph ('No shape env') and each fit pays
     full codegen + C++ compile again. The inputs are fakeified here with static shapes (the engine
@@ -220,6 +247,9 @@ class CompiledEngine:
         self._attention = False  # trace short-sequence attention with trainer's CPU kernels
         self._ulayout: Optional[Layout] = None
         self._update_prefix: Tuple[List[Tensor], List[Tensor]] = ([], [])
+        self._guard_rebuilds = 0  # set-ups again because a guarded Python value changed (this fit)
+        self._guard_fail_step = -2  # steps_run at the last guard failure
+        self._guard_quick = 0  # guard failures in a row, each one step after the last
 
     # ------------------------------------------------------------------ tier selection
     def _fail(self, cause: str) -> None:
@@ -278,9 +308,6 @@ class CompiledEngine:
         if is_overridden("backward", module):
             return self._fail(f"`{type(module).__name__}.backward` is overridden (a custom backward call cannot be"
                               " captured)")
-        cause = check_step_source(module)
-        if cause:
-            return self._fail(cause)
         named = dict(module.named_parameters())
         name_of = {id(p): n for n, p in named.items()}
         opt = optimizer
@@ -538,8 +565,11 @@ class CompiledEngine:
             def captured() -> None:
                 report.cudagraph_captures += 1
 
+            def failed(reason: str) -> None:
+                report.cudagraph_reason = reason
+
             fn = cudagraphs.GraphReplay(fn, len(self._prefix), warmup=self.config.cudagraph_warmup,
-                                        on_capture=captured)
+                                        on_capture=captured, on_failure=failed)
         if variant != "fwd_bwd" and cap.unused:
             self._drop_unused_state(cap)
         self.report.compile_seconds += time.perf_counter() - t0
@@ -581,7 +611,7 @@ class CompiledEngine:
         leaves, spec = tree_flatten(batch)
         tensors = [v for v in leaves if isinstance(v, Tensor)]
         sig = tuple((tuple(v.shape), v.dtype, v.device) if isinstance(v, Tensor) else (type(v), v) for v in leaves)
-        key = (variant, (spec, sig), len(step_args))  # batch_idx itself is never read (check_step_source)
+        key = (variant, (spec, sig), len(step_args))  # batch_idx: read only where a guard checks it
         graph = self._graphs.get(key)
         if graph is None:
             built = sum(1 for k in self._graphs if k[0] == variant)
@@ -711,6 +741,39 @@ class CompiledEngine:
         except CaptureError as e:
             self._fail(e.cause)
             return None
+        except _GuardFailed as e:
+            if not self._rebuild_after(e.why):
+                return None
+            return self.run(loop, optimizer, batch_idx, args, should_accumulate)
+
+    def _rebuild_after(self, why: str) -> bool:
+        """A guard failed before anything of this step ran: set up and capture again (the layout too: a
+        guard on ``requires_grad`` changes which parameters train). A value that changes at every step,
+        or more than ``CompileConfig.max_recompiles`` changes in a fit, sends the step to eager instead
+        (one warning naming the value). False: fell back."""
+        steps = self.report.steps_run
+        self._guard_quick = self._guard_quick + 1 if steps - self._guard_fail_step <= 1 else 0
+        self._guard_fail_step = steps
+        self._guard_rebuilds += 1
+        if self._guard_quick >= 2 or self._guard_rebuilds > self.config.max_recompiles:
+            how = ("at every step" if self._guard_quick >= 2
+                   else f"{self._guard_rebuilds} times (limit `CompileConfig.max_recompiles`)")
+            self._fail(f"a Python value the training step reads changed {how}, last `{why}`; each change would"
+                       " capture and compile the step again")
+            return False
+        self.report.recompile_reasons.append(why)
+        self._restore_grads()
+        self._graphs.clear()
+        self.tier, self.layout, self._ulayout = None, None, None
+        return True
+
+    def _check_guard(self, graph: "_Graph", batch: Any, rest: tuple) -> None:
+        guard = graph.cap.guard
+        module = self.trainer.lightning_module
+        with self.trainer.precision_plugin.train_step_context():
+            if guard.check(module, batch, rest):
+                return
+            raise _GuardFailed(guard.failure(module, batch, rest))
 
     def _run_full(self, loop: "AutomaticOptimization", batch_idx: int, args: tuple,
                   should_accumulate: bool) -> Dict[str, Any]:
@@ -747,6 +810,7 @@ class CompiledEngine:
                 tensors = batch
         if graph is None:
             graph, tensors = self._graph_for(variant, batch, args[1:])
+        self._check_guard(graph, batch, args[1:])  # before any of the step's work or counters
         if batch_idx % trainer.accumulate_grad_batches == 0:
             if loop._plain_zero_grad_hooks:  # nothing hooks on_before_zero_grad: only its counters
                 zg = loop.optim_progress.zero_grad
@@ -782,6 +846,8 @@ class CompiledEngine:
     def _run_split(self, loop: "AutomaticOptimization", batch_idx: int, args: tuple,
                    should_accumulate: bool) -> Dict[str, Any]:
         trainer = self.trainer
+        graph, _ = self._graph_for("fwd_bwd", args[0], args[1:])
+        self._check_guard(graph, args[0], args[1:])  # before the loop runs any hook of this step
         zero_grad = batch_idx % trainer.accumulate_grad_batches == 0
         closure = _CompiledClosure(loop, args, trainer.strategy._lightning_optimizers[0], zero_grad)
         closure.engine = self
@@ -809,6 +875,13 @@ class _CompiledClosure(_Closure):
         engine: CompiledEngine = self.engine
         trainer = engine.trainer
         graph, tensors = engine._graph_for("fwd_bwd", self.args[0], self.args[1:])
+        guard = graph.cap.guard
+        with trainer.precision_plugin.train_step_context():
+            holds = guard.check(trainer.lightning_module, self.args[0], self.args[1:])
+        if not holds:
+            # a hook that ran since this step's check (the user's optimizer_step) changed what the step
+            # reads: this one step runs eagerly; the next step's check captures it again
+            return _Closure.__call__(self)
         ddp = engine._ddp
         if ddp is not None:
             engine._sync_buffers()

@@ -11,9 +11,11 @@ seen while tracing (None, numbers, strings).
 
 One graph per (step, batch structure and shapes, dataloader_idx); nothing per batch is Python but
 input assembly and the log replay. A step that cannot be captured (data-dependent control flow,
-``.item()``, a read of ``batch_idx``/``self.current_epoch``/``self.trainer``, a returned object the
-graph cannot rebuild) runs eagerly from then on, after one ``CompileWarning`` naming the cause
-(``compile="strict"`` raises).
+``.item()``, a Python side effect, a returned object the graph cannot rebuild) runs eagerly from
+then on, after one ``CompileWarning`` naming the cause (``compile="strict"`` raises). The Python
+state a step reads (``batch_idx``, ``self.current_epoch``, attributes, globals) is guarded
+(:mod:`trainer.compile.guards`): when it changes the step is captured again, up to
+``CompileConfig.max_recompiles`` times per step name, then it runs eagerly.
 """
 from __future__ import annotations
 
@@ -36,10 +38,11 @@ _CONST_TYPES = (type(None), bool, int, float, str)
 
 
 class _EvalGraph:
-    __slots__ = ("fn", "log_calls", "out_spec", "out_leaves")
+    __slots__ = ("fn", "log_calls", "out_spec", "out_leaves", "guard")
 
-    def __init__(self, fn: Callable, log_calls: list, out_spec: Any, out_leaves: list) -> None:
+    def __init__(self, fn: Callable, log_calls: list, out_spec: Any, out_leaves: list, guard: Any) -> None:
         self.fn = fn
+        self.guard = guard  # trainer.compile.guards.StepGuard
         self.log_calls = log_calls  # (name, output index or ("const", v), args, kwargs)
         self.out_spec = out_spec
         self.out_leaves = out_leaves  # output index or ("const", v) per leaf of the step's return value
@@ -53,6 +56,9 @@ class EvalEngine:
         self._graphs: Dict[Any, _EvalGraph] = {}
         self._failed: Dict[str, str] = {}  # step name -> cause (eager from then on)
         self._names: Dict[Tuple[int, type], Tuple[List[str], List[str]]] = {}
+        self._rebuilds: Dict[str, int] = {}  # step name -> captures again after a guard failed
+        self._fail_at: Dict[str, Tuple[int, int]] = {}  # step name -> (steps_run at the last failure, in a row)
+        self.recompile_reasons: List[str] = []
         self.graphs_built = 0
         self.compile_seconds = 0.0
         self.steps_run = 0
@@ -74,9 +80,7 @@ class EvalEngine:
         # DDP runs validation/test/predict on the plain module (no collective per forward): same graphs
         if type(trainer.strategy).__name__ not in ("SingleDeviceStrategy", "DDPStrategy", "DDPSpawnStrategy"):
             return f"strategy {type(trainer.strategy).__name__} is not supported by the compiled engine"
-        from trainer.compile.capture import check_step_source
-
-        return check_step_source(trainer.lightning_module, name)
+        return None
 
     def run(self, name: str, step_args: tuple) -> Any:
         from trainer.compile.capture import CaptureError
@@ -101,8 +105,11 @@ class EvalEngine:
         batch, rest = step_args[0], step_args[1:]
         leaves, spec = tree_flatten(batch)
         tensors = [v for v in leaves if isinstance(v, Tensor)]
-        sig = tuple((tuple(v.shape), v.dtype, v.device) if isinstance(v, Tensor) else (type(v), v) for v in leaves)
-        # batch_idx (rest[0]) is never read (check_step_source); dataloader_idx (rest[1]) is part of the key
+        # inference tensors (a loader iterated under inference_mode) carry other dispatch keys, which the
+        # guards check: they get graphs of their own instead of captures again
+        sig = tuple((tuple(v.shape), v.dtype, v.device, v.is_inference()) if isinstance(v, Tensor) else (type(v), v)
+                    for v in leaves)
+        # batch_idx (rest[0]) is read only where the graph's guard checks it; dataloader_idx (rest[1]) is in the key
         mkey = (id(module), type(module))
         key = (name, mkey, spec, sig, len(rest), tuple(rest[1:]), trainer.precision)
         graph = self._graphs.get(key)
@@ -117,6 +124,22 @@ class EvalEngine:
                                    " `CompileConfig.max_graphs`); each new shape would compile again")
             graph = self._build(name, module, batch, rest, pnames, bnames, prefix)
             self._graphs[key] = graph
+        context = getattr(trainer.precision_plugin, _CONTEXTS[name])
+        with context():
+            holds = graph.guard.check(module, batch, rest)
+        if not holds:
+            with context():
+                why = graph.guard.failure(module, batch, rest)
+            self._rebuilds[name] = n = self._rebuilds.get(name, 0) + 1
+            last, in_a_row = self._fail_at.get(name, (-2, 0))
+            in_a_row = in_a_row + 1 if self.steps_run - last <= 1 else 0
+            self._fail_at[name] = (self.steps_run, in_a_row)
+            if in_a_row >= 2 or n > trainer._compile_config.max_recompiles:
+                how = "at every step" if in_a_row >= 2 else f"{n} times (limit `CompileConfig.max_recompiles`)"
+                raise CaptureError(f"a Python value `{name}` reads changed {how}, last `{why}`; each change would"
+                                   " capture and compile the step again")
+            self.recompile_reasons.append(why)
+            graph = self._graphs[key] = self._build(name, module, batch, rest, pnames, bnames, prefix)
         from trainer.hooks import _set_fx
 
         prev = module._current_fx_name
@@ -147,8 +170,9 @@ class EvalEngine:
         from torch.fx.experimental.proxy_tensor import make_fx
         from torch.nn.utils.stateless import _reparametrize_module
 
-        from trainer.compile.capture import CaptureError, _user_frame, python_state, python_state_changes
+        from trainer.compile.capture import CaptureError, _user_frame
         from trainer.compile.engine import _inductor_compile
+        from trainer.compile.guards import StepGuard
 
         t0 = time.perf_counter()
         trainer = self.trainer
@@ -183,22 +207,18 @@ class EvalEngine:
             return (*[v for v in out_leaves if isinstance(v, Tensor)], *logged)
 
         example = prefix + [leaves[i] for i in t_pos]
+        # first: one graph without Python side effects, and the Python state it reads (guarded each call)
+        guard = StepGuard.trace(module, name, batch, rest, context)
         module.__dict__["log"] = recorder
-        state = python_state(module)
         try:
             with torch.inference_mode(False), torch.no_grad():
                 gm = make_fx(step, tracing_mode="fake", _allow_non_fake_inputs=False)(*example)
-            changed = python_state_changes(module, state)
-            if changed:
-                raise CaptureError(f"`{name}` changes `self.{changed}` (a Python side effect that a graph would run"
-                                   " once, at capture, instead of every step)")
         except CaptureError:
             raise
         except Exception as e:  # data-dependent control flow, .item(), unsupported ops, ...
             raise CaptureError(f"capture of `{name}` failed{_user_frame(e)}: {type(e).__name__}:"
                                f" {str(e).splitlines()[0] if str(e) else ''}") from e
         finally:
-            python_state_changes(module, state)  # undo what a failed trace did
             module.__dict__.pop("log", None)
         out_leaves, out_spec, is_none = info["out"]
         idx, slots = 0, []
@@ -219,7 +239,7 @@ class EvalEngine:
             fn = _inductor_compile(gm, example)
         self.graphs_built += 1
         self.compile_seconds += time.perf_counter() - t0
-        return _EvalGraph(fn, log_calls, None if is_none else out_spec, slots)
+        return _EvalGraph(fn, log_calls, None if is_none else out_spec, slots, guard)
 
 
 def eval_step(trainer: "Trainer", name: str, step_args: tuple) -> Any:

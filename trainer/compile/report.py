@@ -37,7 +37,7 @@ class CompileReport:
         ``final``, ``fwd_bwd``, ``update``) and batch signature, plus the recompiles.
     recompiles: graphs built again for a key (variant and batch signature) that already had one,
         because something baked into the graph changed (optimizer hyperparameters other than lr,
-        ``accumulate_grad_batches``). A new batch shape (a short last batch) is a new graph, not a
+        ``accumulate_grad_batches``, a Python value the step reads: see ``recompile_reasons``). A new batch shape (a short last batch) is a new graph, not a
         recompile.
     compile_seconds: time spent capturing, running the passes and compiling (inductor).
     fallback_reason: why the step is not one full graph: the cause of the eager fallback (mode
@@ -48,6 +48,8 @@ class CompileReport:
         ``32-true``, ``accumulation`` with k=1, is not named).
     graph_keys: one entry per graph built (``variant:signature``; ``update``; FSDP: ``region#n``).
     steps_run: batches run by the compiled step (micro-batches included).
+    recompile_reasons: the guarded Python values whose change made the step be captured again, in the
+        user's words (``self.beta == 0.5``: the value the graph was built with), one per set-up again.
     """
 
     enabled: bool = False
@@ -59,6 +61,7 @@ class CompileReport:
     passes_applied: List[str] = field(default_factory=list)
     graph_keys: List[str] = field(default_factory=list)
     steps_run: int = 0
+    recompile_reasons: List[str] = field(default_factory=list)
     update_compiled: bool = False  # fwd_bwd tier: the optimizer update ran as its own compiled graph
     cudagraph_captures: int = 0  # CompileConfig(cudagraphs=True): step graphs recorded as CUDA graphs
     cudagraph_reason: Optional[str] = None  # cudagraphs asked for but the step runs without: why

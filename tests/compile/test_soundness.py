@@ -1,0 +1,293 @@
+"""The compiled engine never silently changes what a training step computes (trainer/compile/guards.py).
+
+Each case is an ordinary LightningModule whose step depends on Python state outside its own
+``training_step`` bytecode: a helper reading ``current_epoch`` or ``global_step``, an attribute a
+callback sets, a module-level value, a side effect in a helper, a logged value under a Python
+``if``, a torchmetrics metric, the optimizer's lr, ``requires_grad`` / ``train()`` / dropout ``p``
+changed by a callback. The same script runs under pytorch-lightning, under trainer's eager engine
+and under trainer's default (compiled) engine; the weights must agree within 1e-6 (fp32), side
+effects must run as often as in Lightning, and the compiled engine must say what it did: captured
+again when the value changed (``recompiles``, ``recompile_reasons``), or fell back to eager with
+one ``CompileWarning`` naming the cause.
+"""
+from __future__ import annotations
+
+import sys
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from helpers.frameworks import import_framework
+from trainer.compile.engine import CompileWarning
+
+EPOCHS = 3  # 4 batches each: 12 optimizer steps
+SCALE = 1.0  # read by a training_step, changed by a callback (case "module_global")
+
+
+def _data():
+    g = torch.Generator().manual_seed(1)
+    return TensorDataset(torch.randn(64, 8, generator=g), torch.randn(64, 4, generator=g))
+
+
+def _base(L, bn: bool = False, dropout: float = 0.0, momentum: float = 0.0):
+    class Base(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            layers = [nn.Linear(8, 16)]
+            if bn:
+                layers.append(nn.BatchNorm1d(16))
+            layers += [nn.Tanh(), nn.Dropout(dropout), nn.Linear(16, 4)]
+            self.net = nn.Sequential(*layers)
+
+        def mse(self, batch):
+            x, y = batch
+            return F.mse_loss(self.net(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1, momentum=momentum)
+
+    return Base
+
+
+# ---------------------------------------------------------------------------------------- the cases
+def case_epoch_helper(L):
+    class M(_base(L)):
+        def kl_weight(self):  # KL/curriculum annealing in a helper
+            return min(1.0, 0.25 * (1 + self.current_epoch))
+
+        def training_step(self, batch, batch_idx):
+            return self.mse(batch) * self.kl_weight()
+
+    return M(), []
+
+
+def case_global_step_helper(L):
+    class M(_base(L)):
+        def warm(self):
+            return 1.0 + 0.05 * self.trainer.global_step
+
+        def training_step(self, batch, batch_idx):
+            return self.mse(batch) * self.warm()
+
+    return M(), []
+
+
+def case_helper_appends(L):
+    class M(_base(L)):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def record(self, loss):
+            self.seen.append(loss.detach())
+            return loss
+
+        def training_step(self, batch, batch_idx):
+            return self.record(self.mse(batch))
+
+    return M(), []
+
+
+def case_callback_attribute(L):
+    class M(_base(L)):
+        beta = 1.0
+
+        def training_step(self, batch, batch_idx):
+            return self.mse(batch) * self.beta
+
+    class Anneal(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            pl_module.beta = 1.0 / (1 + trainer.current_epoch)
+
+    return M(), [Anneal()]
+
+
+def case_module_global(L):
+    class M(_base(L)):
+        def training_step(self, batch, batch_idx):
+            return self.mse(batch) * SCALE
+
+    class Decay(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            module = sys.modules[__name__]
+            module.SCALE = module.SCALE * 0.9
+
+    return M(), [Decay()]
+
+
+def case_log_every_k(L):
+    class M(_base(L)):
+        def training_step(self, batch, batch_idx):
+            loss = self.mse(batch)
+            if self.global_step % 3 == 0:
+                self.log("sampled_loss", loss * 2)
+            return loss
+
+    return M(), []
+
+
+def case_torchmetrics(L):
+    torchmetrics = pytest.importorskip("torchmetrics", reason="case needs torchmetrics (installed with the test extra)")
+
+    class M(_base(L)):
+        def __init__(self):
+            super().__init__()
+            self.metric = torchmetrics.MeanSquaredError()
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            out = self.net(x)
+            self.metric(out, y)
+            self.log("train_mse", self.metric, on_step=False, on_epoch=True)
+            return F.mse_loss(out, y)
+
+    return M(), []
+
+
+def case_reads_lr(L):
+    class M(_base(L)):
+        def training_step(self, batch, batch_idx):
+            lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+            return self.mse(batch) * (lr * 10)
+
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.9)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+        def lr_seen(self):
+            return self.trainer.optimizers[0].param_groups[0]["lr"]
+
+    return M(), []
+
+
+def case_requires_grad_toggle(L):
+    class M(_base(L, momentum=0.9)):
+        def training_step(self, batch, batch_idx):
+            return self.mse(batch)
+
+    class Unfreeze(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            pl_module.net[0].requires_grad_(trainer.current_epoch >= 1)
+
+    return M(), [Unfreeze()]
+
+
+def case_submodule_mode(L):
+    class M(_base(L, bn=True)):
+        def training_step(self, batch, batch_idx):
+            return self.mse(batch)
+
+    class FreezeStats(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            pl_module.net[1].train(trainer.current_epoch != 1)  # BatchNorm in eval mode in epoch 1 only
+
+    return M(), [FreezeStats()]
+
+
+def case_dropout_p(L):
+    class M(_base(L, dropout=0.0)):
+        def training_step(self, batch, batch_idx):
+            return self.mse(batch)
+
+    class DropMore(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            pl_module.net[2].p = 0.0 if trainer.current_epoch == 0 else 0.5
+
+    return M(), [DropMore()]
+
+
+# What the compiled engine must report for each case: ("recompiles", n) = captured again n times and
+# stayed compiled; ("eager", text) = fell back with one CompileWarning containing text.
+CASES = {
+    "epoch_helper": (case_epoch_helper, ("recompiles", 2)),
+    "global_step_helper": (case_global_step_helper, ("eager", "at every step")),
+    "helper_appends": (case_helper_appends, ("eager", "self.seen")),
+    "callback_attribute": (case_callback_attribute, ("recompiles", 2)),
+    "module_global": (case_module_global, ("eager", "at every step")),
+    "log_every_k": (case_log_every_k, ("eager", "")),
+    "torchmetrics": (case_torchmetrics, ("eager", "")),
+    "reads_lr": (case_reads_lr, ("eager", "at every step")),
+    "requires_grad_toggle": (case_requires_grad_toggle, ("recompiles", 1)),
+    "submodule_mode": (case_submodule_mode, ("recompiles", 2)),
+    "dropout_p": (case_dropout_p, ("recompiles", 1)),
+}
+
+
+def _fit(name: str, framework: str, compile_on=None):
+    global SCALE
+    SCALE = 1.0
+    L = import_framework(framework)
+    model, callbacks = CASES[name][0](L)
+    kwargs = dict(max_epochs=EPOCHS, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                  enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)
+    if compile_on is not None:
+        kwargs["compile"] = compile_on
+    torch.manual_seed(0)
+    trainer = L.Trainer(**kwargs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model, DataLoader(_data(), batch_size=16))
+    compile_warnings = [w for w in caught if issubclass(w.category, CompileWarning)]
+    return model, trainer, compile_warnings
+
+
+def _observed(model, trainer):
+    """What a user can see besides the weights: side effects, logged values, the metric."""
+    out = {"SCALE": SCALE, "global_step": trainer.global_step}
+    if hasattr(model, "seen"):
+        out["seen"] = len(model.seen)
+    for key, value in trainer.callback_metrics.items():
+        out[key] = float(value)
+    return out
+
+
+@pytest.fixture(scope="module")
+def lightning_runs():
+    return {}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_compiled_step_matches_lightning(name, lightning_runs):
+    pl_model, pl_trainer, _ = _fit(name, "lightning")
+    eager_model, eager_trainer, _ = _fit(name, "trainer", compile_on=False)
+    model, trainer, compile_warnings = _fit(name, "trainer", compile_on=True)
+
+    pl_state = pl_model.state_dict()
+    for framework_model, what in ((eager_model, "eager engine"), (model, "compiled engine")):
+        for key, value in framework_model.state_dict().items():
+            torch.testing.assert_close(value, pl_state[key], rtol=0, atol=1e-6,
+                                       msg=lambda m: f"{name}: {what} {key} differs from Lightning: {m}")
+    expected = _observed(pl_model, pl_trainer)
+    for got in (_observed(eager_model, eager_trainer), _observed(model, trainer)):
+        assert got.keys() == expected.keys()
+        for key in expected:
+            assert got[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-7), (name, key)
+
+    report = trainer.compile_report
+    kind, detail = CASES[name][1]
+    if kind == "recompiles":
+        assert report.mode == "full", (name, str(report))
+        assert report.recompiles == detail and len(report.recompile_reasons) == detail, (name, str(report))
+        assert not compile_warnings, [str(w.message) for w in compile_warnings]
+    else:
+        assert report.mode == "eager", (name, str(report))
+        assert len(compile_warnings) == 1, [str(w.message) for w in compile_warnings]
+        assert detail in str(compile_warnings[0].message) and detail in report.fallback_reason
+
+
+def test_recompile_reason_names_the_value():
+    _, trainer, _ = _fit("callback_attribute", "trainer", compile_on=True)
+    assert trainer.compile_report.recompile_reasons == ["self.beta == 1.0", "self.beta == 0.5"]
+
+
+def test_strict_mode_raises_on_a_side_effect():
+    from trainer.compile import CompileError
+
+    with pytest.raises(CompileError, match=r"self\.seen"):
+        _fit("helper_appends", "trainer", compile_on="strict")

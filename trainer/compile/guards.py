@@ -1,0 +1,194 @@
+"""Guards: which Python state a captured step depends on, checked before every call.
+
+Why the capture needs them: :mod:`trainer.compile.capture` traces a step with ``make_fx``, which runs
+the step's Python once and keeps only tensor operations. Every Python value the step reads on the
+way (``self.current_epoch`` in a helper, ``self.beta`` set by a callback, a module-level constant,
+``self.training`` of a submodule, a dropout ``p``, ``requires_grad`` of a parameter, the branch a
+``batch_idx`` test took) is frozen into the graph, and every Python side effect (``self.calls.append``,
+``self.x = ...``, a ``global`` write, a ``print``) runs once, at capture, instead of every step.
+
+How they are found, completely rather than by a list of patterns: before a step is captured, the
+same call (``module.<step>(batch, *rest)``, same module, batch, context and grad mode) is traced
+once by TorchDynamo with ``fullgraph=True`` and every value specialised (no symbolic ints or floats).
+Dynamo interprets the Python bytecode of the step and of everything it calls (helpers, properties,
+other modules, globals, closures) and records a guard for every Python value that decided what the
+trace computed; it records every mutation of an object that existed before the call; and it stops
+with the source line at anything it cannot represent as one graph (data-dependent branches,
+``print``, C extensions it does not know). Both tracers run the same Python on the same state, so
+what ``make_fx`` froze is what dynamo guarded. The backend given to dynamo never lets the traced
+frame run: it raises before the first operation, so the step's Python runs once (in the capture),
+not twice. The guards are dynamo's compiled guard manager (C++), kept and called directly with the
+frame's locals each step: about 2 us for a small module. Tensors are not guarded by value: any
+tensor the step reads must be a parameter, a buffer or part of the batch (graph inputs); ``make_fx``
+refuses any other real tensor (``_allow_non_fake_inputs=False``).
+
+What follows for the engine (:mod:`trainer.compile.engine`, :mod:`trainer.compile.eval`): a step
+with a side effect or a graph break is not captured (eager, one warning naming it); a failed guard
+means the graph no longer computes what the step would: the step is captured again (counted in
+``compile_report.recompiles`` with the failed guard as the reason), and a value that keeps changing
+sends the step to eager after a bounded number of rebuilds.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, ContextManager, Dict, List, Optional
+
+import torch
+
+from trainer.compile.capture import CaptureError
+
+
+class _Traced(Exception):
+    """Raised by the oracle backend's graph in place of running it: the trace is all we want."""
+
+
+def _log_stub(*args: Any, **kwargs: Any) -> None:
+    """``self.log`` while guarding: what is logged is recorded by the capture itself; the log
+    machinery's own Python (result collections, the trainer's state) is not the step's."""
+    return None
+
+
+def _entry(name: str) -> Callable[..., Any]:
+    """A fresh function calling ``module.<name>(batch, *rest)``: dynamo keys its cache on the code
+    object, so a code object of our own keeps the user's ``training_step`` (and other trainers)
+    free of our cache entries and gives the guards stable local names."""
+    namespace: Dict[str, Any] = {}
+    source = f"def _trainer_{name}(module, batch, rest):\n    return module.{name}(batch, *rest)\n"
+    exec(compile(source, f"<trainer.compile.guards:{name}>", "exec"), namespace)
+    return namespace[f"_trainer_{name}"]
+
+
+def _readable(source: str) -> str:
+    """Dynamo's source names in the user's words: ``L['module'].net.p`` -> ``self.net.p``."""
+    source = source.replace("L['module']", "self").replace("L['batch']", "batch").replace("L['rest'][0]", "batch_idx")
+    source = re.sub(r"G\['__import_[^']*'\]\.", "", source)
+    source = re.sub(r"G\['([^']*)'\]", r"\1", source)
+    return re.sub(r"\._modules\['([^']*)'\]", r".\1", source)
+
+
+def _user_line(exc: BaseException) -> str:
+    stack = getattr(exc, "real_stack", None) or []
+    frames = [f for f in stack if not f.filename.startswith("<trainer.compile")]
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f" at {f.filename}:{f.lineno} `{(f.line or '').strip()}`"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class StepGuard:
+    """The guards of one captured step call. Build with :meth:`trace`; :meth:`check` each call."""
+
+    __slots__ = ("_manager", "_name", "_fn")
+
+    def __init__(self, manager: Any, name: str, fn: Callable[..., Any]) -> None:
+        self._manager = manager
+        self._name = name
+        # the traced entry function owns dynamo's cache entry, and with it the globals dynamo installed
+        # for its guards (e.g. the builtins dict): freeing the entry removes them and every check fails
+        self._fn = fn
+
+    @classmethod
+    def trace(cls, module: Any, name: str, batch: Any, rest: tuple, context: Callable[[], ContextManager]) -> "StepGuard":
+        """Guards of ``module.<name>(batch, *rest)`` under ``context`` and the current grad mode.
+
+        Raises :class:`CaptureError` naming the source line or the mutated value when the call is
+        not one side-effect-free graph.
+        """
+        from torch._dynamo.symbolic_convert import InstructionTranslator
+        from torch._dynamo.variables.base import AttributeMutationExisting, ValueMutationExisting
+
+        fn = _entry(name)
+        problem: List[str] = []
+
+        def backend(gm: torch.fx.GraphModule, example_inputs: List[Any]) -> Callable[..., Any]:
+            output = InstructionTranslator.current_tx().output
+            for var in output.side_effects._get_modified_vars():
+                if isinstance(var.mutation_type, (AttributeMutationExisting, ValueMutationExisting)):
+                    where = _readable(var.source.name) if var.source is not None else type(var).__name__
+                    problem.append(f"`{name}` changes `{where}` (a Python side effect that a graph would run once,"
+                                   " at capture, instead of every step)")
+                    break
+            if not problem and output.random_calls:
+                problem.append(f"`{name}` calls Python's `random` (a graph would freeze the numbers drawn at"
+                               " capture)")
+            if not problem:
+                for ph, value in zip([n for n in gm.graph.nodes if n.op == "placeholder"], example_inputs):
+                    if not isinstance(value, torch.Tensor):
+                        problem.append(f"`{name}` reads a Python number that is not specialised ({ph.name})")
+                        break
+
+            def never_run(*args: Any) -> Any:
+                raise _Traced()
+
+            return never_run
+
+        from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list
+
+        compiled = torch.compile(fn, backend=backend, fullgraph=True, dynamic=False)
+        saved = module.__dict__.get("log", None)
+        module.__dict__["log"] = _log_stub
+        try:
+            with torch._dynamo.config.patch(specialize_int=True, specialize_float=True,
+                                            automatic_dynamic_shapes=False, assume_static_by_default=True), \
+                    context():
+                compiled(module, batch, rest)
+        except _Traced:
+            pass
+        except CaptureError:
+            raise
+        except Exception as e:  # a graph break: data-dependent control flow, print, an unknown C function, ...
+            raise CaptureError(f"`{name}` is not one graph{_user_line(e)}: {_first_line(e)}") from e
+        else:  # pragma: no cover - the backend always raises when the graph is reached
+            raise CaptureError(f"`{name}` returned without reaching its graph")
+        finally:
+            if saved is None:
+                module.__dict__.pop("log", None)
+            else:
+                module.__dict__["log"] = saved
+        if problem:
+            raise CaptureError(problem[0])
+        # the entry stays in place (its code object is ours alone and never called again under dynamo)
+        entries = _debug_get_cache_entry_list(fn.__code__)
+        if len(entries) != 1:
+            raise CaptureError(f"`{name}`: dynamo produced {len(entries)} guarded entries, expected one")
+        return cls(entries[0].guard_manager, name, fn)
+
+    def check(self, module: Any, batch: Any, rest: tuple) -> bool:
+        """Whether the graph still computes what ``module.<name>(batch, *rest)`` would. Call it under
+        the same context and grad mode as :meth:`trace`."""
+        d = module.__dict__
+        saved = d.get("log", None)
+        d["log"] = _log_stub
+        try:
+            return bool(self._manager.check({"module": module, "batch": batch, "rest": rest}))
+        finally:
+            if saved is None:
+                del d["log"]
+            else:
+                d["log"] = saved
+
+    def failure(self, module: Any, batch: Any, rest: tuple) -> str:
+        """The first guard that fails now, in the user's words (for ``compile_report`` and warnings)."""
+        d = module.__dict__
+        saved = d.get("log", None)
+        d["log"] = _log_stub
+        try:
+            info = self._manager.check_verbose({"module": module, "batch": batch, "rest": rest})
+        finally:
+            if saved is None:
+                d.pop("log", None)
+            else:
+                d["log"] = saved
+        parts = list(getattr(info, "verbose_code_parts", []) or [])
+        if not parts:
+            return "a value the step read changed"
+        code = parts[0].split("#", 1)[0].strip()
+        return _readable(code)
+
+
+__all__ = ["StepGuard"]
