@@ -17,6 +17,11 @@ Lightning 2.6.6 is run as a sanity check of the reference itself; it also matche
 this CPU/torch build (it calls the same torch.nn.utils clipping functions and divides the loss by
 k in the closure), so it is held to torch.equal too. Should a future Lightning build differ in the
 last bits, relax ONLY the Lightning side to 1e-6 relative.
+
+Under the compiled engine (``TRAINER_COMPILE=1``, the second pass of ``.ci/run``) the step runs as
+inductor's fused kernels, which round in another order: fp32 weights within 1e-6 relative / 1e-7
+absolute (measured <= 9e-8 absolute here), not bit for bit. That is the documented tolerance of the
+compiled engine (README, "Status and limits").
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ from typing import Callable, List, Optional
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import make_loader, make_reference_net, mlp_module_class, quiet_trainer_kwargs
+from helpers import compiled_engine, make_loader, make_reference_net, mlp_module_class, quiet_trainer_kwargs
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -156,7 +161,7 @@ def _run_case(L, root, case):
 @pytest.mark.parametrize("case", list(CASES))
 def test_matches_hand_written_loop_exactly_trainer(TL, case, tmp_path):
     got, expected = _run_case(TL, tmp_path, case)
-    _assert_equal_weights(got, expected, exact=True)
+    _assert_equal_weights(got, expected, exact=not compiled_engine())
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -190,7 +195,7 @@ def test_fused_adamw_with_clipping_fp32_exact(TL, tmp_path, algorithm, clip):
     expected, _ = reference_train(adamw_fused, warmup_cosine, list(make_loader(24, 4)), 2, 2, clip, algorithm)
     got, steps = framework_train(TL, tmp_path, adamw_fused, warmup_cosine, 24, 2, 2, clip, algorithm)
     assert steps == 6
-    _assert_equal_weights(got, expected, exact=True)
+    _assert_equal_weights(got, expected, exact=not compiled_engine())
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
@@ -199,6 +204,10 @@ def test_fused_adamw_with_clipping_mixed_precision_trainer(TL, tmp_path, precisi
 
     "16-mixed" becomes bf16 autocast on CPU (as in Lightning). Weights within 1e-2 relative /
     1e-3 absolute of the hand loop under bf16 autocast (bf16 rounding, ~4e-3 relative per op).
+
+    Under the compiled engine the bf16 products round in another order, and an element whose gradient
+    is within bf16 noise of zero can take Adam's first (sign-like, +-lr) step the other way: there at
+    most one element per tensor may differ, by at most one step per optimizer step (2 x lr).
     """
     expected, _ = reference_train(
         adamw_fused, None, list(make_loader(16, 4)), 1, 2, 0.25, "norm", autocast_dtype=torch.bfloat16
@@ -207,7 +216,12 @@ def test_fused_adamw_with_clipping_mixed_precision_trainer(TL, tmp_path, precisi
     assert steps == 2
     for name in expected:
         assert torch.isfinite(got[name]).all()
-        torch.testing.assert_close(got[name], expected[name], rtol=1e-2, atol=1e-3)
+        if not compiled_engine():
+            torch.testing.assert_close(got[name], expected[name], rtol=1e-2, atol=1e-3)
+            continue
+        diff = (got[name] - expected[name]).abs()
+        beyond = diff > 1e-3 + 1e-2 * expected[name].abs()
+        assert int(beyond.sum()) <= 1 and float(diff.max()) <= 2 * 0.02 * 1.0001, (name, diff.max())
 
 
 def test_fused_adamw_with_clipping_lightning_raises_in_bf16_mixed(PL, tmp_path):

@@ -182,3 +182,23 @@ def test_torchmetrics_update_is_not_frozen_into_a_graph():
         compiled = _trainer(True).validate(MetricLogger())
     assert len([w for w in rec if issubclass(w.category, CompileWarning)]) == 1
     assert compiled == _trainer(False).validate(MetricLogger())
+
+
+class EventRecorder(EvalMLP):
+    """A validation step with Python side effects and no tensor operation at all."""
+
+    def __init__(self):
+        super().__init__()
+        self.events = []
+
+    def validation_step(self, batch, batch_idx):
+        self.events.append(batch_idx)
+        self.log("n", float(batch_idx))
+
+
+def test_eval_step_without_tensor_ops_runs_its_python_once_per_batch():
+    model = EventRecorder()
+    with pytest.warns(CompileWarning, match=r"self\.events"):
+        out = _trainer(True).validate(model, verbose=False)
+    assert model.events == [0, 1, 2]  # not run a second time by the capture
+    assert out[0]["n"] == pytest.approx((0 * 16 + 1 * 16 + 2 * 8) / 40)  # batch-size-weighted mean

@@ -120,6 +120,38 @@ def case_module_global(L):
     return M(), [Decay()]
 
 
+def case_annealed_every_step(L):
+    class M(_base(L)):
+        beta = 1.0
+
+        def training_step(self, batch, batch_idx):
+            self.log("beta", self.beta)
+            return self.mse(batch) * self.beta
+
+    class Anneal(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            pl_module.beta = 0.5 + 0.5 / (1 + trainer.global_step)
+
+    return M(), [Anneal()]
+
+
+def case_float_in_python_branch(L):
+    class M(_base(L)):
+        beta = 1.0
+
+        def training_step(self, batch, batch_idx):
+            loss = self.mse(batch)
+            if self.beta > 0.7:  # a Python decision on the value: it cannot be a graph input
+                loss = loss * 2
+            return loss * self.beta
+
+    class Anneal(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            pl_module.beta = 1.0 / (1 + 0.1 * trainer.global_step)
+
+    return M(), [Anneal()]
+
+
 def case_log_every_k(L):
     class M(_base(L)):
         def training_step(self, batch, batch_idx):
@@ -209,7 +241,9 @@ CASES = {
     "global_step_helper": (case_global_step_helper, ("eager", "at every step")),
     "helper_appends": (case_helper_appends, ("eager", "self.seen")),
     "callback_attribute": (case_callback_attribute, ("recompiles", 2)),
-    "module_global": (case_module_global, ("eager", "at every step")),
+    "module_global": (case_module_global, ("recompiles", 2)),  # SCALE becomes a graph input
+    "annealed_every_step": (case_annealed_every_step, ("recompiles", 2)),
+    "float_in_python_branch": (case_float_in_python_branch, ("eager", "cannot be a graph input")),
     "log_every_k": (case_log_every_k, ("eager", "")),
     "torchmetrics": (case_torchmetrics, ("eager", "")),
     "reads_lr": (case_reads_lr, ("eager", "at every step")),
@@ -284,6 +318,13 @@ def test_compiled_step_matches_lightning(name, lightning_runs):
 def test_recompile_reason_names_the_value():
     _, trainer, _ = _fit("callback_attribute", "trainer", compile_on=True)
     assert trainer.compile_report.recompile_reasons == ["self.beta == 1.0", "self.beta == 0.5"]
+
+
+def test_a_float_changing_every_step_becomes_a_graph_input():
+    _, trainer, _ = _fit("module_global", "trainer", compile_on=True)
+    report = trainer.compile_report
+    assert report.recompile_reasons[-1] == "SCALE == 0.9 (changes at every step: now a graph input)"
+    assert report.steps_run == 4 * EPOCHS  # every step ran compiled
 
 
 def test_strict_mode_raises_on_a_side_effect():

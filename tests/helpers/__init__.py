@@ -8,6 +8,7 @@ from .frameworks import (
     FRAMEWORK_NAMES,
     LIGHTNING,
     TRAINER,
+    compiled_engine,
     import_framework,
     misconfiguration_exception,
     quiet_trainer_kwargs,

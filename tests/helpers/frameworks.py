@@ -25,6 +25,14 @@ def import_framework(name: str) -> ModuleType:
     raise ValueError(f"unknown framework {name!r}")
 
 
+def compiled_engine() -> bool:
+    """Whether `trainer` runs its compiled engine in this test run (``TRAINER_COMPILE``, which
+    tests/conftest.py sets to 0 unless the run asks for the default engine: ``.ci/run``'s second pass)."""
+    import os
+
+    return os.environ.get("TRAINER_COMPILE", "1") != "0"
+
+
 def misconfiguration_exception(L: ModuleType) -> type:
     """The framework's MisconfigurationException class."""
     if L.__name__ == "pytorch_lightning":

@@ -63,6 +63,15 @@ _ZERO_TARGETS = {
 }
 
 
+class _LiftedLog:
+    """A logged value that is a lifted float (:class:`trainer.compile.guards.Lifted`) itself."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
 class CaptureError(RuntimeError):
     """The step cannot be captured; ``cause`` is the one-line reason shown to the user."""
 
@@ -111,7 +120,7 @@ class Layout:
 class Captured:
     gm: fx.GraphModule
     example_inputs: List[Any]
-    log_calls: List[Tuple[str, Any, tuple, dict]]  # (name, output index or constant, args, kwargs)
+    log_calls: List[Tuple[str, Any, tuple, dict]]  # (name, output index, ("const", v) or ("lifted", j), args, kwargs)
     extra_keys: List[Tuple[str, Any]]  # (key, output index or constant) of training_step's dict output
     n_outputs: int
     unused: List[int]  # trainable params with no gradient (eager: .grad stays None, no update)
@@ -173,11 +182,12 @@ def capture_update(layout: Layout, grads: List[Tensor]) -> Tuple[fx.GraphModule,
 
 def capture(
     module: Any, layout: Layout, batch: Any, step_args: tuple, step_context: Callable[[], Any], variant: str,
-    cpu_attention: bool = False,
+    cpu_attention: bool = False, lifted: Sequence[Any] = (),
 ) -> Captured:
     """Traces one step for ``variant`` ("step"/"micro"/"final": with updates; "fwd_bwd": grads out).
     ``cpu_attention``: trace the covered ``F.scaled_dot_product_attention`` calls as trainer's
-    short-sequence kernels (:mod:`trainer.compile.attention`)."""
+    short-sequence kernels (:mod:`trainer.compile.attention`). ``lifted``: floats the step reads as
+    graph inputs (:class:`trainer.compile.guards.Lifted`), placed after the batch's tensors."""
     leaves, spec = tree_flatten(batch)
     t_pos = [i for i, v in enumerate(leaves) if isinstance(v, Tensor)]
     const_leaves = list(leaves)
@@ -210,7 +220,8 @@ def capture(
         if layout.scaler is not None:
             scale = flat[pos]
             pos += 2
-        batch_tensors = flat[pos:]
+        batch_tensors = flat[pos:pos + n_batch]
+        lifted_in = flat[pos + n_batch:]
 
         def step_loss(params: List[Tensor], others: List[Tensor], bufs: List[Tensor], batch_tensors: List[Tensor]):
             lv = list(const_leaves)
@@ -220,8 +231,13 @@ def capture(
             tensors = {**dict(zip(layout.param_names, params)), **dict(zip(layout.other_names, others)),
                        **dict(zip(layout.buffer_names, bufs))}
             records.clear()
-            with _reparametrize_module(module, tensors, tie_weights=True), step_context(), attention_mode():
+            with _reparametrize_module(module, tensors, tie_weights=True), step_context(), attention_mode(), \
+                    _Substituted(lifted, lifted_in):
                 out = module.training_step(b, *step_args)
+            for r, (name, value, args, kwargs) in enumerate(records):
+                j = next((j for j, t in enumerate(lifted_in) if value is t), None)
+                if j is not None:  # a lifted float logged as is: the replay logs its current Python value
+                    records[r] = (name, _LiftedLog(j), args, kwargs)
             extra: Dict[str, Any] = {}
             if isinstance(out, Mapping):
                 loss = out.get("loss")
@@ -254,11 +270,12 @@ def capture(
         from trainer.compile.attention import SmallAttention as attention_mode
     else:
         attention_mode = contextlib.nullcontext
-    from trainer.compile.guards import StepGuard
+    from trainer.compile.guards import StepGuard, _Substituted
 
     # first: whether the step is one graph without Python side effects, and what Python state it reads
-    guard = StepGuard.trace(module, "training_step", batch, step_args, step_context)
-    example = prefix + [leaves[i] for i in t_pos]
+    guard = StepGuard.trace(module, "training_step", batch, step_args, step_context, lifted)
+    n_batch = len(t_pos)
+    example = prefix + [leaves[i] for i in t_pos] + [x.tensor for x in lifted]
     module.__dict__["log"] = recorder
     prev_fx = module.__dict__.get("_current_fx_name")
     object.__setattr__(module, "_current_fx_name", "training_step")
@@ -273,7 +290,7 @@ def capture(
         module.__dict__.pop("log", None)
         object.__setattr__(module, "_current_fx_name", prev_fx)
 
-    roles = layout.roles() + [("batch", i) for i in range(len(t_pos))]
+    roles = layout.roles() + [("batch", i) for i in range(len(t_pos))] + [("lifted", i) for i in range(len(lifted))]
     phs = [n for n in gm.graph.nodes if n.op == "placeholder"]
     for node, r in zip(phs, roles):
         node.meta["role"] = r
@@ -284,6 +301,8 @@ def capture(
         if isinstance(value, Tensor):
             log_calls.append((name, idx, args, kwargs))
             idx += 1
+        elif isinstance(value, _LiftedLog):
+            log_calls.append((name, ("lifted", value.index), args, kwargs))
         else:
             log_calls.append((name, ("const", value), args, kwargs))
     extra_keys = []

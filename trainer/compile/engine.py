@@ -61,11 +61,13 @@ _SGD_KEYS = ("momentum", "dampening", "weight_decay", "nesterov", "maximize")
 
 
 class _GuardFailed(Exception):
-    """A Python value the step's graph was built with changed (``why``: the failed guard)."""
+    """A Python value the step's graph was built with changed (``why``: the failed guard; ``source``:
+    (owner, attribute, name) when it is a float attribute that could be a graph input)."""
 
-    def __init__(self, why: str) -> None:
+    def __init__(self, why: str, source: Optional[Tuple[Any, str, str]] = None) -> None:
         super().__init__(why)
         self.why = why
+        self.source = source
 
 
 class _Graph:
@@ -250,6 +252,9 @@ class CompiledEngine:
         self._guard_rebuilds = 0  # set-ups again because a guarded Python value changed (this fit)
         self._guard_fail_step = -2  # steps_run at the last guard failure
         self._guard_quick = 0  # guard failures in a row, each one step after the last
+        self._lifted: List[Any] = []  # trainer.compile.guards.Lifted: floats changing every step, graph inputs
+        self._lifted_tensors: List[Tensor] = []
+        self._lift_tried: set = set()
 
     # ------------------------------------------------------------------ tier selection
     def _fail(self, cause: str) -> None:
@@ -533,8 +538,14 @@ class CompiledEngine:
         layout = self.layout
         assert layout is not None
         t0 = time.perf_counter()
-        cap = capture(module, layout, batch, step_args, trainer.precision_plugin.train_step_context, variant,
-                      cpu_attention=self._attention)
+        try:
+            cap = capture(module, layout, batch, step_args, trainer.precision_plugin.train_step_context, variant,
+                          cpu_attention=self._attention, lifted=self._lifted)
+        except CaptureError as e:
+            if not self._lifted:
+                raise
+            names = ", ".join(f"`{x.name}`" for x in self._lifted)
+            raise CaptureError(f"{names} changes at every step and cannot be a graph input: {e.cause}") from e
         cfg = StepConfig(variant=variant, accumulate=layout.accumulate, clip_val=trainer.gradient_clip_val,
                          clip_algorithm=trainer.gradient_clip_algorithm or "norm", precision=trainer.precision,
                          use_cpp=self._use_cpp, scaler=self._scaler_cfg if layout.scaler is not None else None,
@@ -706,7 +717,11 @@ class CompiledEngine:
         object.__setattr__(module, "_current_fx_name", "training_step")
         try:
             for name, src, args, kwargs in cap.log_calls:
-                value = src[1] if isinstance(src, tuple) else outs[src]
+                if isinstance(src, tuple):
+                    value = src[1] if src[0] == "const" else getattr(self._lifted[src[1]].owner,
+                                                                     self._lifted[src[1]].attr)
+                else:
+                    value = outs[src]
                 module.log(name, value, *args, **kwargs)
         finally:
             object.__setattr__(module, "_current_fx_name", prev)
@@ -742,19 +757,30 @@ class CompiledEngine:
             self._fail(e.cause)
             return None
         except _GuardFailed as e:
-            if not self._rebuild_after(e.why):
+            if not self._rebuild_after(e.why, e.source):
                 return None
             return self.run(loop, optimizer, batch_idx, args, should_accumulate)
 
-    def _rebuild_after(self, why: str) -> bool:
+    def _rebuild_after(self, why: str, source: Optional[Tuple[Any, str, str]] = None) -> bool:
         """A guard failed before anything of this step ran: set up and capture again (the layout too: a
-        guard on ``requires_grad`` changes which parameters train). A value that changes at every step,
-        or more than ``CompileConfig.max_recompiles`` changes in a fit, sends the step to eager instead
-        (one warning naming the value). False: fell back."""
+        guard on ``requires_grad`` changes which parameters train). A float attribute that changed on
+        two steps in a row becomes a graph input (:class:`trainer.compile.guards.Lifted`); any other
+        value that changes at every step, or more than ``CompileConfig.max_recompiles`` changes in a
+        fit, sends the step to eager instead (one warning naming the value). False: fell back."""
         steps = self.report.steps_run
         self._guard_quick = self._guard_quick + 1 if steps - self._guard_fail_step <= 1 else 0
         self._guard_fail_step = steps
         self._guard_rebuilds += 1
+        if self._guard_quick == 1 and source is not None and (id(source[0]), source[1]) not in self._lift_tried:
+            from trainer.compile.guards import Lifted
+
+            owner, attr, name = source
+            self._lift_tried.add((id(owner), attr))
+            device = self.layout.params[0].device if self.layout is not None and self.layout.params else None
+            self._lifted.append(Lifted(owner, attr, device or torch.device("cpu"), name))
+            self._lifted_tensors = [x.tensor for x in self._lifted]
+            self._guard_quick = 0
+            why = f"{why} (changes at every step: now a graph input)"
         if self._guard_quick >= 2 or self._guard_rebuilds > self.config.max_recompiles:
             how = ("at every step" if self._guard_quick >= 2
                    else f"{self._guard_rebuilds} times (limit `CompileConfig.max_recompiles`)")
@@ -771,9 +797,9 @@ class CompiledEngine:
         guard = graph.cap.guard
         module = self.trainer.lightning_module
         with self.trainer.precision_plugin.train_step_context():
-            if guard.check(module, batch, rest):
+            if guard.check(module, batch, rest):  # also binds the lifted floats' values
                 return
-            raise _GuardFailed(guard.failure(module, batch, rest))
+            raise _GuardFailed(guard.failure(module, batch, rest), guard.float_source(module, batch, rest))
 
     def _run_full(self, loop: "AutomaticOptimization", batch_idx: int, args: tuple,
                   should_accumulate: bool) -> Dict[str, Any]:
@@ -827,9 +853,9 @@ class CompiledEngine:
             self._sync_buffers()
         alloc = graph.alloc
         if alloc is None:
-            outs = graph.fn(*self._prefix, *tensors)
+            outs = graph.fn(*self._prefix, *tensors, *self._lifted_tensors)
         else:  # the step's buffers from the caching CPU allocator (trainer/compile/allocator.py)
-            outs = allocator.run(alloc, graph.fn, *self._prefix, *tensors)
+            outs = allocator.run(alloc, graph.fn, *self._prefix, *tensors, *self._lifted_tensors)
         if self._ddp is not None:  # as DDP's forward: buffers are broadcast again after a synchronised step
             self._ddp.require_forward_param_sync = not should_accumulate
         if not should_accumulate:
@@ -887,9 +913,9 @@ class _CompiledClosure(_Closure):
             engine._sync_buffers()
         alloc = graph.alloc
         if alloc is None:
-            outs = graph.fn(*engine._prefix, *tensors)
+            outs = graph.fn(*engine._prefix, *tensors, *engine._lifted_tensors)
         else:
-            outs = allocator.run(alloc, graph.fn, *engine._prefix, *tensors)
+            outs = allocator.run(alloc, graph.fn, *engine._prefix, *tensors, *engine._lifted_tensors)
         if ddp is not None:
             ddp.require_forward_param_sync = self.sync
         cap = graph.cap

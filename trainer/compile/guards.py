@@ -31,11 +31,14 @@ sends the step to eager after a bounded number of rebuilds.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, ContextManager, Dict, List, Optional
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from trainer.compile.capture import CaptureError
+
+
+_PROBE = torch.zeros(())  # see _entry
 
 
 class _Traced(Exception):
@@ -53,7 +56,10 @@ def _entry(name: str) -> Callable[..., Any]:
     object, so a code object of our own keeps the user's ``training_step`` (and other trainers)
     free of our cache entries and gives the guards stable local names."""
     namespace: Dict[str, Any] = {}
-    source = f"def _trainer_{name}(module, batch, rest):\n    return module.{name}(batch, *rest)\n"
+    # `probe + 1` gives every trace a graph: dynamo calls no backend for a frame without tensor ops (a
+    # step that only appends to a list) and would run its Python for real instead
+    source = (f"def _trainer_{name}(module, batch, rest, probe):\n"
+              f"    return module.{name}(batch, *rest), probe + 1\n")
     exec(compile(source, f"<trainer.compile.guards:{name}>", "exec"), namespace)
     return namespace[f"_trainer_{name}"]
 
@@ -80,21 +86,74 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+_FLOAT_GUARD = re.compile(r"^(?P<base>.+)\.(?P<attr>[A-Za-z_][A-Za-z0-9_]*) == (?P<value>[-+0-9.eE]+|inf|-inf)$")
+
+
+class Lifted:
+    """A Python float the step reads that changes at every step (an annealed weight, a global a
+    callback decays): a graph input instead of a constant. While tracing and checking, the owner's
+    attribute holds a 0-dim float64 tensor (Python floats are doubles, so arithmetic on it rounds
+    as on the float); before each call the tensor is filled with the attribute's current value."""
+
+    __slots__ = ("owner", "attr", "tensor", "name")
+
+    def __init__(self, owner: Any, attr: str, device: torch.device, name: str) -> None:
+        self.owner = owner
+        self.attr = attr
+        self.tensor = torch.zeros((), dtype=torch.float64, device=device)
+        self.name = name  # in the user's words, for messages
+
+    def bind(self) -> bool:
+        """Copies the current value into the tensor; False when it is no longer a float."""
+        value = getattr(self.owner, self.attr, None)
+        if type(value) is not float:
+            return False
+        self.tensor.fill_(value)
+        return True
+
+
+class _Substituted:
+    """Puts each lifted attribute's tensor (or its tracer's stand-in) in place of the float, and back."""
+
+    __slots__ = ("_items", "_saved")
+
+    def __init__(self, lifted: Sequence[Lifted], values: Optional[Sequence[Any]] = None) -> None:
+        self._items = [(x.owner.__dict__, x.attr, x.tensor if values is None else v)
+                       for x, v in zip(lifted, values if values is not None else lifted)]
+        self._saved: List[Any] = []
+
+    def __enter__(self) -> None:
+        missing = _Substituted
+        self._saved = [d.get(attr, missing) for d, attr, _ in self._items]
+        for d, attr, value in self._items:
+            d[attr] = value
+
+    def __exit__(self, *exc: Any) -> None:
+        for (d, attr, _), old in zip(self._items, self._saved):
+            if old is _Substituted:
+                d.pop(attr, None)
+            else:
+                d[attr] = old
+
+
 class StepGuard:
     """The guards of one captured step call. Build with :meth:`trace`; :meth:`check` each call."""
 
-    __slots__ = ("_manager", "_name", "_fn")
+    __slots__ = ("_manager", "_name", "_fn", "lifted")
 
-    def __init__(self, manager: Any, name: str, fn: Callable[..., Any]) -> None:
+    def __init__(self, manager: Any, name: str, fn: Callable[..., Any], lifted: Sequence[Lifted] = ()) -> None:
         self._manager = manager
         self._name = name
+        self.lifted = list(lifted)
         # the traced entry function owns dynamo's cache entry, and with it the globals dynamo installed
         # for its guards (e.g. the builtins dict): freeing the entry removes them and every check fails
         self._fn = fn
 
     @classmethod
-    def trace(cls, module: Any, name: str, batch: Any, rest: tuple, context: Callable[[], ContextManager]) -> "StepGuard":
-        """Guards of ``module.<name>(batch, *rest)`` under ``context`` and the current grad mode.
+    def trace(cls, module: Any, name: str, batch: Any, rest: tuple, context: Callable[[], ContextManager],
+              lifted: Sequence[Lifted] = ()) -> "StepGuard":
+        """Guards of ``module.<name>(batch, *rest)`` under ``context`` and the current grad mode, with
+        the ``lifted`` floats as tensors (guarded as tensors, not by value).
 
         Raises :class:`CaptureError` naming the source line or the mutated value when the call is
         not one side-effect-free graph.
@@ -133,10 +192,10 @@ class StepGuard:
         saved = module.__dict__.get("log", None)
         module.__dict__["log"] = _log_stub
         try:
-            with torch._dynamo.config.patch(specialize_int=True, specialize_float=True,
+            with torch._dynamo.config.patch(specialize_int=True, specialize_float=True, allow_empty_graphs=True,
                                             automatic_dynamic_shapes=False, assume_static_by_default=True), \
-                    context():
-                compiled(module, batch, rest)
+                    context(), _Substituted(lifted):
+                compiled(module, batch, rest, _PROBE)
         except _Traced:
             pass
         except CaptureError:
@@ -156,39 +215,72 @@ class StepGuard:
         entries = _debug_get_cache_entry_list(fn.__code__)
         if len(entries) != 1:
             raise CaptureError(f"`{name}`: dynamo produced {len(entries)} guarded entries, expected one")
-        return cls(entries[0].guard_manager, name, fn)
+        return cls(entries[0].guard_manager, name, fn, lifted)
 
     def check(self, module: Any, batch: Any, rest: tuple) -> bool:
-        """Whether the graph still computes what ``module.<name>(batch, *rest)`` would. Call it under
-        the same context and grad mode as :meth:`trace`."""
+        """Whether the graph still computes what ``module.<name>(batch, *rest)`` would, after binding
+        the lifted floats' current values into their tensors. Call it under the same context and grad
+        mode as :meth:`trace`."""
+        lifted = self.lifted
+        if lifted:
+            if not all(x.bind() for x in lifted):
+                return False
+            with _Substituted(lifted):
+                return self._check(module, batch, rest)
+        return self._check(module, batch, rest)
+
+    def _check(self, module: Any, batch: Any, rest: tuple) -> bool:
         d = module.__dict__
         saved = d.get("log", None)
         d["log"] = _log_stub
         try:
-            return bool(self._manager.check({"module": module, "batch": batch, "rest": rest}))
+            return bool(self._manager.check({"module": module, "batch": batch, "rest": rest, "probe": _PROBE}))
         finally:
             if saved is None:
                 del d["log"]
             else:
                 d["log"] = saved
 
-    def failure(self, module: Any, batch: Any, rest: tuple) -> str:
-        """The first guard that fails now, in the user's words (for ``compile_report`` and warnings)."""
+    def _failed_part(self, module: Any, batch: Any, rest: tuple) -> str:
         d = module.__dict__
         saved = d.get("log", None)
         d["log"] = _log_stub
         try:
-            info = self._manager.check_verbose({"module": module, "batch": batch, "rest": rest})
+            with _Substituted(self.lifted):
+                info = self._manager.check_verbose({"module": module, "batch": batch, "rest": rest,
+                                                    "probe": _PROBE})
         finally:
             if saved is None:
                 d.pop("log", None)
             else:
                 d["log"] = saved
         parts = list(getattr(info, "verbose_code_parts", []) or [])
-        if not parts:
-            return "a value the step read changed"
-        code = parts[0].split("#", 1)[0].strip()
-        return _readable(code)
+        return parts[0].split("#", 1)[0].strip() if parts else ""
+
+    def failure(self, module: Any, batch: Any, rest: tuple) -> str:
+        """The first guard that fails now, in the user's words (for ``compile_report`` and warnings)."""
+        for x in self.lifted:
+            if type(getattr(x.owner, x.attr, None)) is not float:
+                return f"{x.name} is no longer a float"
+        code = self._failed_part(module, batch, rest)
+        return _readable(code) if code else "a value the step read changed"
+
+    def float_source(self, module: Any, batch: Any, rest: tuple) -> Optional[Tuple[Any, str, str]]:
+        """(owner, attribute, name) when the failing guard is an attribute holding a float that now
+        holds another float (a candidate for :class:`Lifted`); None otherwise."""
+        match = _FLOAT_GUARD.match(self._failed_part(module, batch, rest))
+        if match is None:
+            return None
+        scope = {"L": {"module": module, "batch": batch, "rest": rest, "probe": _PROBE}, "G": self._fn.__globals__}
+        try:
+            owner = eval(match["base"], {"__builtins__": {}}, scope)  # a guard source: subscripts and attributes
+        except Exception:
+            return None
+        attr = match["attr"]
+        if not hasattr(owner, "__dict__") or isinstance(owner, type) \
+                or type(getattr(owner, attr, None)) is not float:
+            return None
+        return owner, attr, _readable(f"{match['base']}.{attr}")
 
 
-__all__ = ["StepGuard"]
+__all__ = ["Lifted", "StepGuard"]
