@@ -3,8 +3,8 @@
 #
 # Two passes: the whole suite (tests/conftest.py runs the eager engine, the oracle, unless a test asks
 # for the compiled one; tests/compile tests the compiled engine explicitly), then the suites that
-# compare with pytorch-lightning (parity, hook order, numerics, exact SIGKILL resume, logging, the
-# main job) again under the default engine users get: TRAINER_COMPILE=1.
+# compare with pytorch-lightning (parity, hook order, numerics, exact SIGKILL resume, logging, trainer,
+# module, checkpoints, loops, callbacks, the main job) again under the default engine users get: TRAINER_COMPILE=1.
 # With arguments, only `pytest "$@"` runs (one pass, as asked).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,4 +17,5 @@ python -m pytest -q
 echo "== the Lightning-parity suites again, under the compiled engine (TRAINER_COMPILE=1) =="
 TRAINER_COMPILE=1 exec python -m pytest -q -p no:cacheprovider \
   tests/parity tests/test_hook_order.py tests/test_numerics.py tests/test_checkpoint_resume.py \
-  tests/test_logging.py tests/examples
+  tests/test_logging.py tests/test_trainer.py tests/test_module.py tests/test_checkpoint.py \
+  tests/loops tests/callbacks tests/examples

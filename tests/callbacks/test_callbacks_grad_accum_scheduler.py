@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import make_loader, misconfiguration_exception, mlp_module_class, quiet_trainer_kwargs
+from helpers import compiled_engine, make_loader, misconfiguration_exception, mlp_module_class, quiet_trainer_kwargs
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning")]
 
@@ -96,4 +96,4 @@ def test_weights_and_global_step_match_lightning(TL, PL, tmp_path, schedule, exp
     for (name, p), (ref_name, q) in zip(ours.state_dict().items(), ref.state_dict().items()):
         assert name == ref_name
         assert p.dtype == torch.float32
-        assert torch.allclose(p, q, rtol=1e-6, atol=0), name
+        assert torch.allclose(p, q, rtol=1e-6, atol=1e-7 if compiled_engine() else 0), name

@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from helpers import make_loader, mlp_module_class, quiet_trainer_kwargs
+from helpers import compiled_engine, make_loader, mlp_module_class, quiet_trainer_kwargs
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning")]
 
@@ -63,7 +63,7 @@ def test_exception_leaves_checkpoint_like_lightning(TL, PL, tmp_path):
     assert ours["epoch"] == ref["epoch"] == 1
     assert ours["state_dict"].keys() == ref["state_dict"].keys()
     for k in ref["state_dict"]:
-        assert torch.allclose(ours["state_dict"][k], ref["state_dict"][k], rtol=1e-6, atol=0), k
+        assert torch.allclose(ours["state_dict"][k], ref["state_dict"][k], rtol=1e-6, atol=1e-7 if compiled_engine() else 0), k
     assert len(ours["optimizer_states"]) == len(ref["optimizer_states"]) == 1
     # the file holds the weights at the failure
     for k, v in ours_model.state_dict().items():

@@ -332,3 +332,21 @@ def test_strict_mode_raises_on_a_side_effect():
 
     with pytest.raises(CompileError, match=r"self\.seen"):
         _fit("helper_appends", "trainer", compile_on="strict")
+
+
+def test_a_compiler_failure_falls_back_with_one_warning(monkeypatch):
+    """An error inside inductor (or its C++/Triton codegen) ends in the eager engine, not in a crash."""
+    from trainer.compile import engine
+
+    def broken(gm, example_inputs):
+        raise RuntimeError("C++ compile error: something inductor could not build\nmore detail")
+
+    monkeypatch.setattr(engine, "_compile_graph", broken)
+    pl_model, _, _ = _fit("epoch_helper", "lightning")
+    model, trainer, compile_warnings = _fit("epoch_helper", "trainer", compile_on=True)
+    assert trainer.compile_report.mode == "eager"
+    assert len(compile_warnings) == 1
+    assert "the compiler failed" in str(compile_warnings[0].message)
+    assert "C++ compile error" in str(compile_warnings[0].message)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, pl_model.state_dict()[key], rtol=0, atol=1e-6)
