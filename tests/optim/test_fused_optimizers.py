@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import trainer.optim as topt
+from helpers.optim_compare import Snapshot, assert_state_close as _assert_state_close
 from trainer.optim import FusedAdam, FusedAdamW, FusedLion, FusedSGD, functional as F
 
 BACKENDS = [pytest.param("cpp", marks=pytest.mark.skipif(not topt.HAS_CPP, reason="trainer._C not built")), "torch"]
@@ -36,25 +37,22 @@ def set_grads(params, step, noncontig=True):
             p.grad = torch.randn(p.shape, generator=g).to(p.dtype)
 
 
+def assert_state_close(ref, ours, ref_p, our_p, tol=None):
+    """fp32 within a few ulps where the run recorded a `Snapshot`; else the dtype's tolerance."""
+    _assert_state_close(ref, ours, ref_p, our_p, tol if tol is not None else TOL)
+
+
 def run_pair(make_ref, make_ours, steps=4, dtype=torch.float32):
     ref_p, our_p = make_params(dtype=dtype), make_params(dtype=dtype)
     ref, ours = make_ref(ref_p), make_ours(our_p)
     for s in range(steps):
         set_grads(ref_p, s)
         set_grads(our_p, s)
+        if s == steps - 1:
+            ref.before_last = Snapshot(ref, ref_p)
         ref.step()
         ours.step()
     return ref_p, our_p, ref, ours
-
-
-def assert_state_close(ref, ours, ref_p, our_p, tol):
-    for rp, op in zip(ref_p, our_p):
-        torch.testing.assert_close(op.detach(), rp.detach(), **tol)
-        rs, os_ = ref.state[rp], ours.state[op]
-        for k, v in rs.items():
-            if v is None:
-                continue
-            torch.testing.assert_close(os_[k].to(v.dtype), v, **tol, msg=lambda m: f"state[{k!r}]: {m}")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -64,7 +62,26 @@ def test_adamw_matches_torch(backend, amsgrad, maximize):
     kw = dict(lr=1e-2, betas=(0.8, 0.99), eps=1e-7, weight_decay=0.1, amsgrad=amsgrad, maximize=maximize)
     ref_p, our_p, ref, ours = run_pair(lambda p: torch.optim.AdamW(p, foreach=False, **kw),
                                        lambda p: FusedAdamW(p, backend=backend, **kw))
-    assert_state_close(ref, ours, ref_p, our_p, TOL[torch.float32])
+    assert_state_close(ref, ours, ref_p, our_p)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_default_betas_within_ulps_and_the_fp32_one_minus_beta2_bias_fails(backend):
+    """Regression (d7bec46): kernels computed `1 - beta2` in fp32, 1.29e-5 relative low at beta2=0.999.
+
+    Our kernels must pass at default betas, and the comparison must catch that bias: a FusedAdamW whose
+    beta2 is the one the biased kernel effectively used fails it on exp_avg_sq.
+    """
+    ref_p, our_p, ref, ours = run_pair(lambda p: torch.optim.AdamW(p, lr=1e-3, foreach=False),
+                                       lambda p: FusedAdamW(p, lr=1e-3, backend=backend))
+    assert_state_close(ref, ours, ref_p, our_p)
+    one_minus_beta2_fp32 = float(torch.tensor(1.0) - torch.tensor(0.999))
+    assert abs(one_minus_beta2_fp32 / (1 - 0.999) - 1) > 1e-5  # the bias the kernels had
+    ref_p, our_p, ref, biased = run_pair(
+        lambda p: torch.optim.AdamW(p, lr=1e-3, foreach=False),
+        lambda p: FusedAdamW(p, lr=1e-3, betas=(0.9, 1 - one_minus_beta2_fp32), backend=backend))
+    with pytest.raises(AssertionError, match="exp_avg_sq"):
+        assert_state_close(ref, biased, ref_p, our_p)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -72,7 +89,7 @@ def test_adam_l2_matches_torch(backend):
     kw = dict(lr=3e-3, weight_decay=0.05, amsgrad=True)
     ref_p, our_p, ref, ours = run_pair(lambda p: torch.optim.Adam(p, foreach=False, **kw),
                                        lambda p: FusedAdam(p, backend=backend, **kw))
-    assert_state_close(ref, ours, ref_p, our_p, TOL[torch.float32])
+    assert_state_close(ref, ours, ref_p, our_p)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -81,7 +98,7 @@ def test_adam_l2_matches_torch(backend):
 def test_sgd_matches_torch(backend, kw):
     ref_p, our_p, ref, ours = run_pair(lambda p: torch.optim.SGD(p, lr=0.05, foreach=False, **kw),
                                        lambda p: FusedSGD(p, lr=0.05, backend=backend, **kw))
-    assert_state_close(ref, ours, ref_p, our_p, TOL[torch.float32])
+    assert_state_close(ref, ours, ref_p, our_p)
 
 
 def lion_reference(params, grads, exp_avgs, lr, beta1, beta2, wd):
@@ -115,9 +132,10 @@ def test_many_small_tensors(backend):
     for s in range(2):
         set_grads(ref_p, s)
         set_grads(our_p, s)
+        ref.before_last = Snapshot(ref, ref_p)
         ref.step()
         ours.step()
-    assert_state_close(ref, ours, ref_p, our_p, TOL[torch.float32])
+    assert_state_close(ref, ours, ref_p, our_p)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -215,11 +233,12 @@ def test_lr_tensor_and_changing_lr(backend):
     for s in range(3):
         set_grads(ref_p, s)
         set_grads(our_p, s)
+        ref.before_last = Snapshot(ref, ref_p)
         ref.step()
         ours.step()
         ref.param_groups[0]["lr"] *= 0.5
         ours.param_groups[0]["lr"].mul_(0.5)
-    assert_state_close(ref, ours, ref_p, our_p, TOL[torch.float32])
+    assert_state_close(ref, ours, ref_p, our_p)
 
 
 @pytest.mark.parametrize("torch_cls,ours_cls,kw", [
@@ -293,6 +312,7 @@ def test_adamw_cuda_backends_match_torch(backend):
             set_grads(ps, s)
             for p in ps:
                 p.grad = p.grad.cuda()
+        ref.before_last = Snapshot(ref, ref_p)
         ref.step()
         ours.step()
-    assert_state_close(ref, ours, ref_p, our_p, TOL[torch.float32])
+    assert_state_close(ref, ours, ref_p, our_p)
