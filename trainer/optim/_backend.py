@@ -137,5 +137,19 @@ def resolve_backend(device: torch.device | str, requested: str | None = None) ->
     if choice is None:
         choice = available_backends(device_type)[0]
         _chosen[device_type] = choice
-        log.info("trainer.optim: using the %r backend for %s tensors", choice, device_type)
+        missing = _missing_native(device_type)
+        if missing is not None:
+            log.warning("trainer.optim: the %r kernels are unavailable (%s); %s tensors fall back to the slower "
+                        "%r backend", missing, _why_unavailable(missing, device_type), device_type, choice)
+        else:
+            log.info("trainer.optim: using the %r backend for %s tensors", choice, device_type)
     return choice
+
+
+def _missing_native(device_type: str) -> str | None:
+    """The compiled backend that should serve ``device_type`` but did not load, if any."""
+    if device_type == "cpu" and not HAS_CPP:
+        return "cpp"
+    if device_type == "cuda" and not HAS_CUDA_EXT and torch.version.cuda is not None:
+        return "cuda"
+    return None

@@ -1,0 +1,42 @@
+"""trainer/optim/_backend.py: the C++ extension is present where the test command built it, and a
+missing native backend is a warning, never a quiet switch to slower kernels."""
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+
+from trainer.optim import _backend
+
+
+def test_extension_is_built():
+    """The README's set-up builds trainer._C; without it a third of the kernel tests would only skip.
+
+    TRAINER_ALLOW_MISSING_EXT=1 is for a deliberate pure-Python install, never CI."""
+    if os.environ.get("TRAINER_ALLOW_MISSING_EXT") == "1":
+        pytest.skip("TRAINER_ALLOW_MISSING_EXT=1: a pure-Python install was asked for")
+    assert _backend.HAS_CPP, (f"trainer._C did not load ({_backend._C_ERROR}); build it with "
+                              "`pip install --no-build-isolation -e .` (scripts/setup.sh does)")
+
+
+def test_missing_cpp_backend_is_a_warning(monkeypatch, caplog):
+    monkeypatch.setattr(_backend, "HAS_CPP", False)
+    monkeypatch.setattr(_backend, "_C_ERROR", "ImportError: no module named trainer._C")
+    monkeypatch.setattr(_backend, "_chosen", {})
+    with caplog.at_level(logging.INFO, logger="trainer.optim"):
+        assert _backend.resolve_backend("cpu") == "torch"
+        assert _backend.resolve_backend("cpu") == "torch"  # decided and said once
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, caplog.text
+    msg = warnings[0].getMessage()
+    assert "'cpp'" in msg and "no module named trainer._C" in msg and "'torch'" in msg
+
+
+def test_normal_choice_is_info_only(monkeypatch, caplog):
+    monkeypatch.setattr(_backend, "_chosen", {})
+    with caplog.at_level(logging.INFO, logger="trainer.optim"):
+        choice = _backend.resolve_backend("cpu")
+    assert choice == _backend.available_backends("cpu")[0]
+    if _backend.HAS_CPP:
+        assert [r.levelno for r in caplog.records] == [logging.INFO]
