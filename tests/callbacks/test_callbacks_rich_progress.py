@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import boring_model_class
 
-pytest.importorskip("rich")
+import rich  # noqa: E402,F401  (test extra: missing rich fails)
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning")]
 
 

@@ -176,7 +176,7 @@ class MetricLogger(EvalMLP):
 
 
 def test_torchmetrics_update_is_not_frozen_into_a_graph():
-    pytest.importorskip("torchmetrics")
+    import torchmetrics  # noqa: F401  (installed with pytorch-lightning, test extra)
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         compiled = _trainer(True).validate(MetricLogger())

@@ -682,7 +682,7 @@ def test_seed_everything(run):
 
 
 def scenario_torchmetrics(L, root, max_epochs=2, num_sanity_val_steps=1):
-    torchmetrics = pytest.importorskip("torchmetrics")
+    import torchmetrics  # installed with pytorch-lightning (test extra)
     Base = mlp_module_class(L)
 
     class WithMetrics(Base):
