@@ -238,14 +238,41 @@ def test_grad_scaler_inf_skips_step_but_counts_it(tmp_path):
     assert plugin.scaler.get_scale() == 2.0 ** 9                # backed off once
 
 
+def _grad_scaler_hand_loop(inf_at, clip):
+    """What a user writes with torch.amp: fp16 autocast, GradScaler(init_scale=1024), unscale, clip, fused AdamW."""
+    layer = _linear()
+    opt = torch.optim.AdamW(layer.parameters(), lr=0.01, fused=True)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    weights = []
+    for batch_idx, (x, y) in enumerate(make_loader(12, 4)):
+        weights.append(layer.weight.detach().clone())
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = F.mse_loss(layer(x).float(), y)
+        if batch_idx == inf_at:
+            loss = loss * float("inf")
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(layer.parameters(), clip)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+    return layer, weights, scaler.get_scale()
+
+
 def test_grad_scaler_fused_adamw_with_clipping(tmp_path):
+    """fp16 GradScaler + fused AdamW + norm clipping, an inf at step 1: the hand loop's weights and scale."""
     model = scaled_class()(opt="fused", inf_at=1)
     t, plugin = _scaler_trainer(tmp_path, gradient_clip_val=0.1)
     t.fit(model)
+    ref, ref_weights, ref_scale = _grad_scaler_hand_loop(inf_at=1, clip=0.1)
     assert t.global_step == 3
     assert torch.equal(model.weights[1], model.weights[2])  # the fused kernel skipped the inf step
-    assert torch.isfinite(model.layer.weight).all()
     assert not torch.equal(model.weights[0], model.weights[1])
+    for i, (got, want) in enumerate(zip(model.weights, ref_weights)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0, msg=lambda m: f"before step {i}: {m}")
+    torch.testing.assert_close(model.layer.weight.detach(), ref.weight.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(model.layer.bias.detach(), ref.bias.detach(), rtol=0, atol=0)
+    assert plugin.scaler.get_scale() == ref_scale == 2.0 ** 9
 
 
 def test_grad_scaler_state_in_checkpoint(tmp_path):
