@@ -121,7 +121,7 @@ def foreach_adam_(
         return _skippable(foreach_adam_, found_inf, [params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs], grads, steps,
                           lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled, clip_coef, grad_scale)
     if grad_scale is not None:
-        grads = torch._foreach_div(grads, grad_scale)
+        grads = torch._foreach_div(grads, grad_scale.reshape(()))  # GradScaler._scale is shape [1]
     if clip_coef is not None:
         grads = torch._foreach_mul(grads, clip_coef)
     if maximize:
@@ -155,7 +155,7 @@ def foreach_sgd_(
         return _skippable(foreach_sgd_, found_inf, [params, momentum_buffers], grads, lr, momentum, dampening,
                           weight_decay, nesterov, maximize, clip_coef, grad_scale)
     if grad_scale is not None:
-        grads = torch._foreach_div(grads, grad_scale)
+        grads = torch._foreach_div(grads, grad_scale.reshape(()))  # GradScaler._scale is shape [1]
     if clip_coef is not None:
         grads = torch._foreach_mul(grads, clip_coef)
     if maximize:
