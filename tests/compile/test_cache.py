@@ -91,3 +91,23 @@ def test_fresh_process_hits_the_fx_graph_cache(cold_build):
     got = result["counters"]
     assert got.get("fxgraph_cache_hit", 0) == result["graphs"] == first_trainer.compile_report.graphs_built, got
     assert got.get("fxgraph_cache_miss", 0) == 0 and got.get("fxgraph_cache_bypass", 0) == 0, got
+
+
+def test_isa_probe_memo_is_scoped_to_the_engine_compiles(cold_build):
+    """The ISA-probe memo patches inductor only inside the engine's compiles: after a compiled fit, a
+    user's own torch.compile sees inductor's functions as shipped."""
+    from torch._inductor import cpu_vec_isa
+
+    from trainer.compile.engine import _isa_patches, isa_probe_memo
+
+    shipped = (cpu_vec_isa.VecISA.check_build, cpu_vec_isa.valid_vec_isa_list)
+    patches = _isa_patches()
+    assert patches, "inductor's ISA probe API moved: the memo no longer applies"
+    with isa_probe_memo():
+        with isa_probe_memo():  # nested: each level restores what it found
+            assert cpu_vec_isa.VecISA.check_build is not shipped[0]
+        assert cpu_vec_isa.VecISA.check_build is not shipped[0]
+        assert cpu_vec_isa.valid_vec_isa_list is not shipped[1]
+    assert (cpu_vec_isa.VecISA.check_build, cpu_vec_isa.valid_vec_isa_list) == shipped
+    fit(MLP(), True, epochs=1)
+    assert (cpu_vec_isa.VecISA.check_build, cpu_vec_isa.valid_vec_isa_list) == shipped

@@ -26,12 +26,14 @@ the step captured again (``compile_report.recompiles``/``recompile_reasons``).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import sys
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -104,7 +106,6 @@ def _compile_graph(gm: Any, example_inputs: List[Any]) -> Callable:
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
-    _memoize_isa_probe()
     fake_mode = FakeTensorMode(shape_env=ShapeEnv(), static_shapes=True)
     fakes = [fake_mode.from_tensor(t, static_shapes=True) if isinstance(t, Tensor) else t for t in example_inputs]
     # emulate_precision_casts: round bf16/fp16 intermediates where eager rounds them (inductor keeps
@@ -121,7 +122,7 @@ def _compile_graph(gm: Any, example_inputs: List[Any]) -> Callable:
         patches["post_grad_custom_post_pass"] = lowering.post_grad_pass()
     if cpu:
         lowering.rewrite(gm)
-    with torch.no_grad(), tracing(TracingContext(fake_mode)), inductor_config.patch(patches):
+    with torch.no_grad(), tracing(TracingContext(fake_mode)), inductor_config.patch(patches), isa_probe_memo():
         return compile_fx(gm, fakes, decompositions=lowering.decompositions() if cpu else None)
 
 
@@ -131,8 +132,12 @@ def _memo_dir() -> str:
     return root
 
 
-def _memoize_isa_probe() -> None:
-    """Remembers inductor's CPU vector-ISA checks across processes (a per-machine fact).
+@contextlib.contextmanager
+def isa_probe_memo() -> Iterator[None]:
+    """Inside it, inductor's CPU vector-ISA checks are remembered across processes (a per-machine fact).
+
+    Only the engine's own compiles run inside it: a user's ``torch.compile`` elsewhere in the process
+    sees inductor as it ships. Nested uses are fine (each restores what it found).
 
     Before the first CPU kernel of every process, inductor decides which SIMD ISAs work by
     compiling a probe library per ISA with gcc and dlopen-ing each in a *child Python*
@@ -142,17 +147,27 @@ def _memoize_isa_probe() -> None:
     the CPU, so it is kept in ``$TRAINER_CACHE_DIR`` (default ``~/.cache/trainer``) under a key of
     exactly those; anything else (a new torch, another CPU, an unreadable file) probes again.
     """
-    global _ISA_PATCHED
-    if _ISA_PATCHED:
-        return
-    _ISA_PATCHED = True
+    patches = _isa_patches()
+    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
+    for obj, name, fn in patches:
+        setattr(obj, name, fn)
+    try:
+        yield
+    finally:
+        for obj, name, fn in saved:
+            setattr(obj, name, fn)
+
+
+@functools.lru_cache(maxsize=None)
+def _isa_patches() -> Tuple[Tuple[Any, str, Any], ...]:
+    """(object, attribute, replacement) for :func:`isa_probe_memo`; empty where inductor differs."""
     try:
         from torch._inductor import cpu_vec_isa
     except ImportError:  # pragma: no cover
-        return
+        return ()
     original = getattr(cpu_vec_isa.VecISA, "check_build", None)
     if original is None:  # another torch version: leave inductor alone
-        return
+        return ()
 
     def check_build(self: Any, code: str) -> bool:
         import hashlib
@@ -187,7 +202,7 @@ def _memoize_isa_probe() -> None:
             pass
         return ok
 
-    cpu_vec_isa.VecISA.check_build = check_build
+    patches: List[Tuple[Any, str, Any]] = [(cpu_vec_isa.VecISA, "check_build", check_build)]
 
     # Only the first working ISA of inductor's priority list is ever used (pick_vec_isa returns
     # valid_vec_isa_list()[0] unless cpp.simdlen or ATEN_CPU_CAPABILITY ask for another one), but
@@ -197,8 +212,7 @@ def _memoize_isa_probe() -> None:
     supported = getattr(cpu_vec_isa, "supported_vec_isa_list", None)
     checker = getattr(cpu_vec_isa, "x86_isa_checker", None)
     if original_list is None or supported is None or checker is None:
-        return
-    import functools
+        return tuple(patches)
     import platform
 
     @functools.cache
@@ -217,10 +231,8 @@ def _memoize_isa_probe() -> None:
             return first_valid()
         return original_list()
 
-    cpu_vec_isa.valid_vec_isa_list = valid_vec_isa_list
-
-
-_ISA_PATCHED = False
+    patches.append((cpu_vec_isa, "valid_vec_isa_list", valid_vec_isa_list))
+    return tuple(patches)
 
 
 class CompiledEngine:

@@ -137,6 +137,8 @@ class ShardedStep:
         from torch._inductor import config as inductor_config
         from torch._inductor.compile_fx import compile_fx, compile_fx_inner
 
+        from trainer.compile.engine import isa_probe_memo
+
         report = self.report
 
         def inner(gm: Any, example: Any, **kwargs: Any) -> Any:
@@ -144,7 +146,8 @@ class ShardedStep:
                 return compile_fx_inner(gm, example, **kwargs)
             t0 = time.perf_counter()
             try:
-                return compile_fx_inner(gm, example, **kwargs)
+                with isa_probe_memo():  # a backward compiled lazily, at the first backward
+                    return compile_fx_inner(gm, example, **kwargs)
             finally:
                 report.compile_seconds += time.perf_counter() - t0
 
@@ -167,7 +170,7 @@ class ShardedStep:
             region.sigs.add(sig)
             try:
                 # see engine._inductor_compile: round bf16/fp16 intermediates where eager rounds them
-                with inductor_config.patch(emulate_precision_casts=True):
+                with inductor_config.patch(emulate_precision_casts=True), isa_probe_memo():
                     return compile_fx(gm, example, inner_compile=inner)
             finally:
                 self._in_backend -= 1
@@ -401,9 +404,6 @@ def setup_sharded(engine: "CompiledEngine", optimizer: Any, batch_idx: int = 0) 
     trainer = engine.trainer
     if trainer._detect_anomaly:
         return engine._fail("detect_anomaly=True needs the eager autograd engine")
-    from trainer.compile.engine import _memoize_isa_probe
-
-    _memoize_isa_probe()
     step = ShardedStep(engine, optimizer)
     step._find_regions()
     reason = engine._update_reason(optimizer, trainer.precision, step.params)
