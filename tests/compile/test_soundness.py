@@ -234,6 +234,25 @@ def case_dropout_p(L):
     return M(), [DropMore()]
 
 
+def case_reads_weight_in_outputs(L):
+    """The loss and a logged value are pointwise functions of a weight the update overwrites in place:
+    both must be the values before the update (inductor computed them lazily, after it: ``reads_before_writes``)."""
+    class M(_base(L)):
+        def __init__(self):
+            super().__init__()
+            self.history = []
+
+        def training_step(self, batch, batch_idx):
+            w = self.net[0].weight[0, 0]
+            self.log("w00x2", w * 2)
+            return self.mse(batch) + 1e-3 * w
+
+        def on_train_batch_end(self, outputs, batch, batch_idx):
+            self.history.append((float(outputs["loss"]), float(self.trainer.callback_metrics["w00x2"])))
+
+    return M(), []
+
+
 # What the compiled engine must report for each case: ("recompiles", n) = captured again n times and
 # stayed compiled; ("eager", text) = fell back with one CompileWarning containing text.
 CASES = {
@@ -250,6 +269,7 @@ CASES = {
     "requires_grad_toggle": (case_requires_grad_toggle, ("recompiles", 1)),
     "submodule_mode": (case_submodule_mode, ("recompiles", 2)),
     "dropout_p": (case_dropout_p, ("recompiles", 1)),
+    "reads_weight_in_outputs": (case_reads_weight_in_outputs, ("recompiles", 0)),
 }
 
 
@@ -276,6 +296,9 @@ def _observed(model, trainer):
     out = {"SCALE": SCALE, "global_step": trainer.global_step}
     if hasattr(model, "seen"):
         out["seen"] = len(model.seen)
+    for i, step in enumerate(getattr(model, "history", ())):
+        for j, value in enumerate(step):
+            out[f"history[{i}][{j}]"] = value
     for key, value in trainer.callback_metrics.items():
         out[key] = float(value)
     return out

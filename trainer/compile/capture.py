@@ -261,10 +261,13 @@ def capture(
 
         grads, (_, (loss, logs, extras)) = torch.func.grad_and_value(step_loss, has_aux=True)(
             params, others, bufs, batch_tensors)
+        # the outputs were detached inside step_loss, before any update: nothing may read them after the
+        # updates (inductor realizes an output where its last op is; a view traced after the in-place update
+        # of a parameter made a loss or logged value computed lazily from that parameter read the new value)
         if not with_update:
-            return (loss.detach(), *logs, *extras, *grads)
+            return (loss, *logs, *extras, *grads)
         _emit_updates(layout, params, grads, states, lrs)
-        return (loss.detach(), *logs, *extras)
+        return (loss, *logs, *extras)
 
     if cpu_attention:
         from trainer.compile.attention import SmallAttention as attention_mode

@@ -40,6 +40,7 @@ from torch import Tensor
 from torch.utils._pytree import tree_flatten
 
 from trainer.compile import CompileConfig, CompileError, allocator
+from trainer.compile.reads_before_writes import cache_key_pass, realize_reads_before_writes
 from trainer.compile.capture import Captured, CaptureError, Layout, capture
 from trainer.compile.passes import StepConfig, run_passes
 from trainer.compile.report import CompileReport
@@ -118,11 +119,14 @@ def _compile_graph(gm: Any, example_inputs: List[Any]) -> Callable:
 
     cpu = all(t.device.type == "cpu" for t in example_inputs if isinstance(t, Tensor))
     patches: Dict[str, Any] = {"emulate_precision_casts": True}
+    if inductor_config.post_grad_custom_pre_pass is None:
+        patches["post_grad_custom_pre_pass"] = cache_key_pass()
     if cpu and inductor_config.post_grad_custom_post_pass is None:
         patches["post_grad_custom_post_pass"] = lowering.post_grad_pass()
     if cpu:
         lowering.rewrite(gm)
-    with torch.no_grad(), tracing(TracingContext(fake_mode)), inductor_config.patch(patches), isa_probe_memo():
+    with torch.no_grad(), tracing(TracingContext(fake_mode)), inductor_config.patch(patches), isa_probe_memo(), \
+            realize_reads_before_writes():
         return compile_fx(gm, fakes, decompositions=lowering.decompositions() if cpu else None)
 
 

@@ -138,6 +138,7 @@ class ShardedStep:
         from torch._inductor.compile_fx import compile_fx, compile_fx_inner
 
         from trainer.compile.engine import isa_probe_memo
+        from trainer.compile.reads_before_writes import realize_reads_before_writes
 
         report = self.report
 
@@ -146,7 +147,7 @@ class ShardedStep:
                 return compile_fx_inner(gm, example, **kwargs)
             t0 = time.perf_counter()
             try:
-                with isa_probe_memo():  # a backward compiled lazily, at the first backward
+                with isa_probe_memo(), realize_reads_before_writes():  # a backward compiled at the first backward
                     return compile_fx_inner(gm, example, **kwargs)
             finally:
                 report.compile_seconds += time.perf_counter() - t0
@@ -170,7 +171,8 @@ class ShardedStep:
             region.sigs.add(sig)
             try:
                 # see engine._inductor_compile: round bf16/fp16 intermediates where eager rounds them
-                with inductor_config.patch(emulate_precision_casts=True), isa_probe_memo():
+                with inductor_config.patch(emulate_precision_casts=True), isa_probe_memo(), \
+                        realize_reads_before_writes():
                     return compile_fx(gm, example, inner_compile=inner)
             finally:
                 self._in_backend -= 1
