@@ -439,3 +439,62 @@ def test_overfit_batches_with_several_random_loaders(tmp_path, num_loaders):
     expected, got = both(_overfit_several_random_loaders, tmp_path, num_loaders=num_loaders)
     assert expected["samplers"] == [["SequentialSampler"] * num_loaders] * 4
     assert_close(got, expected)
+
+
+def _overfit_outside_fit(L: ModuleType, root, overfit: Any) -> Dict[str, Any]:
+    """validate/test/predict with overfit_batches: validation is limited like in fit, test and predict are not."""
+    model = boring_model_class(L)(n=40)
+    trainer = _trainer(L, root, overfit_batches=overfit)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.validate(model, verbose=False)
+        out = {"num_val_batches": trainer.num_val_batches,
+               "val_sampler": type(trainer.val_dataloaders.sampler).__name__}
+        trainer.test(model, verbose=False)
+        out.update(num_test_batches=trainer.num_test_batches,
+                   test_sampler=type(trainer.test_dataloaders.sampler).__name__)
+        out["predictions"] = len(trainer.predict(model))
+        out["num_predict_batches"] = trainer.num_predict_batches
+    out["overfit_warnings"] = [str(w.message) for w in caught if "overfit" in str(w.message)]
+    return out
+
+
+@pytest.mark.parametrize("overfit", [0.25, 3])
+def test_overfit_batches_outside_fit(tmp_path, overfit):
+    expected, got = both(_overfit_outside_fit, tmp_path, overfit=overfit)
+    assert expected["num_val_batches"] == [1 if overfit == 0.25 else 3]  # 5 val batches (20 samples, 4 each)
+    assert expected["num_test_batches"] == [5] and expected["num_predict_batches"] == [5]
+    assert expected["overfit_warnings"] == []  # only fit turns shuffling off
+    assert_close(got, expected)
+
+
+def _ddp_samplers_with_overfit(L: ModuleType, root) -> Dict[str, Any]:
+    """The distributed sampler each of several train loaders gets (set up without launching processes)."""
+    Base = boring_model_class(L)
+
+    class Model(Base):
+        def train_dataloader(self):
+            ds = make_dataset(16)
+            return {"shuffled": DataLoader(ds, batch_size=4, shuffle=True), "plain": DataLoader(ds, batch_size=4)}
+
+    model = Model()
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", overfit_batches=1, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(root))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if L.__name__ == "pytorch_lightning":  # what Lightning's own test does
+            model.trainer = trainer
+            trainer.strategy.connect(model)
+            trainer._data_connector.attach_dataloaders(model)
+        else:
+            trainer._attach(model, None)
+        trainer.training = True
+        trainer.fit_loop.setup_data()
+    return {key: (type(dl.sampler).__name__, dl.sampler.shuffle, dl.sampler.num_replicas)
+            for key, dl in trainer.train_dataloader.items()}
+
+
+def test_distributed_samplers_of_several_loaders_with_overfit(tmp_path):
+    expected, got = both(_ddp_samplers_with_overfit, tmp_path)
+    assert expected == {"shuffled": ("DistributedSampler", False, 2), "plain": ("DistributedSampler", False, 2)}
+    assert got == expected

@@ -121,7 +121,8 @@ def with_sequential_sampler(loader: Any) -> Any:
     # DataLoader refuses new samplers once built; the copy is a fresh object with the same settings
     object.__setattr__(new, "sampler", sampler)
     if batch_sampler is not None:
-        object.__setattr__(new, "batch_sampler", BatchSampler(sampler, batch_sampler.batch_size, batch_sampler.drop_last))
+        batched = BatchSampler(sampler, batch_sampler.batch_size, batch_sampler.drop_last)
+        object.__setattr__(new, "batch_sampler", batched)
     object.__setattr__(new, "_iterator", None)
     return new
 

@@ -510,8 +510,9 @@ class FitLoop:
                 for k, v in self.trainer.callback_metrics.items()
             },
         }
-        if self._combined_loader is not None and all(hasattr(dl, "state_dict") for dl in self._combined_loader.flattened):
-            state["train_loader_states"] = [dl.state_dict() for dl in self._combined_loader.flattened]
+        loaders = self._combined_loader.flattened if self._combined_loader is not None else None
+        if loaders is not None and all(hasattr(dl, "state_dict") for dl in loaders):
+            state["train_loader_states"] = [dl.state_dict() for dl in loaders]
         module = self.trainer.lightning_module
         epoch_loop = self.epoch_loop
         mid_window = (

@@ -7,7 +7,9 @@ import torch
 from torch import nn
 
 
-def grad_norm(module: nn.Module, norm_type: Union[float, int, str], group_separator: str = "/") -> Dict[str, torch.Tensor]:
+def grad_norm(
+    module: nn.Module, norm_type: Union[float, int, str], group_separator: str = "/"
+) -> Dict[str, torch.Tensor]:
     """The p-norm of each parameter's gradient and of all gradients together (as one concatenated vector).
 
     Keys: ``grad_{p}_norm{group_separator}{parameter name}`` per parameter that has a gradient, and
