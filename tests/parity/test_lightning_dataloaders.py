@@ -88,7 +88,8 @@ def both(scenario: Callable, tmp_path, **kw) -> tuple:
 # 1. Several training loaders
 # --------------------------------------------------------------------------------------------
 
-def _multi_train(L: ModuleType, root, loaders: str, mode: str = None, **trainer_kw) -> Dict[str, Any]:
+def _multi_train(L: ModuleType, root, loaders: str, mode: str = None, passed: bool = False,
+                 **trainer_kw) -> Dict[str, Any]:
     Base = boring_model_class(L)
     CombinedLoader = combined_loader_class(L)
 
@@ -115,7 +116,8 @@ def _multi_train(L: ModuleType, root, loaders: str, mode: str = None, **trainer_
 
     model = Model()
     trainer = _trainer(L, root, max_epochs=2, **trainer_kw)
-    error = _outcome(lambda: trainer.fit(model))
+    # the loaders from the hook, or the same loaders given to fit(train_dataloaders=...)
+    error = _outcome(lambda: trainer.fit(model, model.train_dataloader()) if passed else trainer.fit(model))
     return {
         "error": error,
         "num_training_batches": trainer.num_training_batches,
@@ -151,8 +153,9 @@ def _compiled_in_full(L: ModuleType, trainer: Any) -> Any:
     ("dict", "min_size", 2),
     ("single_in_list", None, 4),
 ])
-def test_fit_with_several_train_loaders(tmp_path, loaders, mode, batches):
-    expected, got = both(_multi_train, tmp_path, loaders=loaders, mode=mode)
+@pytest.mark.parametrize("passed", [False, True], ids=["hook", "passed_to_fit"])
+def test_fit_with_several_train_loaders(tmp_path, loaders, mode, batches, passed):
+    expected, got = both(_multi_train, tmp_path, loaders=loaders, mode=mode, passed=passed)
     assert expected["error"] is None and expected["num_training_batches"] == batches
     assert len(expected["seen"]) == 2 * batches and expected["global_step"] == 2 * batches
     if loaders == "single_in_list":
@@ -497,4 +500,48 @@ def _ddp_samplers_with_overfit(L: ModuleType, root) -> Dict[str, Any]:
 def test_distributed_samplers_of_several_loaders_with_overfit(tmp_path):
     expected, got = both(_ddp_samplers_with_overfit, tmp_path)
     assert expected == {"shuffled": ("DistributedSampler", False, 2), "plain": ("DistributedSampler", False, 2)}
+    assert got == expected
+
+
+def _ddp_combined_loader(L: ModuleType, root, mode: str, use_distributed_sampler: bool) -> Dict[str, Any]:
+    """Each leaf of a nested CombinedLoader gets a distributed sampler (when asked for), so the epoch shrinks."""
+    Base = boring_model_class(L)
+    CombinedLoader = combined_loader_class(L)
+
+    class Model(Base):
+        def train_dataloader(self):
+            ds = make_dataset(16)
+            return CombinedLoader({"a": DataLoader(ds, batch_size=2),
+                                   "nested": [DataLoader(make_dataset(12), batch_size=2, shuffle=True),
+                                              {"c": DataLoader(make_dataset(8), batch_size=2)}]}, mode)
+
+    model = Model()
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", use_distributed_sampler=use_distributed_sampler,
+                        logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=str(root))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if L.__name__ == "pytorch_lightning":
+            model.trainer = trainer
+            trainer.strategy.connect(model)
+            trainer._data_connector.attach_dataloaders(model)
+        else:
+            trainer._attach(model, None)
+        trainer.training = True
+        trainer.fit_loop.setup_data()
+    loaders = trainer.train_dataloader
+    flat = [loaders["a"], loaders["nested"][0], loaders["nested"][1]["c"]]
+    return {"num_training_batches": trainer.num_training_batches,
+            "samplers": [type(dl.sampler).__name__ for dl in flat]}
+
+
+@pytest.mark.parametrize("mode", ["min_size", "max_size_cycle", "max_size"])
+@pytest.mark.parametrize("use_distributed_sampler", [True, False])
+def test_distributed_samplers_reach_every_combined_loader_leaf(tmp_path, mode, use_distributed_sampler):
+    expected, got = both(_ddp_combined_loader, tmp_path, mode=mode, use_distributed_sampler=use_distributed_sampler)
+    batches = {"min_size": 4, "max_size_cycle": 8, "max_size": 8}[mode]
+    assert expected["num_training_batches"] == (batches // 2 if use_distributed_sampler else batches)
+    sampler_kinds = set(expected["samplers"])
+    assert sampler_kinds == ({"DistributedSampler"} if use_distributed_sampler
+                             else {"SequentialSampler", "RandomSampler"})
     assert got == expected
