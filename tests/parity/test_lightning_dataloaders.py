@@ -545,3 +545,50 @@ def test_distributed_samplers_reach_every_combined_loader_leaf(tmp_path, mode, u
     assert sampler_kinds == ({"DistributedSampler"} if use_distributed_sampler
                              else {"SequentialSampler", "RandomSampler"})
     assert got == expected
+
+
+def _set_epoch_calls(L: ModuleType, root) -> Dict[str, Any]:
+    """Which epochs each stage's samplers are told (``set_epoch``), several loaders per stage."""
+    Base = boring_model_class(L)
+    calls: Dict[str, List[int]] = {}
+
+    class Recording(SequentialSampler):
+        def __init__(self, data, name):
+            super().__init__(data)
+            self.name = name
+
+        def set_epoch(self, epoch):
+            calls.setdefault(self.name, []).append(epoch)
+
+    def loaders(prefix):
+        out = []
+        for i in range(2):
+            ds = make_dataset(8, seed=i)
+            out.append(DataLoader(ds, batch_size=4, sampler=Recording(ds, f"{prefix}{i}")))
+        return out
+
+    class Model(Base):
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
+            return self.loss(batch)
+
+        def test_step(self, batch, batch_idx, dataloader_idx=0):
+            return self.loss(batch)
+
+        def training_step(self, batch, batch_idx):
+            return self.loss(batch[0])
+
+    model = Model()
+    trainer = _trainer(L, root, max_epochs=2, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=1)
+    trainer.fit(model, loaders("train"), loaders("val"))
+    trainer.validate(model, loaders("validate"), verbose=False)
+    trainer.test(model, loaders("test"), verbose=False)
+    trainer.predict(model, [DataLoader(torch.randn(4, 8), batch_size=2, sampler=Recording(range(4), "predict"))])
+    return calls
+
+
+def test_sampler_set_epoch_in_every_stage(tmp_path):
+    expected, got = both(_set_epoch_calls, tmp_path)
+    assert expected["train0"] == expected["train1"] == [0, 1]
+    assert expected["val0"] == [0, 0, 1]  # sanity check, then each epoch
+    assert expected["validate0"] == expected["test1"] == expected["predict"] == [2]  # the epochs trained so far
+    assert got == expected

@@ -130,6 +130,8 @@ class EvaluationLoop:
         combined.flattened = [
             trainer.strategy.process_dataloader(seed_workers(dl), self._prefix) for dl in combined.flattened
         ]
+        if self._trainer_fn != "fit":  # fit sets it at every run; these follow the training progress once
+            _set_epoch_from_training(trainer, combined)
         self._combined_loader = combined
         self._max_batches = []
         for dl in combined.flattened:
@@ -263,6 +265,13 @@ class EvaluationLoop:
         self.batch_progress.load_state_dict(state.get("batch_progress", {}))
 
 
+def _set_epoch_from_training(trainer: "Trainer", combined: CombinedLoader) -> None:
+    """Samplers with ``set_epoch`` outside ``fit`` get the number of epochs trained so far (Lightning's choice:
+    "some users want validation shuffling based on the training progress")."""
+    for dl in combined.flattened:
+        set_sampler_epoch(dl, trainer.fit_loop.epoch_progress.current.processed)
+
+
 def _step_args(hook_args: tuple, takes_batch_idx: bool) -> tuple:
     """A step's arguments: the hooks' ``(batch, batch_idx[, dataloader_idx])``, without ``batch_idx`` when the
     step does not take it."""
@@ -345,6 +354,7 @@ class PredictionLoop:
         combined.flattened = [
             trainer.strategy.process_dataloader(seed_workers(dl), "predict") for dl in combined.flattened
         ]
+        _set_epoch_from_training(trainer, combined)
         self._combined_loader = combined
         self._max_batches = []
         for dl in combined.flattened:
