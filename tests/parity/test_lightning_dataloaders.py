@@ -592,3 +592,35 @@ def test_sampler_set_epoch_in_every_stage(tmp_path):
     assert expected["val0"] == [0, 0, 1]  # sanity check, then each epoch
     assert expected["validate0"] == expected["test1"] == expected["predict"] == [2]  # the epochs trained so far
     assert got == expected
+
+
+def _combined_validation(L: ModuleType, root, val: str) -> Dict[str, Any]:
+    """Validation over a CombinedLoader in a parallel mode (one dict batch, no dataloader_idx) or over a dict of
+    loaders (sequential: one loader after the other, dataloader_idx in order of the dict)."""
+    Base = boring_model_class(L)
+    CombinedLoader = combined_loader_class(L)
+    seen: List[Any] = []
+
+    class Model(Base):
+        def validation_step(self, batch, batch_idx, *rest):
+            seen.append((batch_idx, rest, _shape(batch)))
+            pairs = [pair for pair in _leaves(batch) if pair is not None]
+            self.log("val_loss", sum(self.loss(pair) for pair in pairs))
+
+    loaders = {"a": make_loader(12, 4, seed=1), "b": make_loader(8, 4, seed=2)}
+    val_loaders = CombinedLoader(loaders, "max_size") if val == "max_size" else loaders
+    model = Model()
+    trainer = _trainer(L, root, max_epochs=1, limit_train_batches=2)
+    trainer.fit(model, make_loader(16, 4), val_loaders)
+    return {"seen": seen, "num_val_batches": trainer.num_val_batches,
+            "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}}
+
+
+@pytest.mark.parametrize("val", ["max_size", "dict"])
+def test_validation_over_combined_loaders(tmp_path, val):
+    expected, got = both(_combined_validation, tmp_path, val=val)
+    if val == "max_size":
+        assert [rest for _, rest, _ in expected["seen"]] == [()] * 3 and list(expected["metrics"]) == ["val_loss"]
+    else:
+        assert [rest for _, rest, _ in expected["seen"]] == [(0,)] * 3 + [(1,)] * 2
+    assert_close(got, expected)
