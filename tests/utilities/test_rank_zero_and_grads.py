@@ -86,7 +86,9 @@ def test_rank_zero_messages(monkeypatch, caplog):
         cache = WarningCache()
         cache.warn("once")
         cache.warn("once")
-    assert [(w.category, str(w.message)) for w in caught] == [(RuntimeWarning, "careful"), (UserWarning, "once")]
+        utilities.rank_zero_deprecation("old")
+    assert [(w.category, str(w.message)) for w in caught] == [
+        (RuntimeWarning, "careful"), (UserWarning, "once"), (DeprecationWarning, "old")]
     with caplog.at_level(logging.DEBUG, logger="trainer"):
         rank_zero_info("info line")
         rank_zero_debug("debug line")

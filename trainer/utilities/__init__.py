@@ -176,4 +176,6 @@ def to_float_dict(metrics: Dict[str, Any]) -> Dict[str, Any]:
 # Lightning's public helpers at Lightning's paths, also importable from here (imported last: they use the above)
 from trainer.utilities.combined_loader import CombinedLoader  # noqa: E402
 from trainer.utilities.grads import grad_norm  # noqa: E402
-from trainer.utilities.rank_zero import rank_zero_debug, rank_zero_info, rank_zero_only, rank_zero_warn  # noqa: E402
+from trainer.utilities.rank_zero import (  # noqa: E402
+    rank_zero_debug, rank_zero_deprecation, rank_zero_info, rank_zero_only, rank_zero_warn,
+)
