@@ -903,21 +903,22 @@ class Trainer:
 
     @property
     def train_dataloader(self) -> Any:
-        loader = self.fit_loop._loader
-        return _one_or_list(loader.flattened if loader is not None else None)
+        """The training loader(s) of ``fit``, in the structure they were given (Lightning's ``iterables``)."""
+        return _iterables(self.fit_loop._combined_loader)
 
     @property
     def val_dataloaders(self) -> Any:
-        loop = self.validate_loop if self.state.fn == TrainerFn.VALIDATING else self.fit_loop.epoch_loop.val_loop
-        return _one_or_list(loop._loaders)
+        """The validation loader(s) of ``fit``, else of ``validate``."""
+        fit_loader = _iterables(self.fit_loop.epoch_loop.val_loop._combined_loader)
+        return fit_loader if fit_loader is not None else _iterables(self.validate_loop._combined_loader)
 
     @property
     def test_dataloaders(self) -> Any:
-        return _one_or_list(self.test_loop._loaders)
+        return _iterables(self.test_loop._combined_loader)
 
     @property
     def predict_dataloaders(self) -> Any:
-        return _one_or_list(self.predict_loop._loaders)
+        return _iterables(self.predict_loop._combined_loader)
 
     # ================================================================ entry points
     def fit(
@@ -941,8 +942,6 @@ class Trainer:
         self.training = True
         self.should_stop = False
         self._attach(model, datamodule, train_dataloader=train_dataloaders, val_dataloader=val_dataloaders)
-        self.fit_loop._loader = None  # every fit requests its loaders again (Lightning's order of hooks)
-        self.fit_loop.epoch_loop.val_loop._loaders = None
         self._call_and_handle_interrupt(self._fit_impl, model, ckpt_path)
 
     def _fit_impl(self, model: LightningModule, ckpt_path: Any) -> None:
@@ -992,7 +991,6 @@ class Trainer:
         self.state.stage = stage
         loop = self.validate_loop if fn == TrainerFn.VALIDATING else self.test_loop
         loop.verbose = verbose
-        loop._loaders = None
         key = "val_dataloader" if fn == TrainerFn.VALIDATING else "test_dataloader"
         self._attach(model, datamodule, **{key: dataloaders}, keep_sources=not model_provided and dataloaders is None)
         return self._call_and_handle_interrupt(self._evaluate_impl, model, fn, ckpt_path, model_provided, loop)
@@ -1063,6 +1061,10 @@ class Trainer:
     def _attach(self, model: LightningModule, datamodule: Optional[LightningDataModule], keep_sources: bool = False,
                 **sources: Any) -> None:
         self._enable_validation = None
+        # every entry point requests its loaders again (Lightning's order of hooks) and forgets the others'
+        for loop in (self.fit_loop, self.fit_loop.epoch_loop.val_loop, self.validate_loop, self.test_loop,
+                     self.predict_loop):
+            loop._combined_loader = None
         if not keep_sources:
             self._data_sources = {k: v for k, v in sources.items() if v is not None}
             self.datamodule = datamodule
@@ -1360,10 +1362,8 @@ def _all_cpu_tensors(items: Any) -> bool:
     return True
 
 
-def _one_or_list(loaders: Optional[List[Any]]) -> Any:
-    if not loaders:
-        return None
-    return loaders[0] if len(loaders) == 1 else loaders
+def _iterables(combined: Any) -> Any:
+    return None if combined is None else combined.iterables
 
 
 def _main_thread() -> bool:

@@ -1,4 +1,4 @@
-"""Dataloader plumbing: Fetcher, TrainLoader (max_size_cycle), batch limits, shuffle removal."""
+"""Dataloader plumbing: Fetcher, batch limits, sequential samplers for overfit_batches, the fast loader iterator."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler, TensorDataset
 
 from trainer.exceptions import MisconfigurationException
-from trainer.loops.data import Fetcher, TrainLoader, disable_shuffle, flatten_loaders, parse_num_batches, sized_len
+from trainer.loops.data import Fetcher, parse_num_batches, sized_len, with_sequential_sampler
 
 
 class Counting:
@@ -69,56 +69,6 @@ def test_fetcher_empty_and_reset():
     assert [next(g), next(g)] == [1, 2]
 
 
-def test_train_loader_single_and_limit():
-    dl = DataLoader(TensorDataset(torch.arange(10.0)), batch_size=2)
-    assert len(TrainLoader(dl)) == 5
-    limited = TrainLoader(dl, limits=[3])
-    assert len(limited) == 3 and len(list(limited)) == 3
-
-
-def test_train_loader_max_size_cycle_list():
-    a = DataLoader(torch.arange(6), batch_size=2)  # 3 batches
-    b = DataLoader(torch.arange(100, 104), batch_size=2)  # 2 batches
-    loader = TrainLoader([a, b], limits=[3, 2])
-    batches = list(loader)
-    assert len(loader) == 3 and len(batches) == 3
-    assert all(isinstance(x, list) and len(x) == 2 for x in batches)
-    assert [x[0].tolist() for x in batches] == [[0, 1], [2, 3], [4, 5]]
-    assert [x[1].tolist() for x in batches] == [[100, 101], [102, 103], [100, 101]]  # shorter one restarts
-
-
-def test_train_loader_max_size_cycle_dict():
-    a = DataLoader(torch.arange(2), batch_size=1)
-    b = DataLoader(torch.arange(10, 15), batch_size=1)
-    batches = list(TrainLoader({"a": a, "b": b}, limits=[2, 5]))
-    assert len(batches) == 5
-    assert all(set(x) == {"a", "b"} for x in batches)
-    assert [int(x["a"]) for x in batches] == [0, 1, 0, 1, 0]
-    assert [int(x["b"]) for x in batches] == [10, 11, 12, 13, 14]
-
-
-def test_train_loader_matches_lightning_combined_loader():
-    from pytorch_lightning.utilities import CombinedLoader
-
-    a = DataLoader(torch.arange(6), batch_size=2)
-    b = DataLoader(torch.arange(100, 104), batch_size=2)
-    ours = [[t.tolist() for t in x] for x in TrainLoader([a, b], limits=[3, 2])]
-    theirs = [[t.tolist() for t in x[0]] for x in CombinedLoader([a, b], mode="max_size_cycle")]
-    assert ours == theirs
-
-
-def test_train_loader_single_in_list_keeps_structure():
-    dl = DataLoader(torch.arange(4), batch_size=2)
-    assert all(isinstance(b, list) and len(b) == 1 for b in TrainLoader([dl]))
-    assert all(set(b) == {"x"} for b in TrainLoader({"x": dl}, limits=[1]))
-
-
-def test_flatten_loaders():
-    assert flatten_loaders({"a": 1, "b": 2})[0] == [1, 2]
-    assert flatten_loaders((1, 2))[0] == [1, 2]
-    assert flatten_loaders(5)[0] == [5]
-
-
 @pytest.mark.parametrize("length, limit, expected", [
     (10, 1.0, 10), (10, 0.5, 5), (10, 3, 3), (10, 20, 10), (10, 0.0, 0), (10, 0, 0), (0, 0.5, 0),
     (float("inf"), 1.0, float("inf")), (float("inf"), 7, 7),
@@ -134,16 +84,33 @@ def test_parse_num_batches_errors():
         parse_num_batches("train", float("inf"), 0.5)
 
 
-def test_disable_shuffle():
+def test_with_sequential_sampler_keeps_the_loader_but_its_order():
+    class MyLoader(DataLoader):
+        pass
+
     ds = TensorDataset(torch.arange(8.0))
-    shuffled = DataLoader(ds, batch_size=3, shuffle=True, drop_last=True)
-    plain = disable_shuffle(shuffled)
+    shuffled = MyLoader(ds, batch_size=3, shuffle=True, drop_last=True)
+    plain = with_sequential_sampler(shuffled)
+    assert type(plain) is MyLoader and plain is not shuffled
     assert isinstance(plain.sampler, SequentialSampler) and isinstance(shuffled.sampler, RandomSampler)
+    assert plain.batch_sampler.sampler is plain.sampler
     assert plain.batch_size == 3 and plain.drop_last and plain.dataset is ds
     assert [b[0].tolist() for b in plain] == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
-    seq = DataLoader(ds)
-    assert disable_shuffle(seq) is seq
-    assert disable_shuffle([1, 2]) == [1, 2]
+    unbatched = with_sequential_sampler(DataLoader(ds, batch_size=None, shuffle=True))
+    assert isinstance(unbatched.sampler, SequentialSampler) and [int(b[0]) for b in unbatched][:3] == [0, 1, 2]
+
+
+def test_with_sequential_sampler_leaves_what_it_cannot_reorder():
+    class It(IterableDataset):
+        def __iter__(self):
+            return iter([1, 2])
+
+    iterable = DataLoader(It())
+    assert with_sequential_sampler(iterable) is iterable
+    ds = TensorDataset(torch.arange(8.0))
+    custom = DataLoader(ds, batch_sampler=[[0, 1], [2, 3]])
+    assert with_sequential_sampler(custom) is custom
+    assert with_sequential_sampler([1, 2]) == [1, 2]
 
 
 def test_sized_len():
@@ -265,12 +232,14 @@ def test_loader_iter_takes_the_fast_paths():
         assert isinstance(loader_iter(fast), _BaseDataLoaderIter)  # keeps DataLoader's profiler scope
 
 
-def test_train_loader_uses_loader_iter():
+def test_combined_loader_uses_loader_iter():
+    from trainer.utilities.combined_loader import CombinedLoader
+
     td = _tensor_dataset()
     torch.manual_seed(3)
     ref = list(DataLoader(td, batch_size=6, shuffle=True))
     torch.manual_seed(3)
-    got = list(TrainLoader(DataLoader(td, batch_size=6, shuffle=True)))
+    got = [batch for batch, _, _ in CombinedLoader(DataLoader(td, batch_size=6, shuffle=True), "max_size_cycle")]
     for a, b in zip(ref, got):
         _assert_same_batch(a, b)
     assert len(ref) == len(got) == 4

@@ -18,39 +18,8 @@ import yaml
 _T = TypeVar("_T")
 
 
-def _rank_from_env() -> int:
-    """The process's global rank from the launcher's environment (0 when not launched).
-
-    ``RANK`` first: under torchrun it is the global rank, while ``LOCAL_RANK`` is only unique per node. Same key
-    order as Lightning, so a job launched for Lightning behaves the same here.
-    """
-    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
-        value = os.environ.get(key)
-        if value is not None:
-            try:
-                return int(value)
-            except ValueError:
-                continue
-    return 0
-
-
-def rank_zero_only(fn: Callable[..., _T]) -> Callable[..., Optional[_T]]:
-    """Decorator: run ``fn`` only on global rank 0, return ``None`` elsewhere.
-
-    The rank is ``rank_zero_only.rank``; it is read from the environment at import time and a launcher (the DDP
-    strategy) may set it once the process group exists.
-    """
-
-    @functools.wraps(fn)
-    def wrapped(*args: Any, **kwargs: Any) -> Optional[_T]:
-        if rank_zero_only.rank == 0:
-            return fn(*args, **kwargs)
-        return None
-
-    return wrapped
-
-
-rank_zero_only.rank = _rank_from_env()  # type: ignore[attr-defined]
+# one rank-zero switch for the whole package (the DDP strategy sets its ``rank``)
+from trainer.utilities.rank_zero import _rank_from_env, rank_zero_only  # noqa: E402,F401
 
 
 class DummyExperiment:

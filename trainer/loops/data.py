@@ -1,46 +1,25 @@
-"""Dataloader plumbing: requesting loaders, batch limits, combined loaders and a one-ahead fetcher."""
+"""Dataloader plumbing: requesting loaders, combining them (:class:`CombinedLoader`), batch limits,
+``overfit_batches`` and a one-ahead fetcher. Every stage (train, val, test, predict) goes through the same
+functions, so several loaders behave the same everywhere."""
 from __future__ import annotations
 
+import copy
 import math
 import os
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, List, Optional, Union
 
-import torch
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, IterableDataset, SequentialSampler
 
 from trainer.exceptions import MisconfigurationException
 from trainer.hooks import is_overridden
+from trainer.utilities.combined_loader import CombinedLoader
+from trainer.utilities.data import _gatherable_tensors, loader_iter, sized_len  # noqa: F401 (re-exported)
+from trainer.utilities.rank_zero import rank_zero_warn
 
 if TYPE_CHECKING:  # pragma: no cover
     from trainer.trainer import Trainer
 
 Number = Union[int, float]
-
-
-def sized_len(obj: Any) -> Optional[int]:
-    try:
-        return len(obj)
-    except (TypeError, NotImplementedError):
-        return None
-
-
-def flatten_loaders(loaders: Any) -> Tuple[List[Any], Any]:
-    """Flattens a loader, list/tuple or dict of loaders; returns the flat list and a rebuild spec."""
-    if isinstance(loaders, dict):
-        keys = list(loaders.keys())
-        return [loaders[k] for k in keys], ("dict", keys)
-    if isinstance(loaders, (list, tuple)):
-        return list(loaders), ("list", type(loaders))
-    return [loaders], ("single", None)
-
-
-def _rebuild(spec: Any, items: List[Any]) -> Any:
-    kind, info = spec
-    if kind == "dict":
-        return dict(zip(info, items))
-    if kind == "list":
-        return info(items) if info is tuple else list(items)
-    return items[0]
 
 
 def parse_num_batches(prefix: str, length: Number, limit: Number) -> Number:
@@ -104,24 +83,48 @@ def check_iterable(loader: Any, name: str) -> None:
         ) from None
 
 
-def disable_shuffle(loader: Any) -> Any:
-    """A copy of ``loader`` with a SequentialSampler (``overfit_batches``)."""
-    if not isinstance(loader, DataLoader) or isinstance(loader.sampler, SequentialSampler):
-        return loader
-    if not isinstance(loader.sampler, RandomSampler):
-        return loader
-    return DataLoader(
-        loader.dataset,
-        batch_size=loader.batch_size,
-        shuffle=False,
-        num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory,
-        drop_last=loader.drop_last,
-        timeout=loader.timeout,
-        worker_init_fn=loader.worker_init_fn,
-        persistent_workers=loader.persistent_workers if loader.num_workers > 0 else False,
+def combine(loaders: Any, mode: str) -> CombinedLoader:
+    """The loaders a hook returned as a :class:`CombinedLoader`: one given by the user is kept (with its mode),
+    anything else (one loader, a list/dict of them) is combined under the stage's default ``mode``."""
+    return loaders if isinstance(loaders, CombinedLoader) else CombinedLoader(loaders, mode)
+
+
+def resolve_overfit_batches(combined: CombinedLoader, prefix: str) -> None:
+    """``overfit_batches``: every loader reads its data in order, so each epoch sees the same batches.
+
+    Unless every loader that has a sampler already has a ``SequentialSampler``, warns as Lightning does and gives
+    each loader with a dataset a ``SequentialSampler`` over it (the loader is otherwise unchanged).
+    """
+    flat = combined.flattened
+    if all(isinstance(dl.sampler, SequentialSampler) for dl in flat if hasattr(dl, "sampler")):
+        return
+    rank_zero_warn(
+        f"You requested to overfit but enabled {prefix} dataloader shuffling."
+        f" We are turning off the {prefix} dataloader shuffling for you."
     )
+    combined.flattened = [with_sequential_sampler(dl) if hasattr(dl, "dataset") else dl for dl in flat]
+
+
+def with_sequential_sampler(loader: Any) -> Any:
+    """A copy of ``loader`` that reads its dataset in order (DataLoader subclasses and every other setting kept).
+
+    A loader over an iterable dataset has no order to change, and one with a custom batch sampler owns its
+    order: both are returned as they are.
+    """
+    if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
+        return loader
+    batch_sampler = loader.batch_sampler
+    if batch_sampler is not None and type(batch_sampler) is not BatchSampler:
+        return loader
+    sampler = SequentialSampler(loader.dataset)
+    new = copy.copy(loader)
+    # DataLoader refuses new samplers once built; the copy is a fresh object with the same settings
+    object.__setattr__(new, "sampler", sampler)
+    if batch_sampler is not None:
+        batched = BatchSampler(sampler, batch_sampler.batch_size, batch_sampler.drop_last)
+        object.__setattr__(new, "batch_sampler", batched)
+    object.__setattr__(new, "_iterator", None)
+    return new
 
 
 def seed_workers(loader: Any) -> Any:
@@ -138,141 +141,6 @@ def seed_workers(loader: Any) -> Any:
 
         loader.worker_init_fn = partial(worker_init_fn, rank=0)
     return loader
-
-
-class TrainLoader:
-    """Training loaders combined as Lightning's ``max_size_cycle``: shorter loaders restart until the longest ends."""
-
-    def __init__(self, loaders: Any, limits: Optional[List[Number]] = None) -> None:
-        self.flattened, self._spec = flatten_loaders(loaders)
-        self.limits = limits
-
-    def _lengths(self) -> List[Number]:
-        out: List[Number] = []
-        for i, dl in enumerate(self.flattened):
-            n = sized_len(dl)
-            length: Number = float("inf") if n is None else n
-            if self.limits is not None:
-                length = min(length, self.limits[i])
-            out.append(length)
-        return out
-
-    def __len__(self) -> int:
-        lengths = self._lengths()
-        m = max(lengths) if lengths else 0
-        if m == float("inf"):
-            raise TypeError("infinite")
-        return int(m)
-
-    def __iter__(self) -> Iterator[Any]:
-        if len(self.flattened) == 1:
-            it = loader_iter(self.flattened[0])
-            limit = self.limits[0] if self.limits is not None else float("inf")
-            n = sized_len(self.flattened[0])
-            if limit == float("inf") or (n is not None and limit >= n):  # the limit cuts nothing
-                if self._spec[0] == "single":
-                    return it
-                return (_rebuild(self._spec, [b]) for b in it)
-            return _limited(it, int(limit), self._spec)
-        return self._cycle()
-
-    def _cycle(self) -> Iterator[Any]:
-        lengths = self._lengths()
-        total = max(lengths)
-        iterators = [loader_iter(dl) for dl in self.flattened]
-        count = 0
-        while count < total:
-            batches = []
-            for i, dl in enumerate(self.flattened):
-                try:
-                    if count and lengths[i] != float("inf") and count % int(lengths[i]) == 0:
-                        raise StopIteration
-                    batches.append(next(iterators[i]))
-                except StopIteration:
-                    iterators[i] = loader_iter(dl)
-                    batches.append(next(iterators[i]))
-            count += 1
-            yield _rebuild(self._spec, batches)
-
-
-def loader_iter(loader: Any) -> Iterator[Any]:
-    """``iter(loader)``, or for a plain in-process ``DataLoader`` over a map-style dataset an
-    equivalent iterator without the per-batch machinery of DataLoader's iterator object (profiler
-    scope, fetcher indirection, bookkeeping that only matters with workers or iterable datasets).
-
-    Same batches, same order, same RNG consumption: the sampler is iterated exactly as DataLoader
-    iterates it, and the random draw DataLoader's iterator makes when it is created (its
-    ``_base_seed``) is made here too, at the same point. Over a ``TensorDataset`` of plain contiguous
-    tensors with the default sampler, batch sampler and ``default_collate``, a batch is each tensor
-    indexed with the batch's indices (one gather instead of ``batch_size`` item lookups and a
-    ``torch.stack``); the result is bit-identical, a list like ``default_collate`` returns.
-
-    Anything else (a DataLoader subclass, workers, pinned memory, a timeout, an iterable dataset or
-    datapipe, an active autograd profiler, which records DataLoader's ``__next__`` scope) gets
-    ``iter(loader)`` itself.
-    """
-    if not _plain_loader(loader):
-        return iter(loader)
-    dataset = loader.dataset
-    collate = loader.collate_fn
-    sampler_iter = iter(loader._index_sampler)  # the order of _BaseDataLoaderIter.__init__: sampler, then seed
-    torch.empty((), dtype=torch.int64).random_(generator=loader.generator)  # its _base_seed draw
-    if not loader._auto_collation:  # batch_size=None: the dataset's items are the batches
-        return (collate(dataset[index]) for index in sampler_iter)
-    tensors = _gatherable_tensors(loader)
-    if tensors is not None:
-        return _gathered_batches(sampler_iter, tensors, dataset, collate)
-    getitems = getattr(dataset, "__getitems__", None)
-    if getitems:
-        return (collate(getitems(indices)) for indices in sampler_iter)
-    return (collate([dataset[i] for i in indices]) for indices in sampler_iter)
-
-
-def _plain_loader(loader: Any) -> bool:
-    if type(loader) is not DataLoader or loader.num_workers != 0 or loader.pin_memory or loader.timeout != 0:
-        return False
-    from torch.utils.data import IterableDataset
-    from torch.utils.data.datapipes.datapipe import IterDataPipe, MapDataPipe
-
-    if isinstance(loader.dataset, (IterableDataset, IterDataPipe, MapDataPipe)):
-        return False
-    return not torch.autograd._profiler_enabled()
-
-
-def _gatherable_tensors(loader: DataLoader) -> Optional[Tuple[torch.Tensor, ...]]:
-    """The TensorDataset's tensors when a batch of them can be gathered instead of collated."""
-    from torch.utils.data import default_collate
-
-    dataset = loader.dataset
-    if type(dataset) is not TensorDataset or loader.collate_fn is not default_collate:
-        return None
-    batch_sampler = loader.batch_sampler
-    # the default samplers yield lists of Python ints (a list holding tensors would index differently)
-    if type(batch_sampler) is not BatchSampler or type(batch_sampler.sampler) not in (SequentialSampler, RandomSampler):
-        return None
-    tensors = dataset.tensors
-    for t in tensors:
-        if (type(t) is not torch.Tensor or t.layout != torch.strided or t.requires_grad or t.is_quantized
-                or t.is_conj() or t.is_neg() or not t.is_contiguous() or t.dim() == 0):
-            return None
-    return tensors
-
-
-def _gathered_batches(sampler_iter: Iterator[Any], tensors: Tuple[torch.Tensor, ...], dataset: Any,
-                      collate: Any) -> Iterator[Any]:
-    for indices in sampler_iter:
-        if type(indices) is list and indices:
-            yield [t[indices] for t in tensors]
-        else:  # pragma: no cover - BatchSampler yields non-empty lists
-            yield collate([dataset[i] for i in indices])
-
-
-def _limited(it: Iterator[Any], limit: int, spec: Any) -> Iterator[Any]:
-    single = spec[0] == "single"
-    for i, batch in enumerate(it):
-        if i >= limit:
-            return
-        yield batch if single else _rebuild(spec, [batch])
 
 
 class Fetcher:
@@ -348,6 +216,7 @@ def is_inf(x: Number) -> bool:
 
 
 __all__ = [
-    "Fetcher", "TrainLoader", "loader_iter", "parse_num_batches", "request_dataloader", "has_source", "sized_len",
-    "flatten_loaders", "set_sampler_epoch", "disable_shuffle", "seed_workers", "check_iterable", "is_inf",
+    "Fetcher", "combine", "loader_iter", "parse_num_batches", "request_dataloader", "has_source", "sized_len",
+    "set_sampler_epoch", "resolve_overfit_batches", "with_sequential_sampler", "seed_workers", "check_iterable",
+    "is_inf",
 ]

@@ -1,7 +1,7 @@
 """Validation and test loops (also the sanity check and in-fit validation), and the predict loop."""
 from __future__ import annotations
 
-import math
+import inspect
 import shutil
 from collections import ChainMap, defaultdict
 from typing import TYPE_CHECKING, Any, ContextManager, Dict, List, Optional, Union
@@ -12,10 +12,11 @@ from trainer.compile.eval import eval_step
 from trainer.exceptions import MisconfigurationException
 from trainer.hooks import is_overridden
 from trainer.logging import ResultCollection
-from trainer.loops.data import Fetcher, disable_shuffle, flatten_loaders, parse_num_batches, request_dataloader, \
+from trainer.loops.data import Fetcher, combine, parse_num_batches, request_dataloader, resolve_overfit_batches, \
     seed_workers, set_sampler_epoch, sized_len
 from trainer.loops.progress import BatchProgress
 from trainer.utilities import is_param_in_signature, to_float_dict
+from trainer.utilities.combined_loader import CombinedLoader
 
 if TYPE_CHECKING:  # pragma: no cover
     from trainer.trainer import Trainer
@@ -56,7 +57,7 @@ class EvaluationLoop:
         self.inference_mode = inference_mode
         self.batch_progress = BatchProgress()
         self._results = ResultCollection(training=False)
-        self._loaders: Optional[List[Any]] = None
+        self._combined_loader: Optional[CombinedLoader] = None
         self._max_batches: List[Number] = []
         self._logged_outputs: List[Dict[str, Any]] = []
         self._has_run = False
@@ -79,7 +80,15 @@ class EvaluationLoop:
 
     @property
     def num_dataloaders(self) -> int:
-        return len(self._loaders or [])
+        return len(self._combined_loader.flattened) if self._combined_loader is not None else 0
+
+    @property
+    def _is_sequential(self) -> bool:
+        return self._combined_loader is not None and self._combined_loader.mode == "sequential"
+
+    def _multi_idx(self, dataloader_idx: int) -> Optional[int]:
+        """The ``dataloader_idx`` the hooks and the step get: only with several loaders one after the other."""
+        return dataloader_idx if self._is_sequential and self.num_dataloaders > 1 else None
 
     @property
     def max_batches(self) -> List[Number]:
@@ -100,12 +109,11 @@ class EvaluationLoop:
     # ---------------------------------------------------------------- data
     def setup_data(self) -> None:
         trainer = self.trainer
-        if self._loaders is not None and self._trainer_fn == "fit" and not self._should_reload_val_dl:
+        if self._combined_loader is not None and self._trainer_fn == "fit" and not self._should_reload_val_dl:
             return
         limit = trainer.limit_test_batches if self._stage == "test" else trainer.limit_val_batches
         if limit == 0 or not is_overridden(self._step_name, trainer.lightning_module):
-            self._loaders = []
-            self._max_batches = []
+            self._no_data()
             return
         if self._trainer_fn == "fit" and (
             (trainer.sanity_checking and trainer.fit_loop.epoch_loop._should_check_val_epoch())
@@ -114,22 +122,27 @@ class EvaluationLoop:
             self._last_val_dl_reload_epoch = trainer.current_epoch
         loaders = request_dataloader(trainer, f"{self._prefix}_dataloader")
         if loaders is None:
-            self._loaders = []
-            self._max_batches = []
+            self._no_data()
             return
-        flat, _ = flatten_loaders(loaders)
-        processed = []
-        for dl in flat:
-            if self._trainer_fn == "fit" and trainer.overfit_batches > 0:
-                dl = disable_shuffle(dl)
-            processed.append(trainer.strategy.process_dataloader(seed_workers(dl), self._prefix))
-        self._loaders = processed
+        combined = combine(loaders, "sequential")
+        if self._trainer_fn == "fit" and trainer.overfit_batches > 0:
+            resolve_overfit_batches(combined, self._prefix)
+        combined.flattened = [
+            trainer.strategy.process_dataloader(seed_workers(dl), self._prefix) for dl in combined.flattened
+        ]
+        if self._trainer_fn != "fit":  # fit sets it at every run; these follow the training progress once
+            _set_epoch_from_training(trainer, combined)
+        self._combined_loader = combined
         self._max_batches = []
-        for dl in processed:
+        for dl in combined.flattened:
             n = sized_len(dl)
-            length: Number = float("inf") if n is None else n
-            self._max_batches.append(parse_num_batches(self._prefix, length, limit))
+            self._max_batches.append(parse_num_batches(self._prefix, float("inf") if n is None else n, limit))
         self._seen_batches_per_dataloader = defaultdict(int)
+
+    def _no_data(self) -> None:
+        """Nothing to evaluate (no step, no loader or a limit of 0): ``num_val_batches == []``, as in Lightning."""
+        self._combined_loader = None
+        self._max_batches = []
 
     # ---------------------------------------------------------------- run
     def run(self) -> List[Dict[str, float]]:
@@ -144,9 +157,14 @@ class EvaluationLoop:
         self._has_run = False
         self._logged_outputs = []
         self.batch_progress.reset_on_run()
+        combined = self._combined_loader
+        assert combined is not None
         if self._trainer_fn == "fit":
-            for dl in self._loaders or []:
+            for dl in combined.flattened:
                 set_sampler_epoch(dl, trainer.fit_loop.epoch_progress.current.processed)
+        combined.limits = self.max_batches
+        fetcher = Fetcher(combined)
+        fetcher.reset_iterator()
         self._verify_dataloader_idx_requirement()
         hooks = trainer._hooks
         module = trainer.lightning_module
@@ -157,32 +175,34 @@ class EvaluationLoop:
         hooks.call_module(f"on_{stage}_start")
         hooks.call_callbacks(f"on_{stage}_epoch_start")
         hooks.call_module(f"on_{stage}_epoch_start")
-        multi = self.num_dataloaders > 1
-        max_batches = self.max_batches
-        step_fn = getattr(module, self._step_name)
-        takes_batch_idx = is_param_in_signature(step_fn, "batch_idx", min_args=2)
+        takes_batch_idx = is_param_in_signature(getattr(module, self._step_name), "batch_idx", min_args=2)
         previous_idx = 0
-        for dl_idx, batch_idx, batch in _sequential_batches(self._loaders or [], max_batches, self.batch_progress):
-            if dl_idx != previous_idx:  # the dataloader changed: its epoch-level results are complete
+        while True:
+            try:
+                batch, batch_idx, dataloader_idx = next(fetcher)
+            except StopIteration:
+                break
+            if dataloader_idx != previous_idx:  # the dataloader changed: its epoch-level results are complete
                 self._store_dataloader_outputs()
-            previous_idx = dl_idx
-            self._evaluation_step(batch, batch_idx, dl_idx if multi else None, takes_batch_idx)
+            previous_idx = dataloader_idx
+            self.batch_progress.is_last_batch = fetcher.done
+            self._evaluation_step(batch, batch_idx, dataloader_idx, takes_batch_idx)
         self._store_dataloader_outputs()
         return self._on_run_end()
 
-    def _evaluation_step(self, batch: Any, batch_idx: int, dataloader_idx: Optional[int], takes_batch_idx: bool) -> None:
+    def _evaluation_step(self, batch: Any, batch_idx: int, dataloader_idx: int, takes_batch_idx: bool) -> None:
         trainer = self.trainer
         hooks = trainer._hooks
         stage = self._hook_stage
-        batch = trainer._transfer_batch(batch, dataloader_idx or 0)
-        hook_args: tuple = (batch, batch_idx) if dataloader_idx is None else (batch, batch_idx, dataloader_idx)
+        batch = trainer._transfer_batch(batch, dataloader_idx)
+        multi_idx = self._multi_idx(dataloader_idx)
+        hook_args: tuple = (batch, batch_idx) if multi_idx is None else (batch, batch_idx, multi_idx)
         self.batch_progress.increment_ready()
-        trainer._logger_connector.on_batch_start(batch, dataloader_idx)
+        trainer._logger_connector.on_batch_start(batch, multi_idx)
         hooks.call_callbacks(f"on_{stage}_batch_start", *hook_args)
         hooks.call_module(f"on_{stage}_batch_start", *hook_args)
         self.batch_progress.increment_started()
-        step_args = hook_args if takes_batch_idx or dataloader_idx is not None else (batch,)
-        output = eval_step(trainer, "test_step" if self._stage == "test" else "validation_step", step_args)
+        output = eval_step(trainer, self._step_name, _step_args(hook_args, takes_batch_idx))
         self.batch_progress.increment_processed()
         hooks.call_callbacks(f"on_{stage}_batch_end", output, *hook_args)
         hooks.call_module(f"on_{stage}_batch_end", output, *hook_args)
@@ -190,9 +210,8 @@ class EvaluationLoop:
         self.batch_progress.increment_completed()
         if not trainer.sanity_checking:
             self._has_run = True
-            idx = dataloader_idx or 0
-            trainer._logger_connector.update_eval_step_metrics(self._seen_batches_per_dataloader[idx])
-            self._seen_batches_per_dataloader[idx] += 1
+            trainer._logger_connector.update_eval_step_metrics(self._seen_batches_per_dataloader[dataloader_idx])
+            self._seen_batches_per_dataloader[dataloader_idx] += 1
 
     def _store_dataloader_outputs(self) -> None:
         connector = self.trainer._logger_connector
@@ -231,14 +250,12 @@ class EvaluationLoop:
         return results
 
     def _verify_dataloader_idx_requirement(self) -> None:
-        trainer = self.trainer
-        module = trainer.lightning_module
-        step = getattr(module, self._step_name)
-        if self.num_dataloaders > 1 and not is_param_in_signature(step, "dataloader_idx", min_args=3):
-            raise RuntimeError(
-                f"You provided multiple `{self._prefix}` dataloaders, but your `{self._step_name}` does not accept a"
-                " `dataloader_idx` argument. Add `dataloader_idx: int = 0` to its signature."
-            )
+        module = self.trainer.lightning_module
+        stage = self._hook_stage
+        expected = self._is_sequential and self.num_dataloaders > 1
+        verify_dataloader_idx_requirement(module, (self._step_name,), expected, self._prefix)
+        verify_dataloader_idx_requirement(module, (f"on_{stage}_batch_start", f"on_{stage}_batch_end"), expected,
+                                          self._prefix)
 
     # ---------------------------------------------------------------- checkpoint
     def state_dict(self) -> Dict[str, Any]:
@@ -248,53 +265,41 @@ class EvaluationLoop:
         self.batch_progress.load_state_dict(state.get("batch_progress", {}))
 
 
-def _sequential_batches(loaders: List[Any], max_batches: List[Number], progress: BatchProgress) -> Any:
-    """Yields ``(dataloader_idx, batch_idx, batch)`` over each loader in turn, at most its limit of
-    batches, keeping ``progress.is_last_batch`` current (Lightning's sequential mode)."""
-    for dl_idx, dl in enumerate(loaders):
-        limit = max_batches[dl_idx]
-        if limit == 0:
-            continue
-        fetcher = Fetcher(_Limited(dl, limit))
-        fetcher.reset_iterator()
-        batch_idx = 0
-        while True:
-            try:
-                batch = next(fetcher)
-            except StopIteration:
-                break
-            progress.is_last_batch = fetcher.done
-            yield dl_idx, batch_idx, batch
-            batch_idx += 1
+def _set_epoch_from_training(trainer: "Trainer", combined: CombinedLoader) -> None:
+    """Samplers with ``set_epoch`` outside ``fit`` get the number of epochs trained so far (Lightning's choice:
+    "some users want validation shuffling based on the training progress")."""
+    for dl in combined.flattened:
+        set_sampler_epoch(dl, trainer.fit_loop.epoch_progress.current.processed)
 
 
-class _Limited:
-    """Iterates at most ``limit`` batches of ``loader``; ``len`` is the limited length when known."""
-
-    def __init__(self, loader: Any, limit: Number) -> None:
-        self.loader = loader
-        self.limit = limit
-
-    def __len__(self) -> int:
-        n = sized_len(self.loader)
-        if n is None and math.isinf(self.limit):
-            raise TypeError("no length")
-        if n is None:
-            return int(self.limit)
-        return int(min(n, self.limit))
-
-    def __iter__(self) -> Any:
-        it = iter(self.loader)
-        if math.isinf(self.limit):
-            return it
-        return _take(it, int(self.limit))
+def _step_args(hook_args: tuple, takes_batch_idx: bool) -> tuple:
+    """A step's arguments: the hooks' ``(batch, batch_idx[, dataloader_idx])``, without ``batch_idx`` when the
+    step does not take it."""
+    if takes_batch_idx:
+        return hook_args
+    return (hook_args[0],) + hook_args[2:]
 
 
-def _take(it: Any, n: int) -> Any:
-    for i, b in enumerate(it):
-        if i >= n:
-            return
-        yield b
+def verify_dataloader_idx_requirement(module: Any, hooks: tuple, expected: bool, prefix: str) -> None:
+    """Lightning's check of the step/batch hooks' signatures against the number of loaders: several loaders need a
+    ``dataloader_idx`` argument; one loader must not require it (a default value is fine)."""
+    for name in hooks:
+        fn = getattr(module, name)
+        present = is_param_in_signature(fn, "dataloader_idx")
+        if expected and not present:
+            raise RuntimeError(
+                f"You provided multiple `{prefix}_dataloader`, but no `dataloader_idx`"
+                f" argument in `{type(module).__name__}.{name}()`. Try adding `dataloader_idx=0` to its"
+                " signature."
+            )
+        if not expected and present:
+            params = inspect.signature(fn).parameters
+            if "dataloader_idx" in params and params["dataloader_idx"].default is inspect.Parameter.empty:
+                raise RuntimeError(
+                    f"You provided only a single `{prefix}_dataloader`, but have included "
+                    f"`dataloader_idx` in `{type(module).__name__}.{name}()`. Either remove the"
+                    " argument or give it a default value i.e. `dataloader_idx=0`."
+                )
 
 
 def _print_results(results: List[Dict[str, float]], stage: str) -> None:
@@ -326,14 +331,18 @@ class PredictionLoop:
         self.epoch_batch_indices: List[List[List[int]]] = []
         self.predictions: List[Any] = []
         self.return_predictions = True
-        self._loaders: List[Any] = []
+        self._combined_loader: Optional[CombinedLoader] = None
         self._max_batches: List[Number] = []
         self._module_mode = _ModuleMode()
+
+    @property
+    def num_dataloaders(self) -> int:
+        return len(self._combined_loader.flattened) if self._combined_loader is not None else 0
 
     def setup_data(self) -> None:
         trainer = self.trainer
         if trainer.limit_predict_batches == 0:
-            self._loaders, self._max_batches = [], []
+            self._combined_loader, self._max_batches = None, []
             return
         loaders = request_dataloader(trainer, "predict_dataloader")
         if loaders is None:
@@ -341,10 +350,14 @@ class PredictionLoop:
                 "No `predict_dataloader()` method defined to run `Trainer.predict`: pass `dataloaders=` or a"
                 " datamodule with `predict_dataloader`."
             )
-        flat, _ = flatten_loaders(loaders)
-        self._loaders = [trainer.strategy.process_dataloader(seed_workers(dl), "predict") for dl in flat]
+        combined = combine(loaders, "sequential")
+        combined.flattened = [
+            trainer.strategy.process_dataloader(seed_workers(dl), "predict") for dl in combined.flattened
+        ]
+        _set_epoch_from_training(trainer, combined)
+        self._combined_loader = combined
         self._max_batches = []
-        for dl in self._loaders:
+        for dl in combined.flattened:
             n = sized_len(dl)
             length: Number = float("inf") if n is None else n
             self._max_batches.append(parse_num_batches("predict", length, trainer.limit_predict_batches))
@@ -361,24 +374,37 @@ class PredictionLoop:
         hooks = trainer._hooks
         module = trainer.lightning_module
         self.batch_progress.reset_on_run()
+        combined = self._combined_loader
+        assert combined is not None
+        if combined.mode != "sequential":
+            raise ValueError('`trainer.predict()` only supports the `CombinedLoader(mode="sequential")` mode.')
+        combined.limits = self._max_batches
+        fetcher = Fetcher(combined)
+        fetcher.reset_iterator()
+        multi = self.num_dataloaders > 1
+        verify_dataloader_idx_requirement(
+            module, ("predict_step", "on_predict_batch_start", "on_predict_batch_end"), multi, "predict")
         self._module_mode.capture(module)
         hooks.call_module("on_predict_model_eval")
-        self.predictions = [[] for _ in self._loaders]
+        self.predictions = [[] for _ in combined.flattened]
         hooks.call_callbacks("on_predict_start")
         hooks.call_module("on_predict_start")
         hooks.call_callbacks("on_predict_epoch_start")
         hooks.call_module("on_predict_epoch_start")
-        multi = len(self._loaders) > 1
         takes_batch_idx = is_param_in_signature(module.predict_step, "batch_idx", min_args=2)
-        for dl_idx, batch_idx, batch in _sequential_batches(self._loaders, self._max_batches, self.batch_progress):
+        while True:
+            try:
+                batch, batch_idx, dl_idx = next(fetcher)
+            except StopIteration:
+                break
+            self.batch_progress.is_last_batch = fetcher.done
             batch = trainer._transfer_batch(batch, dl_idx)
             hook_args: tuple = (batch, batch_idx) if not multi else (batch, batch_idx, dl_idx)
             self.batch_progress.increment_ready()
             hooks.call_callbacks("on_predict_batch_start", *hook_args)
             hooks.call_module("on_predict_batch_start", *hook_args)
             self.batch_progress.increment_started()
-            step_args = hook_args if takes_batch_idx or multi else (batch,)
-            output = eval_step(trainer, "predict_step", step_args)
+            output = eval_step(trainer, "predict_step", _step_args(hook_args, takes_batch_idx))
             if output is None:
                 trainer._warn_once("predict returned None if it was on purpose, ignore this warning...")
             self.batch_progress.increment_processed()

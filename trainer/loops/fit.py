@@ -14,13 +14,14 @@ import torch
 
 from trainer.exceptions import MisconfigurationException
 from trainer.logging import ResultCollection
-from trainer.loops.data import Fetcher, TrainLoader, disable_shuffle, parse_num_batches, request_dataloader, \
+from trainer.loops.data import Fetcher, combine, parse_num_batches, request_dataloader, resolve_overfit_batches, \
     seed_workers, set_sampler_epoch, sized_len
 from trainer.loops.evaluation import EvaluationLoop
 from trainer.loops.optimization import AutomaticOptimization, ManualOptimization
 from trainer.loops.progress import BatchProgress, Progress
 from trainer.seed import collect_rng_states, set_rng_states
 from trainer.utilities import is_param_in_signature
+from trainer.utilities.combined_loader import _SUPPORTED_MODES, CombinedLoader
 
 if TYPE_CHECKING:  # pragma: no cover
     from trainer.trainer import Trainer
@@ -149,7 +150,7 @@ class TrainingEpochLoop:
         hooks = trainer._hooks
         module = trainer.lightning_module
         bp = self.batch_progress
-        batch = next(fetcher)
+        batch, _, _ = next(fetcher)  # training counts its own batch_idx (it goes on across a resumed epoch)
         batch_idx = bp.current.ready
         bp.is_last_batch = fetcher.done
         batch = trainer._transfer_batch(batch, 0)
@@ -322,7 +323,7 @@ class FitLoop:
         self.epoch_loop = TrainingEpochLoop(trainer)
         self.epoch_progress = Progress()
         self.max_batches: Number = float("inf")
-        self._loader: Optional[TrainLoader] = None
+        self._combined_loader: Optional[CombinedLoader] = None
         self._fetcher: Optional[Fetcher] = None
         self._last_train_dl_reload_epoch: Number = float("-inf")
         self._resuming_mid_epoch = False
@@ -390,7 +391,7 @@ class FitLoop:
 
     # ---------------------------------------------------------------- data
     def setup_data(self) -> None:
-        if self._loader is not None and not self._should_reload_train_dl:
+        if self._combined_loader is not None and not self._should_reload_train_dl:
             return
         trainer = self.trainer
         if trainer.limit_train_batches == 0:
@@ -401,29 +402,22 @@ class FitLoop:
                 "No `train_dataloader()` method defined. Lightning `Trainer` expects as minimum a"
                 " `training_step()`, `train_dataloader()` and `configure_optimizers()` to be defined."
             )
-        loader = loaders if isinstance(loaders, TrainLoader) else TrainLoader(loaders)
-        flat = []
-        for dl in loader.flattened:
-            if trainer.overfit_batches > 0:
-                if getattr(dl, "sampler", None) is not None and type(dl.sampler).__name__ == "RandomSampler":
-                    trainer._warn_once(
-                        "You requested to overfit but enabled train dataloader shuffling."
-                        " We are turning off the train dataloader shuffling for you."
-                    )
-                dl = disable_shuffle(dl)
-            flat.append(trainer.strategy.process_dataloader(seed_workers(dl), "train"))
-        loader.flattened = flat
+        combined = combine(loaders, "max_size_cycle")
+        if trainer.overfit_batches > 0:
+            resolve_overfit_batches(combined, "train")
+        combined.flattened = [
+            trainer.strategy.process_dataloader(seed_workers(dl), "train") for dl in combined.flattened
+        ]
         limits = []
-        for dl in flat:
+        for dl in combined.flattened:
             n = sized_len(dl)
-            length: Number = float("inf") if n is None else n
-            limits.append(parse_num_batches("train", length, trainer.limit_train_batches))
-        loader.limits = limits
-        self._loader = loader
-        self._fetcher = Fetcher(loader)
+            limits.append(parse_num_batches("train", float("inf") if n is None else n, trainer.limit_train_batches))
+        combined.limits = limits
+        self._combined_loader = combined
+        self._fetcher = Fetcher(combined)
         self._new_epoch_iterator()
-        m = sized_len(loader) if all(not math.isinf(x) for x in limits) else None
-        self.max_batches = m if m is not None else float("inf")
+        n = sized_len(combined)  # known once iterated; infinite with an unsized loader the mode cannot bound
+        self.max_batches = n if n is not None else float("inf")
         if self.max_batches == 0:
             return
         self._last_train_dl_reload_epoch = trainer.current_epoch
@@ -480,12 +474,12 @@ class FitLoop:
                 set_rng_states(epoch_rng)
             self._epoch_start_rng = epoch_rng
             loader_states = state.get("train_loader_states")
-            assert self._loader is not None
+            assert self._combined_loader is not None
             stateful = loader_states is not None and all(
-                hasattr(dl, "load_state_dict") for dl in self._loader.flattened
+                hasattr(dl, "load_state_dict") for dl in self._combined_loader.flattened
             )
             if stateful:
-                for dl, st in zip(self._loader.flattened, loader_states):
+                for dl, st in zip(self._combined_loader.flattened, loader_states):
                     dl.load_state_dict(st)
                 self._fetcher.reset_iterator()
                 self._fetcher.fetched = self.epoch_loop.batch_progress.current.ready
@@ -516,8 +510,9 @@ class FitLoop:
                 for k, v in self.trainer.callback_metrics.items()
             },
         }
-        if self._loader is not None and all(hasattr(dl, "state_dict") for dl in self._loader.flattened):
-            state["train_loader_states"] = [dl.state_dict() for dl in self._loader.flattened]
+        loaders = self._combined_loader.flattened if self._combined_loader is not None else None
+        if loaders is not None and all(hasattr(dl, "state_dict") for dl in loaders):
+            state["train_loader_states"] = [dl.state_dict() for dl in loaders]
         module = self.trainer.lightning_module
         epoch_loop = self.epoch_loop
         mid_window = (
@@ -551,7 +546,7 @@ class FitLoop:
     def on_run_start(self) -> None:
         self.epoch_progress.current.completed = self.epoch_progress.current.processed
         trainer = self.trainer
-        if self.epoch_loop._should_check_val_epoch() and self.epoch_loop.val_loop._loaders is None:
+        if self.epoch_loop._should_check_val_epoch() and self.epoch_loop.val_loop._combined_loader is None:
             trainer.validating = True
             self.epoch_loop.val_loop.setup_data()
             trainer.training = True
@@ -562,8 +557,8 @@ class FitLoop:
     def on_advance_start(self) -> None:
         trainer = self.trainer
         self.setup_data()
-        assert self._loader is not None
-        for dl in self._loader.flattened:
+        assert self._combined_loader is not None
+        for dl in self._combined_loader.flattened:
             set_sampler_epoch(dl, self.epoch_progress.current.processed)
         if self._resume_state is not None:
             self._apply_resume_state()
@@ -575,7 +570,12 @@ class FitLoop:
         self.epoch_progress.increment_started()
 
     def advance(self) -> None:
-        assert self._fetcher is not None
+        assert self._fetcher is not None and self._combined_loader is not None
+        if self._combined_loader.mode == "sequential":
+            raise ValueError(
+                '`_FitLoop` does not support the `CombinedLoader(mode="sequential")` mode.'  # Lightning's words
+                f" The available modes are: {[m for m in _SUPPORTED_MODES if m != 'sequential']}"
+            )
         with self.trainer.profiler.profile("run_training_epoch"):
             self.epoch_loop.run(self._fetcher)
         self._resuming_mid_epoch = False
@@ -605,6 +605,8 @@ class FitLoop:
 
     def teardown(self) -> None:
         self._fetcher = None
+        if self._combined_loader is not None:
+            self._combined_loader.reset()  # stops persistent workers, forgets the epoch's iterator
 
     # ---------------------------------------------------------------- checkpoint
     def _restore_after_load(self, resume_state: Optional[Dict[str, Any]]) -> None:

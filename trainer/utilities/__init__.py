@@ -1,4 +1,9 @@
-"""Small helpers shared across the package: collections, batch sizes, attribute dicts."""
+"""Small helpers shared across the package: collections, batch sizes, attribute dicts.
+
+Lightning's public helpers live in submodules at Lightning's paths (``trainer.utilities.combined_loader``,
+``trainer.utilities.rank_zero``, ``trainer.utilities.grads``) and are exported from here too, as
+``lightning.pytorch.utilities`` exports them.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -166,3 +171,11 @@ def to_float_dict(metrics: Dict[str, Any]) -> Dict[str, Any]:
         if isinstance(v, numbers.Number):
             out[k] = v
     return {k: out[k] for k in metrics if k in out}
+
+
+# Lightning's public helpers at Lightning's paths, also importable from here (imported last: they use the above)
+from trainer.utilities.combined_loader import CombinedLoader  # noqa: E402
+from trainer.utilities.grads import grad_norm  # noqa: E402
+from trainer.utilities.rank_zero import (  # noqa: E402
+    rank_zero_debug, rank_zero_deprecation, rank_zero_info, rank_zero_only, rank_zero_warn,
+)
