@@ -77,7 +77,8 @@ class WeightAveraging(Callback):
         )
 
     def on_fit_start(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
-        # setup() runs before the strategy moves the model; "the model's device" is where it trains
+        # setup() runs before the strategy moves the model, and our LightningModule.device reads the parameters
+        # (Lightning's reports the root device already in setup): the model's device is where it trains
         if self._device is None and self._average_model is not None:
             self._average_model.to(pl_module.device)
 
