@@ -453,7 +453,8 @@ def _fake_psutil() -> types.ModuleType:
     return mod
 
 
-def test_device_stats_monitor_logs_lightnings_keys_and_steps(tmp_path, monkeypatch):
+@pytest.mark.parametrize("cpu_stats", [None, True, False])
+def test_device_stats_monitor_logs_lightnings_keys_and_steps(tmp_path, monkeypatch, cpu_stats):
     monkeypatch.setitem(sys.modules, "psutil", _fake_psutil())
     import pytorch_lightning.accelerators.cpu as pl_cpu
 
@@ -466,11 +467,12 @@ def test_device_stats_monitor_logs_lightnings_keys_and_steps(tmp_path, monkeypat
         L = _fw(name)
         logger = _capture_logger(L)
         trainer = _trainer(L, tmp_path / name, max_epochs=2, logger=logger, log_every_n_steps=2,
-                           callbacks=[L.callbacks.DeviceStatsMonitor()])
+                           callbacks=[L.callbacks.DeviceStatsMonitor(cpu_stats=cpu_stats)])
         trainer.fit(net_module_class(L)(), make_loader(16, 4, seed=0), make_loader(8, 4, seed=1))
         trainer.validate(trainer.lightning_module, make_loader(8, 4, seed=2))
         records[name] = [r for r in logger.records if any(k.startswith("DeviceStatsMonitor") for k in r[0])]
-    assert any("DeviceStatsMonitor.on_train_batch_start/cpu_percent" in keys for keys, _ in records["lightning"])
+    logged = any("DeviceStatsMonitor.on_train_batch_start/cpu_percent" in keys for keys, _ in records["lightning"])
+    assert logged == (cpu_stats is not False)  # on the CPU, cpu_stats=False turns the CPU stats off
     assert records["trainer"] == records["lightning"]
 
 

@@ -152,7 +152,9 @@ class BaseFinetuning(Callback):
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: "Trainer", pl_module: "LightningModule", stage: str) -> None:
         self.freeze_before_training(pl_module)
-        if type(trainer.strategy).__name__ == "DeepSpeedStrategy":
+        from trainer.strategies.deepspeed import DeepSpeedStrategy
+
+        if isinstance(trainer.strategy, DeepSpeedStrategy):
             raise NotImplementedError(
                 "The Finetuning callback does not support running with the DeepSpeed strategy."
                 " Choose a different strategy or disable the callback."

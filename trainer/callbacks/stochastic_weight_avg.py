@@ -106,8 +106,10 @@ class StochasticWeightAveraging(Callback):
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: "Trainer", pl_module: "LightningModule", stage: str) -> None:
-        if getattr(trainer.strategy, "is_sharded", False) or type(trainer.strategy).__name__ in (
-                "FSDPStrategy", "DeepSpeedStrategy"):
+        from trainer.strategies.deepspeed import DeepSpeedStrategy
+        from trainer.strategies.fsdp import FSDPStrategy
+
+        if isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy)):
             raise MisconfigurationException("SWA does not currently support sharded models.")
         self._average_model = deepcopy(pl_module)  # before the model moves to its device
 
