@@ -626,3 +626,98 @@ def test_engine_under_test():
     """Which engine ran these parity tests (``TRAINER_COMPILE``): both are run by .ci/run."""
     L = _fw("trainer")
     assert L.Trainer(accelerator="cpu", logger=False)._compile_config.enabled == compiled_engine()
+
+
+# --------------------------------------------------------------------------------------------
+# WeightAveraging: accumulation, iterable data, configure_model, a crash and its resume
+# --------------------------------------------------------------------------------------------
+
+class _Stream(torch.utils.data.IterableDataset):
+    """The same 24 (x, y) pairs as a stream (no length): the epoch ends when the data does."""
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(4)
+        for _ in range(24):
+            yield torch.randn(8, generator=g), torch.randn(2, generator=g)
+
+
+def test_weight_averaging_with_accumulation_and_iterable_data_matches_lightning(tmp_path):
+    """Updates follow optimizer steps (every 2nd batch), the stream's epoch end included."""
+    seen = {}
+    for name in FRAMEWORKS:
+        L = _fw(name)
+        ema = L.callbacks.EMAWeightAveraging(decay=0.8)
+        model = net_module_class(L, batch_norm=True, optimizer="sgd")()
+        trainer = _trainer(L, tmp_path / name, max_epochs=2, accumulate_grad_batches=2, callbacks=[ema])
+        trainer.fit(model, torch.utils.data.DataLoader(_Stream(), batch_size=5))
+        seen[name] = (_state(model), int(ema._average_model.n_averaged), trainer.global_step)
+        if name == "trainer":
+            assert_compiled({"report": getattr(trainer, "compile_report", None)})
+    pl, ours = seen["lightning"], seen["trainer"]
+    assert pl[1] == pl[2] == 6  # 5 batches an epoch: steps after batches 2, 4 and the last one
+    assert ours[1:] == pl[1:]
+    assert_states_close(ours[0], pl[0], "averaged weights")
+
+
+def test_weight_averaging_builds_configure_model_layers_like_lightning(tmp_path, recwarn):
+    seen = {}
+    for name in FRAMEWORKS:
+        L = _fw(name)
+
+        class Lazy(net_module_class(L, optimizer="sgd")):
+            def __init__(self):
+                super().__init__()
+                self.extra = None
+
+            def configure_model(self):
+                if self.extra is None:
+                    self.extra = _seeded(7, lambda: nn.Linear(2, 2))
+
+            def forward(self, x):
+                return self.extra(super().forward(x))
+
+        recwarn.clear()
+        ema = L.callbacks.EMAWeightAveraging(decay=0.5)
+        model = Lazy()
+        _trainer(L, tmp_path / name, max_epochs=1, callbacks=[ema]).fit(model, make_loader(16, 4))
+        warned = sorted({str(w.message) for w in recwarn if "configure_model" in str(w.message)})
+        seen[name] = (_state(model), warned, isinstance(ema._average_model.module.extra, nn.Linear))
+    pl, ours = seen["lightning"], seen["trainer"]
+    assert pl[1] and pl[2]
+    assert ours[1:] == pl[1:]
+    assert_states_close(ours[0], pl[0], "weights")
+
+
+def test_weight_averaging_resumes_after_a_crash_like_an_uninterrupted_fit(tmp_path):
+    """A fit that crashes in epoch 2 resumes from its epoch-1 checkpoint to the uninterrupted fit's weights."""
+    def fit(name: str, root, crash_at: Optional[int], ckpt_path: Optional[str] = None) -> Dict[str, torch.Tensor]:
+        L = _fw(name)
+
+        class Crashing(net_module_class(L, batch_norm=True, optimizer="sgd")):
+            def training_step(self, batch, batch_idx):
+                if crash_at is not None and self.trainer.current_epoch >= crash_at:
+                    raise RuntimeError("CRASH")
+                return super().training_step(batch, batch_idx)
+
+        model = Crashing()
+        trainer = _trainer(L, root, max_epochs=4, enable_checkpointing=True,
+                           callbacks=[L.callbacks.EMAWeightAveraging(decay=0.7),
+                                      L.callbacks.ModelCheckpoint(dirpath=str(root / "ckpt"))])
+        if crash_at is not None:
+            with pytest.raises(RuntimeError, match="CRASH"):
+                trainer.fit(model, make_loader(16, 4))
+        else:
+            trainer.fit(model, make_loader(16, 4), ckpt_path=ckpt_path)
+        return _state(model)
+
+    results = {}
+    for name in FRAMEWORKS:
+        whole = fit(name, tmp_path / name / "whole", None)
+        fit(name, tmp_path / name / "resumed", 2)
+        ckpts = os.listdir(tmp_path / name / "resumed" / "ckpt")
+        assert len(ckpts) == 1, ckpts
+        resumed = fit(name, tmp_path / name / "resumed", None, str(tmp_path / name / "resumed" / "ckpt" / ckpts[0]))
+        results[name] = (whole, resumed)
+    assert_states_close(results["lightning"][1], results["lightning"][0], "Lightning: resumed vs whole")
+    assert_states_close(results["trainer"][1], results["trainer"][0], "resumed vs whole")
+    assert_states_close(results["trainer"][0], results["lightning"][0], "whole fit vs Lightning")
