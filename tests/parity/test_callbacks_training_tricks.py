@@ -721,3 +721,94 @@ def test_weight_averaging_resumes_after_a_crash_like_an_uninterrupted_fit(tmp_pa
     assert_states_close(results["lightning"][1], results["lightning"][0], "Lightning: resumed vs whole")
     assert_states_close(results["trainer"][1], results["trainer"][0], "resumed vs whole")
     assert_states_close(results["trainer"][0], results["lightning"][0], "whole fit vs Lightning")
+
+
+# --------------------------------------------------------------------------------------------
+# StochasticWeightAveraging: Lightning's own scenario (BatchNorm, accumulation, a step scheduler, a crash)
+# --------------------------------------------------------------------------------------------
+
+def swa_module_class(L: ModuleType, interval: str = "epoch", crash_on_epoch: Optional[int] = None,
+                     scheduler: str = "step_lr") -> type:
+    class SwaNet(net_module_class(L, batch_norm=True, optimizer="sgd")):
+        def __init__(self):
+            super().__init__(lr=0.1)
+            self.backward_calls = 0
+
+        def training_step(self, batch, batch_idx):
+            if crash_on_epoch is not None and self.trainer.current_epoch >= crash_on_epoch:
+                raise RuntimeError("SWA crash test")
+            return super().training_step(batch, batch_idx)
+
+        def on_after_backward(self):
+            self.backward_calls += 1
+
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            if scheduler == "lambda":
+                sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.1)
+            else:
+                sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval}}
+
+    return SwaNet
+
+
+_SWA_TRAINER = dict(max_epochs=5, limit_train_batches=5, limit_val_batches=0, accumulate_grad_batches=2)
+
+
+@pytest.mark.parametrize("interval", ["epoch", "step"])
+def test_swa_batchnorm_epoch_with_accumulation_matches_lightning(tmp_path, interval, recwarn):
+    seen = {}
+    for name in FRAMEWORKS:
+        L = _fw(name)
+        model = swa_module_class(L, interval=interval)()
+        swa = L.callbacks.StochasticWeightAveraging(swa_epoch_start=2, swa_lrs=0.1)
+        recwarn.clear()
+        trainer = _trainer(L, tmp_path / name, callbacks=[swa], **_SWA_TRAINER)
+        trainer.fit(model, make_loader(64, 2, seed=3))
+        warned = sorted({str(w.message) for w in recwarn if "SWA is currently only supported" in str(w.message)})
+        seen[name] = dict(state=_state(model), backward=model.backward_calls, n=int(swa.n_averaged),
+                          after=(trainer.fit_loop._skip_backward, trainer.accumulate_grad_batches,
+                                 trainer.num_training_batches, trainer.max_epochs, trainer.current_epoch),
+                          warned=len(warned), lr=trainer.optimizers[0].param_groups[0]["lr"])
+        if name == "trainer":
+            assert_compiled({"report": getattr(trainer, "compile_report", None)})
+    pl, ours = seen["lightning"], seen["trainer"]
+    # the oracle: 5 epochs of 5 batches backward, the BatchNorm epoch none; 4 epochs averaged; limits given back
+    assert pl["backward"] == 25 and pl["n"] == 4
+    assert pl["after"] == (False, 2, 5, 5, 6)
+    assert pl["warned"] == (1 if interval == "step" else 0)
+    for key in ("backward", "n", "after", "warned"):
+        assert ours[key] == pl[key], key
+    assert ours["lr"] == pytest.approx(pl["lr"], rel=1e-12)
+    assert_states_close(ours["state"], pl["state"], "SWA weights and BatchNorm statistics")
+
+
+@pytest.mark.parametrize("crash_on_epoch", [1, 3])
+@pytest.mark.parametrize("scheduler", ["step_lr", "lambda"])
+def test_swa_resumes_after_a_crash_like_lightning(tmp_path, crash_on_epoch, scheduler):
+    """Lightning's #11665: the resumed fit must not load SWALR's state into the configured scheduler."""
+    seen = {}
+    for name in FRAMEWORKS:
+        L = _fw(name)
+        root = tmp_path / name
+        crashing = swa_module_class(L, crash_on_epoch=crash_on_epoch, scheduler=scheduler)()
+        trainer = _trainer(L, root, enable_checkpointing=True, callbacks=[
+            L.callbacks.StochasticWeightAveraging(swa_epoch_start=3, swa_lrs=0.1)], **_SWA_TRAINER)
+        with pytest.raises(RuntimeError, match="SWA crash test"):
+            trainer.fit(crashing, make_loader(64, 2, seed=3))
+        ckpt_dir = root / "checkpoints"
+        ckpts = os.listdir(ckpt_dir)
+        assert len(ckpts) == 1, ckpts
+        model = swa_module_class(L, scheduler=scheduler)()
+        swa = L.callbacks.StochasticWeightAveraging(swa_epoch_start=3, swa_lrs=0.1)
+        trainer = _trainer(L, root, enable_checkpointing=True, callbacks=[swa], **_SWA_TRAINER)
+        trainer.fit(model, make_loader(64, 2, seed=3), ckpt_path=str(ckpt_dir / ckpts[0]))
+        seen[name] = dict(state=_state(model), n=int(swa.n_averaged), backward=model.backward_calls,
+                          lr=trainer.optimizers[0].param_groups[0]["lr"], ckpt=ckpts[0])
+    pl, ours = seen["lightning"], seen["trainer"]
+    assert pl["n"] == 3 and pl["backward"] == (5 - crash_on_epoch) * 5
+    for key in ("n", "backward", "ckpt"):
+        assert ours[key] == pl[key], key
+    assert ours["lr"] == pytest.approx(pl["lr"], rel=1e-12)
+    assert_states_close(ours["state"], pl["state"], "resumed SWA weights")
