@@ -812,3 +812,57 @@ def test_swa_resumes_after_a_crash_like_lightning(tmp_path, crash_on_epoch, sche
         assert ours[key] == pl[key], key
     assert ours["lr"] == pytest.approx(pl["lr"], rel=1e-12)
     assert_states_close(ours["state"], pl["state"], "resumed SWA weights")
+
+
+def _identity_module_class(L: ModuleType) -> type:
+    """The loss is the batch's value itself (weights 1, inputs (v, 0), lr 0): batch 4 carries the spike. Not a 1x1
+    Linear: the compiled engine returns such a step's loss computed from the updated weight (reported)."""
+
+    class Identity(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(2, 1, bias=False)
+            with torch.no_grad():
+                self.layer.weight.fill_(1.0)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    return Identity
+
+
+@pytest.mark.parametrize("spike_value", [None, float("inf"), float("-inf"), float("nan")],
+                         ids=["large", "inf", "-inf", "nan"])
+@pytest.mark.parametrize("finite_only", [True, False])
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_spike_detection_cases_match_lightning(tmp_path, spike_value, finite_only, mode):
+    values = [1 / (i + 1) for i in range(10)]
+    values[4] = 4.0 if spike_value is None else spike_value
+    if mode == "max":
+        values = [-v if v is not None else v for v in values]
+    data = [torch.tensor([v, 0.0]) for v in values]
+    seen = {}
+    for name in FRAMEWORKS:
+        L = _fw(name)
+        spike = L.callbacks.SpikeDetection(mode=mode, exclude_batches_path=str(tmp_path / name),
+                                           finite_only=finite_only)
+        trainer = _trainer(L, tmp_path / name, max_epochs=1, callbacks=[spike])
+        try:
+            trainer.fit(_identity_module_class(L)(), torch.utils.data.DataLoader(data))
+            error = None
+        except Exception as exc:  # noqa: BLE001 - compared below
+            error = (type(exc).__name__, str(exc))
+        state = spike.state_dict()
+        last = state["last_val"]
+        seen[name] = dict(error=error, bad=state["bad_batches"], last=None if last != last else last,
+                          path=os.path.relpath(str(state["bad_batches_path"]), str(tmp_path / name)))
+    pl, ours = seen["lightning"], seen["trainer"]
+    # the oracle: a large value is a spike; a non-finite one with finite_only; an infinite one in the bad direction
+    expect_spike = spike_value is None or finite_only or spike_value == float("inf")
+    assert pl["error"] == (("TrainingSpikeException", "Training spike detected in batch 4") if expect_spike else None)
+    assert ours["error"] == pl["error"]
+    assert ours["bad"] == pl["bad"] and ours["path"] == pl["path"]
+    assert ours["last"] == pytest.approx(pl["last"])
