@@ -866,3 +866,35 @@ def test_spike_detection_cases_match_lightning(tmp_path, spike_value, finite_onl
     assert ours["error"] == pl["error"]
     assert ours["bad"] == pl["bad"] and ours["path"] == pl["path"]
     assert ours["last"] == pytest.approx(pl["last"])
+
+
+def test_model_pruning_verbose_logs_match_lightning(tmp_path, caplog):
+    seen = {}
+    for name in FRAMEWORKS:
+        L = _fw(name)
+        caplog.clear()
+        with caplog.at_level("INFO"):
+            _fit(name, tmp_path, lambda L: [L.callbacks.ModelPruning("l1_unstructured", amount=0.2, verbose=2,
+                                                                     use_lottery_ticket_hypothesis=False)],
+                 module_kw=dict(optimizer="sgd"), max_epochs=2)
+        seen[name] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Applied `")]
+    assert len(seen["lightning"]) == 2 * (1 + 4)  # per epoch: the total, then each of the 4 pruned tensors
+    assert seen["trainer"] == seen["lightning"]
+
+
+def test_model_pruning_checkpoints_stay_permanent_when_saved_twice(tmp_path):
+    """Every save folds the masks into a copy; the training model keeps its reparametrisation until the end."""
+    seen = {}
+    for name in FRAMEWORKS:
+        L = _fw(name)
+        model = net_module_class(L, optimizer="sgd")()
+        trainer = _trainer(L, tmp_path / name, max_epochs=2, callbacks=[
+            L.callbacks.ModelPruning("random_unstructured", amount=0.5, use_lottery_ticket_hypothesis=False)])
+        torch.manual_seed(0)
+        trainer.fit(model, make_loader(16, 4))
+        trainer.save_checkpoint(str(tmp_path / name / "a.ckpt"))
+        trainer.save_checkpoint(str(tmp_path / name / "b.ckpt"))
+        a, b = _ckpt(tmp_path / name / "a.ckpt"), _ckpt(tmp_path / name / "b.ckpt")
+        seen[name] = (sorted(a["state_dict"]), sorted(b["state_dict"]), sorted(model.state_dict()))
+    assert not any(k.endswith(("_orig", "_mask")) for k in seen["lightning"][0] + seen["lightning"][2])
+    assert seen["trainer"] == seen["lightning"]
