@@ -153,3 +153,19 @@ def test_weight_averaging_outside_fit_warns_and_keeps_weights(tmp_path, recwarn)
         trainer.validate(model, make_loader(8, 4), ckpt_path=str(path), verbose=False)
         messages[name] = sorted({str(w.message) for w in recwarn if "WeightAveraging" in str(w.message)})
     assert messages["lightning"] and messages["trainer"] == messages["lightning"]
+
+
+
+def test_ema_refuses_a_multi_avg_fn_like_lightning(tmp_path):
+    """EMAWeightAveraging brings its own avg_fn: AveragedModel refuses a second function when fit sets it up."""
+    from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+    seen = {}
+    for name in FRAMEWORKS:
+        L = import_framework(name)
+        ema = L.callbacks.EMAWeightAveraging(decay=0.9, multi_avg_fn=get_ema_multi_avg_fn(0.5))
+        with pytest.raises(Exception) as err:
+            _trainer(L, tmp_path / name, max_epochs=1, callbacks=[ema]).fit(two_part_module(L), make_loader(8, 4))
+        seen[name] = (type(err.value).__name__, str(err.value))
+    assert seen["lightning"] == ("AssertionError", "Only one of avg_fn and multi_avg_fn should be provided")
+    assert seen["trainer"] == seen["lightning"]

@@ -251,12 +251,14 @@ class EMAWeightAveraging(WeightAveraging):
         multi-tensor call per operation for the floating tensors. Integer buffers (``num_batches_tracked``) go
         through the same float expression and are truncated back, as ``AveragedModel`` copies them."""
         decay = self._decay
-        floats = [i for i, a in enumerate(averaged) if a.is_floating_point() and a.dtype == current[i].dtype]
-        others = [i for i in range(len(averaged)) if i not in set(floats)]
-        if floats:
-            avg_f = [averaged[i] for i in floats]
-            scaled = torch._foreach_mul([current[i] for i in floats], 1 - decay)
+        avg_f, cur_f = [], []
+        for avg, cur in zip(averaged, current):
+            if avg.is_floating_point() and avg.dtype == cur.dtype:
+                avg_f.append(avg)
+                cur_f.append(cur)
+            else:
+                avg.copy_(decay * avg + (1 - decay) * cur)
+        if avg_f:
+            scaled = torch._foreach_mul(cur_f, 1 - decay)
             torch._foreach_mul_(avg_f, decay)
             torch._foreach_add_(avg_f, scaled)
-        for i in others:
-            averaged[i].copy_(decay * averaged[i] + (1 - decay) * current[i])
