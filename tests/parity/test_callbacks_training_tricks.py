@@ -898,3 +898,35 @@ def test_model_pruning_checkpoints_stay_permanent_when_saved_twice(tmp_path):
         seen[name] = (sorted(a["state_dict"]), sorted(b["state_dict"]), sorted(model.state_dict()))
     assert not any(k.endswith(("_orig", "_mask")) for k in seen["lightning"][0] + seen["lightning"][2])
     assert seen["trainer"] == seen["lightning"]
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints move both ways: a fit resumed from the other framework's checkpoint
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("writer", FRAMEWORKS)
+def test_callback_state_resumes_across_frameworks(tmp_path, writer):
+    """EMA's averaged model and BackboneFinetuning's param groups, written by one framework, resumed by both."""
+    def callbacks(L: ModuleType) -> List[Any]:
+        return [L.callbacks.EMAWeightAveraging(decay=0.8),
+                L.callbacks.BackboneFinetuning(unfreeze_backbone_at_epoch=1, lambda_func=lambda e: 1.5)]
+
+    W = _fw(writer)
+    first = _trainer(W, tmp_path / "w", max_epochs=3, max_steps=8, enable_checkpointing=True,
+                     callbacks=callbacks(W) + [W.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "w"),
+                                                                           save_last=True)])
+    first.fit(net_module_class(W, filter_frozen=True)(), make_loader(16, 4))
+    seen = {}
+    for name in FRAMEWORKS:
+        L = _fw(name)
+        model = net_module_class(L, filter_frozen=True)(seed=4)
+        cbs = callbacks(L)
+        trainer = _trainer(L, tmp_path / name, max_epochs=3, callbacks=cbs)
+        trainer.fit(model, make_loader(16, 4), ckpt_path=str(tmp_path / "w" / "last.ckpt"))
+        seen[name] = dict(state=_state(model), n=int(cbs[0]._average_model.n_averaged),
+                          groups=[(g["lr"], len(g["params"])) for g in trainer.optimizers[0].param_groups])
+    pl, ours = seen["lightning"], seen["trainer"]
+    assert pl["n"] == 12 and len(pl["groups"]) == 2
+    assert ours["n"] == pl["n"]
+    assert_groups_equal(ours["groups"], pl["groups"])
+    assert_states_close(ours["state"], pl["state"], f"resumed from {writer}'s checkpoint")
