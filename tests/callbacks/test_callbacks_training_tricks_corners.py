@@ -169,3 +169,17 @@ def test_ema_refuses_a_multi_avg_fn_like_lightning(tmp_path):
         seen[name] = (type(err.value).__name__, str(err.value))
     assert seen["lightning"] == ("AssertionError", "Only one of avg_fn and multi_avg_fn should be provided")
     assert seen["trainer"] == seen["lightning"]
+
+
+def test_averaged_copies_leave_the_trainer_and_loaders_behind(tmp_path):
+    """Lightning's test_swa_deepcopy / test_weight_averaging_deepcopy: the copy is the module, not the Trainer."""
+    for name in FRAMEWORKS:
+        L = import_framework(name)
+        swa = L.callbacks.StochasticWeightAveraging(swa_lrs=0.1)
+        ema = L.callbacks.EMAWeightAveraging()
+        model = two_part_module(L)
+        _trainer(L, tmp_path / name, fast_dev_run=True, callbacks=[swa, ema]).fit(model, make_loader(8, 4))
+        for copy in (swa._average_model, ema._average_model.module):
+            assert copy is not model and copy._trainer is None, name
+            assert copy.configure_optimizers.__self__ is copy, name
+        assert model._trainer is not None, name

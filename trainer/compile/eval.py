@@ -115,8 +115,7 @@ class EvalEngine:
         pnames, bnames = self._names.get(mkey) or self._module_names(module)
         params = dict(module.named_parameters())
         buffers = dict(module.named_buffers())
-        if len(params) != len(pnames) or len(buffers) != len(bnames) or list(params) != pnames or list(
-                buffers) != bnames:
+        if list(params) != pnames or list(buffers) != bnames:
             # the module's tensors changed (ModelPruning's weight -> weight_orig + weight_mask): its graphs
             # take other inputs now
             self.recompile_reasons.append(f"`{type(module).__name__}`'s parameters or buffers changed")
