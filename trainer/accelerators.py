@@ -70,15 +70,33 @@ class Accelerator:
         return f"{type(self).__name__}()"
 
 
+_PSUTIL_MISSING = "Requirement 'psutil' not met. HINT: Try running `pip install -U 'psutil'`"
+
+
+def psutil_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("psutil") is not None
+
+
+def get_cpu_stats() -> Dict[str, float]:
+    """Lightning's CPU stats (system-wide CPU, RAM and swap use, in %), from the optional ``psutil``."""
+    if not psutil_available():
+        raise ModuleNotFoundError(f"Fetching CPU device stats requires `psutil` to be installed. {_PSUTIL_MISSING}")
+    import psutil
+
+    return {
+        "cpu_vm_percent": psutil.virtual_memory().percent,
+        "cpu_percent": psutil.cpu_percent(),
+        "cpu_swap_percent": psutil.swap_memory().percent,
+    }
+
+
 class CPUAccelerator(Accelerator):
     name = "cpu"
 
     def get_device_stats(self, device: Any) -> Dict[str, Any]:
-        try:
-            import psutil  # optional, as in Lightning
-        except ImportError:
-            return {}
-        return {"cpu_percent": psutil.cpu_percent(), "cpu_vm_percent": psutil.virtual_memory().percent}
+        return get_cpu_stats()
 
 
 class CUDAAccelerator(Accelerator):

@@ -127,6 +127,13 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
         self.prepare_data_per_node: bool = True
         self.allow_zero_length_dataloader_with_multiple_devices: bool = False
 
+    def __getstate__(self) -> Dict[str, Any]:
+        """Copies and pickles leave the Trainer behind, as Lightning's do (``deepcopy(pl_module)`` in the
+        weight-averaging callbacks must copy the weights, not the Trainer and its loaders)."""
+        state = dict(self.__dict__)
+        state["_trainer"] = None
+        return state
+
     # ------------------------------------------------------------------ properties
     @property
     def trainer(self) -> "Trainer":

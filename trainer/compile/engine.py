@@ -63,6 +63,11 @@ _ADAM_KEYS = ("betas", "eps", "weight_decay", "amsgrad", "maximize")
 _SGD_KEYS = ("momentum", "dampening", "weight_decay", "nesterov", "maximize")
 
 
+def _param_groups_signature(opt: Any) -> Tuple[int, ...]:
+    """How many tensors each param group holds: a finetuning callback's ``add_param_group`` changes it."""
+    return tuple(len(g["params"]) for g in opt.param_groups)
+
+
 class _GuardFailed(Exception):
     """A Python value the step's graph was built with changed (``why``: the failed guard; ``source``:
     (owner, attribute, name) when it is a float attribute that could be a graph input)."""
@@ -255,6 +260,7 @@ class CompiledEngine:
         self._hp_cache: List[Tuple] = []
         self._use_cpp = False
         self._opt: Any = None
+        self._groups_sig: Tuple[int, ...] = ()
         self._scaler_cfg: Optional[Tuple[float, float, int]] = None
         self._update_graph = False  # fwd_bwd tier: optimizer.step() replaced by a compiled update graph
         self._sync: Optional[Tuple[str, int, int]] = None  # DDP: (group name, world size, bucket bytes)
@@ -333,6 +339,7 @@ class CompiledEngine:
         name_of = {id(p): n for n, p in named.items()}
         opt = optimizer
         self._opt = opt
+        self._groups_sig = _param_groups_signature(opt)
         trainable, group_of = [], []
         for gi, group in enumerate(opt.param_groups):
             for p in group["params"]:
@@ -753,6 +760,13 @@ class CompiledEngine:
             # k changed (GradientAccumulationScheduler, at an epoch start): the graphs differentiate
             # loss / k and own k-sized windows: set up again (a graph built again for a key that had one
             # counts as a recompile)
+            self._graphs.clear()
+            self.tier, self.layout, self._ulayout = None, None, None
+        if self.tier in ("full", "fwd_bwd") and self._groups_sig != _param_groups_signature(self._opt):
+            # a param group was added mid-fit (BaseFinetuning.unfreeze_and_add_param_group): the graphs update
+            # the tensors the optimizer held when they were built; set up again for the new groups
+            self.report.recompile_reasons.append("the optimizer's param groups changed")
+            self._restore_grads()
             self._graphs.clear()
             self.tier, self.layout, self._ulayout = None, None, None
         if self.tier is None:

@@ -112,10 +112,16 @@ class EvalEngine:
         # batch_idx (rest[0]) is read only where the graph's guard checks it; dataloader_idx (rest[1]) is in the key
         mkey = (id(module), type(module))
         key = (name, mkey, spec, sig, len(rest), tuple(rest[1:]), trainer.precision)
-        graph = self._graphs.get(key)
         pnames, bnames = self._names.get(mkey) or self._module_names(module)
         params = dict(module.named_parameters())
         buffers = dict(module.named_buffers())
+        if list(params) != pnames or list(buffers) != bnames:
+            # the module's tensors changed (ModelPruning's weight -> weight_orig + weight_mask): its graphs
+            # take other inputs now
+            self.recompile_reasons.append(f"`{type(module).__name__}`'s parameters or buffers changed")
+            self._graphs = {k: g for k, g in self._graphs.items() if k[1] != mkey}
+            pnames, bnames = self._module_names(module)
+        graph = self._graphs.get(key)
         prefix = [params[n].detach() for n in pnames] + [buffers[n] for n in bnames]
         if graph is None:
             built = sum(1 for k in self._graphs if k[0] == name)

@@ -349,6 +349,16 @@ class FitLoop:
     def max_steps(self) -> int:
         return self.epoch_loop.max_steps
 
+    @property
+    def _skip_backward(self) -> bool:
+        """Lightning's switch (set by ``StochasticWeightAveraging`` for its BatchNorm epoch): training steps run
+        forward only, with no zero_grad, no backward and no compiled step."""
+        return self.epoch_loop.automatic_optimization._skip_backward
+
+    @_skip_backward.setter
+    def _skip_backward(self, value: bool) -> None:
+        self.epoch_loop.automatic_optimization._skip_backward = value
+
     def _should_accumulate(self) -> bool:
         """Lightning exposes this on the fit loop too (callbacks call it there)."""
         return self.epoch_loop._should_accumulate()

@@ -96,7 +96,7 @@ class _Closure:
             else:
                 loop.on_before_zero_grad(self.optimizer)
                 loop.optimizer_zero_grad(self.optimizer)
-        if result.closure_loss is not None:
+        if result.closure_loss is not None and not loop._skip_backward:
             if loop._plain_backward:  # no scaling and no backward hooks: what strategy.backward would do
                 result.closure_loss.backward()
             else:
