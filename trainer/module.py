@@ -115,6 +115,15 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
     CHECKPOINT_HYPER_PARAMS_NAME = "hparams_name"
     CHECKPOINT_HYPER_PARAMS_TYPE = "hparams_type"
 
+    # torch.jit.script compiles every property it finds; these need a Trainer or are meaningless in a
+    # scripted module, so the compiler skips them (Lightning's list, plus our device/dtype)
+    __jit_unused_properties__: List[str] = [
+        "example_input_array", "on_gpu", "current_epoch", "global_step", "global_rank", "local_rank", "logger",
+        "loggers", "automatic_optimization", "trainer", "strict_loading", "device", "dtype",
+    ] + HyperparametersMixin.__jit_unused_properties__
+    # True while to_torchscript runs: scripting reads `self.trainer` of a module never attached to one
+    _jit_is_scripting: bool = False
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._trainer: Optional["Trainer"] = None
@@ -130,12 +139,17 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
     # ------------------------------------------------------------------ properties
     @property
     def trainer(self) -> "Trainer":
-        if self._trainer is None:
+        if self._trainer is None and not LightningModule._jit_is_scripting:
             raise RuntimeError(f"{self.__class__.__qualname__} is not attached to a `Trainer`.")
-        return self._trainer
+        return self._trainer  # type: ignore[return-value]
 
     @trainer.setter
     def trainer(self, trainer: Optional["Trainer"]) -> None:
+        # a LightningModule nested in another one (a backbone, a GAN's generator) is driven by the
+        # same Trainer: its `self.trainer`, `self.log` and `self.current_epoch` must work too
+        for child in self.children():
+            if isinstance(child, LightningModule):
+                child.trainer = trainer
         object.__setattr__(self, "_trainer", trainer)
 
     @property
@@ -516,6 +530,60 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
             self._dtype = dtype
         return out
 
+    # ------------------------------------------------------------------ export
+    @torch.no_grad()
+    def to_torchscript(
+        self,
+        file_path: Optional[Union[str, "os.PathLike[str]"]] = None,
+        method: Optional[str] = "script",
+        example_inputs: Optional[Any] = None,
+        **kwargs: Any,
+    ) -> Any:
+        """The module as a ``torch.jit.ScriptModule`` (``method="script"`` or ``"trace"``), in eval mode;
+        the module's own training mode is left as it was. ``file_path`` (local or an fsspec URL) also saves it.
+
+        Tracing uses ``example_inputs``, else ``example_input_array``, moved to the module's device by the
+        batch-transfer hooks, as Lightning does.
+        """
+        import warnings
+
+        warnings.warn(
+            "`LightningModule.to_torchscript` has been deprecated in v2.7 and will be removed in v2.8. "
+            "TorchScript is deprecated in PyTorch. Use `torch.export.export()` for model exporting instead. "
+            "See https://pytorch.org/docs/stable/export.html for more information.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        if method not in ("script", "trace"):
+            raise ValueError(f"The 'method' parameter only supports 'script' or 'trace', but value given was: {method}")
+        mode = self.training
+        if method == "script":
+            with _jit_scripting():
+                scripted = torch.jit.script(self.eval(), **kwargs)
+        else:
+            if example_inputs is None:
+                if self.example_input_array is None:
+                    raise ValueError(
+                        "Choosing method=`trace` requires either `example_inputs`"
+                        " or `model.example_input_array` to be defined."
+                    )
+                example_inputs = self.example_input_array
+            if kwargs.get("check_inputs") is not None:
+                kwargs["check_inputs"] = self._transfer_for_export(kwargs["check_inputs"])
+            example_inputs = self._transfer_for_export(example_inputs)
+            with _jit_scripting():
+                scripted = torch.jit.trace(func=self.eval(), example_inputs=example_inputs, **kwargs)
+        self.train(mode)
+        if file_path is not None:
+            _save_torchscript(scripted, file_path)
+        return scripted
+
+    def _transfer_for_export(self, batch: Any) -> Any:
+        """The user's batch-transfer hooks applied to an export input, onto the module's device."""
+        batch = self.on_before_batch_transfer(batch, 0)
+        batch = self.transfer_batch_to_device(batch, self.device, 0)
+        return self.on_after_batch_transfer(batch, 0)
+
     # ------------------------------------------------------------------ checkpoints
     @classmethod
     def load_from_checkpoint(
@@ -586,6 +654,28 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
         for param in self.parameters():
             param.requires_grad = True
         return self.train()
+
+
+@contextmanager
+def _jit_scripting() -> Generator:
+    """Lets ``self.trainer`` return None while TorchScript compiles a module that has no Trainer."""
+    LightningModule._jit_is_scripting = True
+    try:
+        yield
+    finally:
+        LightningModule._jit_is_scripting = False
+
+
+def _save_torchscript(scripted: Any, file_path: Union[str, "os.PathLike[str]"]) -> None:
+    """``torch.jit.save`` to a local path or any fsspec URL (``memory://``, ``s3://`` ...)."""
+    path = os.fspath(file_path)
+    if "://" not in path:
+        torch.jit.save(scripted, path)
+        return
+    import fsspec
+
+    with fsspec.open(path, "wb") as f:
+        torch.jit.save(scripted, f)
 
 
 def _default_float_dtype() -> torch.dtype:

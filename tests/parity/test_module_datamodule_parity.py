@@ -1,0 +1,195 @@
+"""Issue 18, items 8-11: LightningModule, LightningDataModule, eval-step fallbacks and predict, each
+checked by running the same script under pytorch-lightning 2.6.6 (the oracle, asserted first) and
+under `trainer`, and comparing what a user sees: values, hook order, errors by class and wording.
+"""
+from __future__ import annotations
+
+import warnings
+from types import ModuleType
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import pytest
+import torch
+from helpers import boring_model_class, import_framework, make_loader, quiet_trainer_kwargs
+
+pytestmark = [pytest.mark.parity, pytest.mark.filterwarnings("ignore::UserWarning"),
+              pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+
+
+def _trainer(L: ModuleType, tmp_path, **kw) -> Any:
+    base = quiet_trainer_kwargs(tmp_path)
+    base.update(kw)
+    return L.Trainer(**base)
+
+
+def outcome(fn: Callable[[], Any]) -> Optional[Tuple[str, str]]:
+    """None when ``fn()`` returns, else (exception class name, message)."""
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 - the point is to look at it
+        return type(exc).__name__, str(exc)
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# 8. LightningModule
+# --------------------------------------------------------------------------------------------
+
+def _toggle_observations(L: ModuleType, tmp_path) -> List[Dict[str, bool]]:
+    """requires_grad of every parameter after each toggle/untoggle of three optimizers sharing
+    parameters, one parameter frozen by the user beforehand (it must stay frozen)."""
+    BM = boring_model_class(L)
+    seen: List[Dict[str, bool]] = []
+
+    class Toggling(BM):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+            self.a, self.b, self.c = (torch.nn.Linear(2, 2) for _ in range(3))
+            self.b.weight.requires_grad = False
+
+        def configure_optimizers(self):
+            params = lambda *mods: [p for m in mods for p in m.parameters()]  # noqa: E731
+            return (torch.optim.SGD(params(self.a, self.b), lr=0.1), torch.optim.SGD(params(self.b, self.c), lr=0.1),
+                    torch.optim.SGD(params(self.c, self.layer), lr=0.1))
+
+        def snapshot(self):
+            seen.append({n: p.requires_grad for n, p in self.named_parameters()})
+
+        def training_step(self, batch, batch_idx):
+            opts = self.optimizers()
+            for opt in opts:
+                self.toggle_optimizer(opt)
+                self.snapshot()
+                self.untoggle_optimizer(opt)
+                self.snapshot()
+            with self.toggled_optimizer(opts[1]):
+                self.snapshot()
+            self.snapshot()
+
+    _trainer(L, tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0).fit(Toggling())
+    return seen
+
+
+def test_toggle_optimizer_restores_requires_grad(PL, TL, tmp_path):
+    lightning = _toggle_observations(PL, tmp_path / "pl")
+    assert len(lightning) == 8
+    assert lightning[0]["a.weight"] and not lightning[0]["c.weight"] and not lightning[0]["b.weight"]
+    assert lightning[-1]["b.bias"] and not lightning[-1]["b.weight"]  # the user's frozen weight stays frozen
+    assert _toggle_observations(TL, tmp_path / "tl") == lightning
+
+
+def _child_trainer(L: ModuleType, tmp_path) -> Dict[str, Any]:
+    BM = boring_model_class(L)
+
+    class Parent(BM):
+        def __init__(self):
+            super().__init__()
+            self.child = BM()
+            self.child.grandchild = BM()
+
+    model = Parent()
+    trainer = _trainer(L, tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0)
+    trainer.fit(model)
+    return {"child": model.child.trainer is trainer, "grandchild": model.child.grandchild.trainer is trainer,
+            "epoch": model.child.current_epoch}
+
+
+def test_child_module_sees_parents_trainer(PL, TL, tmp_path):
+    lightning = _child_trainer(PL, tmp_path / "pl")
+    assert lightning == {"child": True, "grandchild": True, "epoch": 1}
+    assert _child_trainer(TL, tmp_path / "tl") == lightning
+
+
+def _torchscript(L: ModuleType, tmp_path, method: str, **kw) -> Dict[str, Any]:
+    model = boring_model_class(L)()
+    model.example_input_array = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
+    model.train()
+    path = tmp_path / f"{L.__name__}_{method}.pt"
+    script = model.to_torchscript(file_path=str(path), method=method, **kw)
+    loaded = torch.jit.load(str(path))
+    x = model.example_input_array
+    model.eval()
+    return {"is_script": isinstance(script, torch.jit.ScriptModule), "script_training": script.training,
+            "equal": torch.equal(script(x), model(x)), "loaded_equal": torch.equal(loaded(x), model(x)),
+            "training_step_kept": callable(getattr(script, "training_step", None))}
+
+
+@pytest.mark.parametrize("method", ["script", "trace"])
+def test_to_torchscript_without_trainer(PL, TL, tmp_path, method):
+    lightning = _torchscript(PL, tmp_path, method)
+    assert lightning == {"is_script": True, "script_training": False, "equal": True, "loaded_equal": True,
+                         "training_step_kept": False}
+    assert _torchscript(TL, tmp_path, method) == lightning
+
+
+def test_to_torchscript_errors(PL, TL):
+    def run(L, **kw):
+        model = boring_model_class(L)()
+        return outcome(lambda: model.to_torchscript(**kw))
+
+    for kw in (dict(method="temp"), dict(method="trace")):
+        lightning = run(PL, **kw)
+        assert lightning is not None and lightning[0] == "ValueError"
+        assert run(TL, **kw) == lightning
+
+
+CALLBACK_LOG_HOOKS = [
+    "on_train_start", "on_train_epoch_start", "on_train_batch_start", "on_train_batch_end", "on_train_epoch_end",
+    "on_validation_start", "on_validation_epoch_start", "on_validation_batch_start", "on_validation_batch_end",
+    "on_validation_epoch_end", "on_before_backward", "on_after_backward", "on_before_optimizer_step",
+    "on_before_zero_grad",
+]
+
+
+def _logging_callback(L: ModuleType, hooks: List[str], **log_kw) -> Any:
+    def make(hook: str):
+        def hook_fn(self, trainer, pl_module, *args, **kwargs):
+            pl_module.log(hook, float(trainer.global_step) + 0.5 * trainer.current_epoch, **log_kw)
+        return hook_fn
+
+    return type("LoggingCallback", (L.Callback,), {h: make(h) for h in hooks})()
+
+
+def _callback_logging(L: ModuleType, tmp_path) -> Dict[str, Any]:
+    logger = L.loggers.CSVLogger(str(tmp_path), name="csv", version=0)
+    trainer = _trainer(L, tmp_path, max_epochs=2, limit_train_batches=2, limit_val_batches=2, logger=logger,
+                       log_every_n_steps=1, callbacks=[_logging_callback(L, CALLBACK_LOG_HOOKS)])
+    trainer.fit(boring_model_class(L)())
+    metrics_csv = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()
+    return {"callback_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+            "logged_metrics": {k: float(v) for k, v in trainer.logged_metrics.items()},
+            "csv_header": sorted(metrics_csv[0].split(",")), "csv_rows": len(metrics_csv)}
+
+
+def test_callback_logs_like_the_module(PL, TL, tmp_path):
+    lightning = _callback_logging(PL, tmp_path / "pl")
+    assert set(lightning["callback_metrics"]) == set(CALLBACK_LOG_HOOKS)
+    assert _callback_logging(TL, tmp_path / "tl") == lightning
+
+
+@pytest.mark.parametrize("hook", ["on_fit_start", "on_sanity_check_start", "setup", "on_train_end",
+                                  "on_validation_end", "on_fit_end"])
+def test_callback_log_where_lightning_forbids_it(PL, TL, tmp_path, hook):
+    def run(L, path):
+        trainer = _trainer(L, path, max_epochs=1, limit_train_batches=1, limit_val_batches=1,
+                           callbacks=[_logging_callback(L, [hook])])
+        return outcome(lambda: trainer.fit(boring_model_class(L)()))
+
+    lightning = run(PL, tmp_path / "pl")
+    assert lightning is not None and lightning[0] == "MisconfigurationException"
+    assert f"You can't `self.log()` inside `{hook}`" in lightning[1]
+    assert run(TL, tmp_path / "tl") == lightning
+
+
+@pytest.mark.parametrize("hook, log_kw", [("on_train_epoch_end", dict(on_step=True)),
+                                          ("on_validation_start", dict(on_epoch=False))])
+def test_callback_log_levels_rejected_as_lightning(PL, TL, tmp_path, hook, log_kw):
+    def run(L, path):
+        trainer = _trainer(L, path, max_epochs=1, limit_train_batches=1, limit_val_batches=1,
+                           callbacks=[_logging_callback(L, [hook], **log_kw)])
+        return outcome(lambda: trainer.fit(boring_model_class(L)()))
+
+    lightning = run(PL, tmp_path / "pl")
+    assert lightning is not None and "must be one of" in lightning[1]
+    assert run(TL, tmp_path / "tl") == lightning
