@@ -110,7 +110,7 @@ def dump_checkpoint(trainer: "Trainer", weights_only: bool = False) -> Dict[str,
                 checkpoint[obj.CHECKPOINT_HYPER_PARAMS_NAME] = obj._hparams_name
             checkpoint[obj.CHECKPOINT_HYPER_PARAMS_KEY] = dict(obj.hparams)
     if datamodule is not None:
-        dm_state = datamodule.state_dict()
+        dm_state = trainer._hooks.call_datamodule("state_dict")  # through the profiler, as Lightning
         if dm_state:
             checkpoint[type(datamodule).__qualname__] = dm_state
     if not weights_only:
@@ -214,7 +214,7 @@ class CheckpointConnector:
         if dm is not None:
             key = type(dm).__qualname__
             if key in ckpt:
-                dm.load_state_dict(ckpt[key])
+                trainer._hooks.call_datamodule("load_state_dict", ckpt[key])
         for cb in trainer.callbacks:
             cb.on_load_checkpoint(trainer, model, ckpt)
         states = ckpt.get("callbacks") or {}

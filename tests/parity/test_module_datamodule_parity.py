@@ -193,3 +193,152 @@ def test_callback_log_levels_rejected_as_lightning(PL, TL, tmp_path, hook, log_k
     lightning = run(PL, tmp_path / "pl")
     assert lightning is not None and "must be one of" in lightning[1]
     assert run(TL, tmp_path / "tl") == lightning
+
+
+# --------------------------------------------------------------------------------------------
+# 9. LightningDataModule
+# --------------------------------------------------------------------------------------------
+
+class _Unsized(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        yield from range(3)
+
+
+def _datamodule_strings(L: ModuleType) -> List[str]:
+    from helpers import make_dataset
+
+    class Several(L.LightningDataModule):
+        def train_dataloader(self):
+            return make_loader(16, 4)
+
+        def val_dataloader(self):
+            return [make_loader(8, 4), torch.utils.data.DataLoader(_Unsized())]
+
+        def test_dataloader(self):
+            raise RuntimeError("setup has not run")
+
+    return [str(Several()), str(L.LightningDataModule()),
+            str(L.LightningDataModule.from_datasets(make_dataset(8), predict_dataset=[make_dataset(4)]))]
+
+
+def test_datamodule_str_as_lightning(PL, TL):
+    lightning = _datamodule_strings(PL)
+    assert lightning[0].splitlines() == ["{Train dataloader: size=16}", "{Validation dataloader: 1. size=8 ; 2. size=NA}",
+                                         "{Test dataloader: None}", "{Predict dataloader: None}"]
+    assert _datamodule_strings(TL) == lightning
+
+
+def _from_datasets_loaders(L: ModuleType, iterable: bool) -> Dict[str, Any]:
+    from helpers import make_dataset
+
+    ds = _Unsized() if iterable else make_dataset(8)
+    dm = L.LightningDataModule.from_datasets(ds, val_dataset={"a": ds, "b": ds}, test_dataset=[ds, ds],
+                                             batch_size=3, num_workers=0)
+
+    def describe(loader):
+        return (loader.dataset is ds, loader.batch_size, loader.num_workers, loader.pin_memory,
+                type(loader.sampler).__name__)
+
+    val = dm.val_dataloader()
+    return {"train": describe(dm.train_dataloader()), "val": {k: describe(v) for k, v in val.items()},
+            "test": [describe(v) for v in dm.test_dataloader()],
+            "predict_missing": outcome(dm.predict_dataloader)}
+
+
+@pytest.mark.parametrize("iterable", [False, True])
+def test_from_datasets_passes_loader_arguments(PL, TL, iterable):
+    lightning = _from_datasets_loaders(PL, iterable)
+    sampler = "_InfiniteConstantSampler" if iterable else "RandomSampler"
+    assert lightning["train"] == (True, 3, 0, True, sampler)
+    assert lightning["predict_missing"][0] == "MisconfigurationException"
+    assert _from_datasets_loaders(TL, iterable) == lightning
+
+
+def _datamodule_in_checkpoint_logger_profiler(L: ModuleType, tmp_path) -> Dict[str, Any]:
+    BM = boring_model_class(L)
+
+    class HyperDM(L.LightningDataModule):
+        def __init__(self, batch_size: int = 4, name_: str = "tiny"):
+            super().__init__()
+            self.save_hyperparameters()
+
+        def train_dataloader(self):
+            return make_loader(16, self.hparams.batch_size)
+
+        def val_dataloader(self):
+            return make_loader(8, 4, seed=1)
+
+    class HyperModel(BM):
+        def __init__(self, lr: float = 0.1):
+            super().__init__(lr=lr)
+            self.save_hyperparameters()
+
+    logger = L.loggers.CSVLogger(str(tmp_path), name="csv", version=0)
+    ckpt_cb = L.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), filename="last")
+    trainer = _trainer(L, tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=logger,
+                       enable_checkpointing=True, callbacks=[ckpt_cb], profiler="simple")
+    trainer.fit(HyperModel(), datamodule=HyperDM(batch_size=2))
+    ckpt = torch.load(str(tmp_path / "ckpt" / "last.ckpt"), weights_only=False)
+    profiled = sorted(k for k in trainer.profiler.recorded_durations if k.startswith("[LightningDataModule]"))
+    return {"dm_hparams": ckpt.get("datamodule_hyper_parameters"), "dm_hparams_name": ckpt.get("datamodule_hparams_name"),
+            "hparams": ckpt.get("hyper_parameters"),
+            "hparams_yaml": (tmp_path / "csv" / "version_0" / "hparams.yaml").read_text(), "profiled": profiled}
+
+
+def test_datamodule_hparams_checkpoint_logger_and_profiler(PL, TL, tmp_path):
+    lightning = _datamodule_in_checkpoint_logger_profiler(PL, tmp_path / "pl")
+    assert lightning["dm_hparams"] == {"batch_size": 2, "name_": "tiny"}
+    assert "batch_size: 2" in lightning["hparams_yaml"] and "lr: 0.1" in lightning["hparams_yaml"]
+    assert "[LightningDataModule]HyperDM.state_dict" in lightning["profiled"]
+    assert _datamodule_in_checkpoint_logger_profiler(TL, tmp_path / "tl") == lightning
+
+
+def _datamodule_hook_calls(L: ModuleType, tmp_path) -> Dict[str, List[Tuple[str, Any]]]:
+    """Every public LightningDataModule method is wrapped on the instance to record its calls
+    (how Lightning's test_trainer_datamodule_hook_system observes them)."""
+    import functools
+    import inspect
+
+    from helpers import InputOnlyDataset
+
+    class Recorded(L.LightningDataModule):
+        def __init__(self, calls: List[Tuple[str, Any]]):
+            super().__init__()
+
+            def record(hook, fn, *args, **kwargs):
+                calls.append((hook, getattr(kwargs["stage"], "value", kwargs["stage"]) if "stage" in kwargs else None))
+                return fn(*args, **kwargs)
+
+            for hook, _ in inspect.getmembers(L.LightningDataModule, callable):
+                if not hook.startswith("_") and hook not in ("from_datasets",):
+                    setattr(self, hook, functools.partial(record, hook, getattr(self, hook)))
+
+        def train_dataloader(self):
+            return make_loader(8, 4)
+
+        def val_dataloader(self):
+            return make_loader(8, 4, seed=1)
+
+        def test_dataloader(self):
+            return make_loader(8, 4, seed=2)
+
+        def predict_dataloader(self):
+            return torch.utils.data.DataLoader(InputOnlyDataset(8), batch_size=4)
+
+    trainer = L.Trainer(accelerator="cpu", devices=1, default_root_dir=str(tmp_path), max_epochs=1,
+                        limit_train_batches=2, limit_val_batches=1, limit_test_batches=1, limit_predict_batches=1,
+                        enable_progress_bar=False, enable_model_summary=False, reload_dataloaders_every_n_epochs=1)
+    seen: Dict[str, List[Tuple[str, Any]]] = {}
+    for fn in ("fit", "validate", "test", "predict"):
+        calls: List[Tuple[str, Any]] = []
+        kwargs = {"verbose": False} if fn in ("validate", "test") else {}
+        getattr(trainer, fn)(boring_model_class(L)(), datamodule=Recorded(calls), **kwargs)
+        seen[fn] = calls
+    return seen
+
+
+def test_datamodule_hook_order_as_lightning(PL, TL, tmp_path):
+    lightning = _datamodule_hook_calls(PL, tmp_path / "pl")
+    names = [name for name, _ in lightning["fit"] if "batch" not in name]
+    assert names == ["prepare_data", "setup", "val_dataloader", "train_dataloader", "state_dict", "teardown"]
+    assert _datamodule_hook_calls(TL, tmp_path / "tl") == lightning
