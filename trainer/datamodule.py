@@ -66,6 +66,25 @@ class LightningDataModule(DataHooks, HyperparametersMixin):
             datamodule.predict_dataloader = lambda: many(predict_dataset)  # type: ignore[method-assign]
         return datamodule
 
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: Any,
+        map_location: Any = None,
+        hparams_file: Optional[str] = None,
+        **kwargs: Any,
+    ) -> "LightningDataModule":
+        """Builds the datamodule from a checkpoint's ``datamodule_hyper_parameters`` (``hparams_file`` replaces
+        them, ``kwargs`` override them) and restores its ``state_dict``, as Lightning does."""
+        from trainer.module import _instantiate_from_checkpoint, _read_checkpoint_for
+
+        checkpoint = _read_checkpoint_for(cls, checkpoint_path, map_location, hparams_file, kwargs)
+        datamodule = _instantiate_from_checkpoint(cls, checkpoint, kwargs)
+        state = checkpoint.get(type(datamodule).__qualname__)
+        if state is not None:
+            datamodule.load_state_dict(state)
+        return datamodule
+
     def __str__(self) -> str:
         """One line per loader method: ``{Train dataloader: size=16}``, ``{Validation dataloader: 1. size=8 ; 2.
         size=4}`` for several, ``size=NA`` for an unsized dataset, ``None`` where the method fails (Lightning's)."""

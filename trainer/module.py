@@ -47,6 +47,8 @@ class HyperparametersMixin:
         ``Namespace`` is saved as is. ``ignore`` drops names.
         """
         self._log_hyperparams = logger
+        if len(args) == 1 and not args[0]:  # an empty container: nothing to save (Lightning's)
+            return
         if frame is None:
             current = inspect.currentframe()
             frame = current.f_back if current is not None else None
@@ -56,6 +58,9 @@ class HyperparametersMixin:
         if len(args) == 1 and isinstance(args[0], (dict, Namespace)) and not isinstance(args[0], str):
             hp = vars(args[0]) if isinstance(args[0], Namespace) else dict(args[0])
             self._set_hparams({k: v for k, v in hp.items() if k not in ignore})
+            # the init argument that received this object: load_from_checkpoint passes it back whole
+            init_args = _collect_init_args(frame, self)
+            self._hparams_name = next((k for k, v in init_args.items() if v is args[0] or v == args[0]), None)
         else:
             init_args = _collect_init_args(frame, self)
             if args:
@@ -65,7 +70,7 @@ class HyperparametersMixin:
                     raise ValueError(f"save_hyperparameters: {unknown} are not arguments of `__init__`.")
                 init_args = {n: init_args[n] for n in names}
             self._set_hparams({k: v for k, v in init_args.items() if k not in ignore})
-            self._hparams_name = "kwargs"
+            self._hparams_name = "kwargs" if self._hparams else None
         self._hparams_initial = copy.deepcopy(self._hparams)
 
     def _set_hparams(self, hp: Dict[str, Any]) -> None:
@@ -594,44 +599,37 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
         strict: Optional[bool] = None,
         **kwargs: Any,
     ) -> "LightningModule":
-        """Builds the module from a checkpoint's hyper-parameters (``kwargs`` override) and loads its weights."""
-        from trainer.checkpoint import load_checkpoint_file
+        """Builds the module from a checkpoint's hyper-parameters and loads its weights (Lightning's semantics).
 
-        checkpoint = load_checkpoint_file(checkpoint_path, map_location=map_location or "cpu")
-        hparams = dict(checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_KEY, {}) or {})
-        if hparams_file is not None:
-            import yaml
-
-            with open(hparams_file) as f:
-                hparams.update(yaml.safe_load(f) or {})
-        hparams.update(kwargs)
-        try:
-            params = inspect.signature(cls.__init__).parameters
-            accepts_kwargs = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
-            init_kwargs = hparams if accepts_kwargs else {k: v for k, v in hparams.items() if k in params}
-            model = cls(**init_kwargs)
-        except TypeError as err:
-            raise TypeError(f"Could not build {cls.__name__} from checkpoint {checkpoint_path!s}: {err}") from err
+        ``hparams_file`` (.yaml/.yml/.csv) replaces the checkpoint's hyper-parameters, ``kwargs`` override them.
+        ``strict=False`` loads what fits and warns about missing and unexpected keys; ``strict=None`` follows
+        ``strict_loading``, and a ``strict`` that contradicts a module's explicit ``strict_loading`` is a ValueError.
+        """
+        checkpoint = _read_checkpoint_for(cls, checkpoint_path, map_location, hparams_file, kwargs)
+        model = _instantiate_from_checkpoint(cls, checkpoint, kwargs)
+        if model._strict_loading is not None and strict is not None and strict != model.strict_loading:
+            raise ValueError(
+                f"You set `.load_from_checkpoint(..., strict={strict!r})` which is in conflict with"
+                f" `{cls.__name__}.strict_loading={model.strict_loading!r}. Please set the same value for both of them."
+            )
+        strict = model.strict_loading if strict is None else strict
+        if type(model).configure_model is not ModelHooks.configure_model:
+            model.configure_model()
         model.on_load_checkpoint(checkpoint)
         state_dict = checkpoint.get("state_dict")
         if state_dict is None:
-            raise KeyError(f"Checkpoint {checkpoint_path!s} has no 'state_dict' key")
-        strict = model.strict_loading if strict is None else strict
-        try:
-            keys = model.load_state_dict(state_dict, strict=strict)
-        except RuntimeError as err:
             from trainer.checkpoint import CheckpointError
 
-            raise CheckpointError(
-                f"Checkpoint {os.fspath(checkpoint_path)!r} does not fit {cls.__name__}: {err}"
-            ) from err
-        if not strict and (keys.missing_keys or keys.unexpected_keys):
+            raise CheckpointError(f"Checkpoint {_describe_path(checkpoint_path)} has no 'state_dict' key")
+        _load_weights(model, state_dict, strict, checkpoint_path)
+        if not state_dict:
             import warnings
 
-            warnings.warn(f"Found keys that are not in the model state dict but in the checkpoint: {keys}")
-        if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
-            model.to(map_location)
-        return model
+            warnings.warn(f"The state dict in {checkpoint_path!r} contains no parameters.")
+            return model
+        # the module ends up where the loaded tensors are (map_location decides), as in Lightning
+        device = next((t.device for t in state_dict.values() if isinstance(t, Tensor)), torch.device("cpu"))
+        return model.to(device)
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         """Add to or change the checkpoint before it is saved."""
@@ -654,6 +652,95 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
         for param in self.parameters():
             param.requires_grad = True
         return self.train()
+
+
+def _read_checkpoint_for(
+    cls: type, checkpoint_path: Any, map_location: Any, hparams_file: Optional[str], overrides: Dict[str, Any]
+) -> Dict[str, Any]:
+    """The checkpoint dict with ``cls``'s hyper-parameters replaced by ``hparams_file`` and updated by ``overrides``."""
+    from trainer.checkpoint import load_checkpoint_file
+
+    checkpoint = load_checkpoint_file(checkpoint_path, map_location=map_location or "cpu")
+    if hparams_file is not None:
+        checkpoint[cls.CHECKPOINT_HYPER_PARAMS_KEY] = _read_hparams_file(hparams_file)
+    hparams = checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_KEY)
+    hparams = dict(vars(hparams) if isinstance(hparams, Namespace) else (hparams or {}))
+    hparams.update(overrides)
+    checkpoint[cls.CHECKPOINT_HYPER_PARAMS_KEY] = hparams
+    return checkpoint
+
+
+def _read_hparams_file(path: Union[str, "os.PathLike[str]"]) -> Dict[str, Any]:
+    """Hyper-parameters from a logger's ``hparams.yaml`` (or a legacy tags ``.csv``: key,value rows)."""
+    import yaml
+
+    extension = os.fspath(path).rsplit(".", 1)[-1].lower()
+    if extension not in ("yml", "yaml", "csv"):
+        raise ValueError(".csv, .yml or .yaml is required for `hparams_file`")
+    if not os.path.exists(path):  # Lightning loads the checkpoint's own hyper-parameters' absence as {}
+        import warnings
+
+        warnings.warn(f"Missing Tags: {os.fspath(path)}.", RuntimeWarning)
+        return {}
+    if extension in ("yml", "yaml"):
+        with open(path) as f:
+            return dict(yaml.safe_load(f) or {})
+    if extension == "csv":
+        import csv
+
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        return {key: yaml.safe_load(value) for key, value in rows[1:]}
+
+
+def _instantiate_from_checkpoint(cls: type, checkpoint: Dict[str, Any], overrides: Dict[str, Any]) -> Any:
+    """``cls(...)`` from the checkpoint's hyper-parameters: all of them for an ``__init__`` taking ``**kwargs``,
+    else only its named arguments; saved as one object (``save_hyperparameters(hparams)``), they go back whole."""
+    hparams: Dict[str, Any] = dict(checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_KEY) or {})
+    params = {
+        name: p for name, p in inspect.signature(cls.__init__).parameters.items()
+        if name != "self" and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    }
+    accepts_kwargs = any(
+        p.kind == inspect.Parameter.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values()
+    )
+    saved_as = checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_NAME)
+    if saved_as and saved_as in params:
+        init_kwargs = {saved_as: hparams, **overrides}
+    else:
+        init_kwargs = hparams
+    if not accepts_kwargs:
+        init_kwargs = {k: v for k, v in init_kwargs.items() if k in params}
+    return cls(**init_kwargs)
+
+
+def _load_weights(model: nn.Module, state_dict: Mapping[str, Any], strict: bool, checkpoint_path: Any) -> None:
+    """``load_state_dict`` naming the file on a mismatch; with ``strict=False``, Lightning's two warnings."""
+    try:
+        keys = model.load_state_dict(state_dict, strict=strict)
+    except RuntimeError as err:
+        from trainer.checkpoint import CheckpointError
+
+        raise CheckpointError(
+            f"Checkpoint {_describe_path(checkpoint_path)} does not fit {type(model).__name__}: {err}"
+        ) from err
+    if strict:
+        return
+    import warnings
+
+    if keys.missing_keys:
+        warnings.warn(f"Found keys that are in the model state dict but not in the checkpoint: {keys.missing_keys}")
+    if keys.unexpected_keys:
+        warnings.warn(
+            f"Found keys that are not in the model state dict but in the checkpoint: {keys.unexpected_keys}"
+        )
+
+
+def _describe_path(checkpoint_path: Any) -> str:
+    try:
+        return repr(os.fspath(checkpoint_path))
+    except TypeError:  # a file object
+        return repr(checkpoint_path)
 
 
 @contextmanager

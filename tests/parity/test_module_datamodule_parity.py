@@ -342,3 +342,101 @@ def test_datamodule_hook_order_as_lightning(PL, TL, tmp_path):
     names = [name for name, _ in lightning["fit"] if "batch" not in name]
     assert names == ["prepare_data", "setup", "val_dataloader", "train_dataloader", "state_dict", "teardown"]
     assert _datamodule_hook_calls(TL, tmp_path / "tl") == lightning
+
+
+# --------------------------------------------------------------------------------------------
+# 10. An eval step the compiled engine cannot capture; load_from_checkpoint(strict=...)
+# --------------------------------------------------------------------------------------------
+
+def _eval_auto_reduce(L: ModuleType, tmp_path) -> Dict[str, Any]:
+    """Lightning's test_eval_logging_auto_reduce: validation_step keeps each loss in a Python list
+    (a side effect a captured graph would run once) and the epoch end stacks them."""
+    BM = boring_model_class(L)
+
+    class KeepsLosses(BM):
+        val_losses: List[torch.Tensor] = []
+        manual_epoch_end_mean = None
+
+        def validation_step(self, batch, batch_idx):
+            loss = self.loss(batch)
+            self.val_losses.append(loss)
+            self.log("val_loss", loss, on_epoch=True, on_step=True, prog_bar=True)
+            return {"x": loss}
+
+        def on_validation_epoch_end(self):
+            self.manual_epoch_end_mean = torch.stack(self.val_losses).mean()
+
+    KeepsLosses.val_losses = []
+    model = KeepsLosses()
+    trainer = _trainer(L, tmp_path, limit_train_batches=3, limit_val_batches=3, max_epochs=1, log_every_n_steps=1,
+                       num_sanity_val_steps=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model)
+    return {"callback_metrics": sorted(trainer.callback_metrics),
+            "logged": {k: float(v) for k, v in trainer.logged_metrics.items()},
+            "epoch_mean": float(model.manual_epoch_end_mean), "n_losses": len(model.val_losses),
+            "fallback": [str(w.message) for w in caught if type(w.message).__name__ == "CompileWarning"]}
+
+
+def test_eval_step_with_side_effect_falls_back_with_lightning_values(PL, TL, tmp_path):
+    from helpers import compiled_engine
+
+    lightning = _eval_auto_reduce(PL, tmp_path / "pl")
+    assert lightning["callback_metrics"] == ["val_loss", "val_loss_epoch"]
+    assert lightning["logged"]["val_loss_epoch"] == pytest.approx(lightning["epoch_mean"])
+    ours = _eval_auto_reduce(TL, tmp_path / "tl")
+    fallback = ours.pop("fallback")
+    lightning.pop("fallback")
+    assert ours == lightning
+    if compiled_engine():  # the compiled engine runs this step eagerly and says why, once
+        assert len(fallback) == 1 and "validation_step" in fallback[0] and "val_losses" in fallback[0]
+    else:
+        assert fallback == []
+
+
+def _strict_loading(L: ModuleType, tmp_path) -> Dict[str, Any]:
+    """Lightning's test_strict_model_load: a checkpoint with an extra layer, loaded into the plain class."""
+    BM = boring_model_class(L)
+    model = BM()
+    model.extra = torch.nn.Linear(3, 4)
+    trainer = _trainer(L, tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0)
+    trainer.fit(model)
+    path = str(tmp_path / "extra.ckpt")
+    trainer.save_checkpoint(path)
+    seen: Dict[str, Any] = {}
+    for case, kw in [("default", {}), ("strict", dict(strict=True)), ("loose", dict(strict=False)),
+                     ("missing_hparams_file", dict(hparams_file=str(tmp_path / "none.yaml"), strict=False))]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                BM.load_from_checkpoint(path, **kw)
+                loaded, raised = True, None
+            except RuntimeError as err:  # Lightning raises torch's RuntimeError; ours a RuntimeError naming the file
+                loaded, raised = False, "Unexpected key(s) in state_dict" in str(err)
+        seen[case] = (loaded, raised, sorted(
+            str(w.message) for w in caught
+            if issubclass(w.category, (UserWarning, RuntimeWarning)) and ("Found keys" in str(w.message)
+                                                                          or "Missing Tags" in str(w.message))))
+    loose = BM.load_from_checkpoint(path, strict=False)
+    seen["loose_weights_equal"] = torch.equal(loose.layer.weight, model.layer.weight)
+
+    class Explicit(BM):
+        def __init__(self):
+            super().__init__()
+            self.strict_loading = True
+
+    seen["conflict"] = outcome(lambda: Explicit.load_from_checkpoint(path, strict=False))
+    return seen
+
+
+def test_load_from_checkpoint_strict_semantics(PL, TL, tmp_path):
+    lightning = _strict_loading(PL, tmp_path / "pl")
+    assert lightning["default"][:2] == (False, True) and lightning["strict"][:2] == (False, True)
+    assert lightning["loose"][0] and lightning["loose_weights_equal"]
+    assert lightning["conflict"][0] == "ValueError"
+    ours = _strict_loading(TL, tmp_path / "tl")
+    for case in ("missing_hparams_file",):  # the path names the framework's own tmp dir
+        lightning[case] = lightning[case][:2] + ([m.replace(str(tmp_path / "pl"), "") for m in lightning[case][2]],)
+        ours[case] = ours[case][:2] + ([m.replace(str(tmp_path / "tl"), "") for m in ours[case][2]],)
+    assert ours == lightning
