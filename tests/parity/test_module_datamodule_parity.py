@@ -440,3 +440,96 @@ def test_load_from_checkpoint_strict_semantics(PL, TL, tmp_path):
         lightning[case] = lightning[case][:2] + ([m.replace(str(tmp_path / "pl"), "") for m in lightning[case][2]],)
         ours[case] = ours[case][:2] + ([m.replace(str(tmp_path / "tl"), "") for m in ours[case][2]],)
     assert ours == lightning
+
+
+# --------------------------------------------------------------------------------------------
+# 11. Predict: BasePredictionWriter, return_predictions, batch indices
+# --------------------------------------------------------------------------------------------
+
+class _Counting(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        for i in range(6):
+            yield torch.full((8,), float(i))
+
+
+def _predict_loaders(kind: str) -> Any:
+    from helpers import InputOnlyDataset
+
+    if kind == "map":
+        return torch.utils.data.DataLoader(InputOnlyDataset(8), batch_size=3)
+    if kind == "map_workers":
+        return torch.utils.data.DataLoader(InputOnlyDataset(8), batch_size=4, num_workers=1)
+    if kind == "iterable":
+        return torch.utils.data.DataLoader(_Counting(), batch_size=4)
+    if kind == "two":
+        return [torch.utils.data.DataLoader(InputOnlyDataset(4), batch_size=3),
+                torch.utils.data.DataLoader(InputOnlyDataset(6), batch_size=2)]
+    return [torch.randn(2, 8, generator=torch.Generator().manual_seed(1))]  # not a DataLoader
+
+
+def _shapes(predictions: Any) -> Any:
+    if isinstance(predictions, torch.Tensor):
+        return tuple(predictions.shape)
+    if isinstance(predictions, (list, tuple)):
+        return [_shapes(p) for p in predictions]
+    return predictions
+
+
+def _prediction_writing(L: ModuleType, tmp_path, interval: str, kind: str, return_predictions: bool) -> Dict[str, Any]:
+    class Recorder(L.callbacks.BasePredictionWriter):
+        def __init__(self):
+            super().__init__(interval)
+            self.calls: List[Any] = []
+
+        def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+            self.calls.append(("batch", _shapes(prediction), list(batch_indices), batch_idx, dataloader_idx))
+
+        def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices):
+            torch.save(predictions, str(tmp_path / f"{L.__name__}.pt"))
+            self.calls.append(("epoch", _shapes(predictions), batch_indices))
+
+    writer = Recorder()
+    trainer = _trainer(L, tmp_path, callbacks=[writer])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = trainer.predict(boring_model_class(L)(), dataloaders=_predict_loaders(kind),
+                              return_predictions=return_predictions)
+    written = tmp_path / f"{L.__name__}.pt"
+    return {"calls": writer.calls, "returned": _shapes(out), "kept": _shapes(trainer.predict_loop.predictions),
+            "epoch_batch_indices": trainer.predict_loop.epoch_batch_indices,
+            "current_batch_indices": list(trainer.predict_loop.current_batch_indices),
+            "file": _shapes(torch.load(str(written))) if written.exists() else None,
+            "warnings": sorted({str(w.message) for w in caught if "infer the batch indices" in str(w.message)})}
+
+
+@pytest.mark.parametrize("kind", ["map", "iterable", "two", "tensor"])
+@pytest.mark.parametrize("interval", ["batch", "epoch", "batch_and_epoch"])
+@pytest.mark.parametrize("return_predictions", [True, False])
+def test_prediction_writer_as_lightning(PL, TL, tmp_path, interval, kind, return_predictions):
+    lightning = _prediction_writing(PL, tmp_path, interval, kind, return_predictions)
+    assert any(c[0] == "batch" for c in lightning["calls"]) == (interval != "epoch")
+    assert any(c[0] == "epoch" for c in lightning["calls"]) == (interval != "batch")
+    assert (lightning["returned"] is None) == (not return_predictions)
+    if kind in ("iterable", "tensor"):
+        assert lightning["warnings"] and "Couldn't infer the batch indices" in lightning["warnings"][0]
+    assert _prediction_writing(TL, tmp_path, interval, kind, return_predictions) == lightning
+
+
+def test_prediction_writer_indices_with_workers(PL, TL, tmp_path):
+    lightning = _prediction_writing(PL, tmp_path, "batch_and_epoch", "map_workers", True)
+    assert lightning["calls"][0][2] == [0, 1, 2, 3] and lightning["calls"][-1][2] == [[[0, 1, 2, 3], [4, 5, 6, 7]]]
+    assert _prediction_writing(TL, tmp_path, "batch_and_epoch", "map_workers", True) == lightning
+
+
+def test_prediction_writer_errors_as_lightning(PL, TL, tmp_path):
+    def run(L):
+        bad_interval = outcome(lambda: L.callbacks.BasePredictionWriter("step"))
+        trainer = _trainer(L, tmp_path, callbacks=[L.callbacks.BasePredictionWriter()])
+        not_implemented = outcome(lambda: trainer.predict(boring_model_class(L)()))
+        return bad_interval, not_implemented
+
+    lightning = run(PL)
+    assert lightning[0] == ("MisconfigurationException",
+                            "`write_interval` should be one of ['batch', 'epoch', 'batch_and_epoch'].")
+    assert lightning[1] == ("NotImplementedError", "")
+    assert run(TL) == lightning

@@ -7,12 +7,14 @@ from trainer.callbacks.lr_monitor import LearningRateMonitor
 from trainer.callbacks.model_checkpoint import ModelCheckpoint
 from trainer.callbacks.model_summary import ModelSummary, summarize
 from trainer.callbacks.on_exception_checkpoint import OnExceptionCheckpoint
+from trainer.callbacks.prediction_writer import BasePredictionWriter
 from trainer.callbacks.progress import ProgressBar, RichProgressBar, RichProgressBarTheme, TQDMProgressBar
 from trainer.callbacks.rich_model_summary import RichModelSummary
 from trainer.callbacks.throughput_monitor import ThroughputMonitor
 from trainer.callbacks.timer import Timer
 
 __all__ = [
+    "BasePredictionWriter",
     "Callback",
     "Checkpoint",
     "EarlyStopping",

@@ -14,6 +14,7 @@ from trainer.hooks import is_overridden
 from trainer.logging import ResultCollection
 from trainer.loops.data import Fetcher, disable_shuffle, flatten_loaders, parse_num_batches, request_dataloader, \
     seed_workers, set_sampler_epoch, sized_len
+from trainer.loops.batch_indices import recorded_batch_indices, with_batch_index_recording
 from trainer.loops.progress import BatchProgress
 from trainer.utilities import is_param_in_signature, to_float_dict
 
@@ -323,8 +324,11 @@ class PredictionLoop:
         self.trainer = trainer
         self.inference_mode = inference_mode
         self.batch_progress = BatchProgress()
+        # dataset indices of the batches, for prediction writers: per dataloader, per batch (epoch writers)
+        # and of the batch just predicted (batch writers)
         self.epoch_batch_indices: List[List[List[int]]] = []
-        self.predictions: List[Any] = []
+        self.current_batch_indices: List[int] = []
+        self._predictions: List[List[Any]] = []  # dataloaders x batches
         self.return_predictions = True
         self._loaders: List[Any] = []
         self._max_batches: List[Number] = []
@@ -342,12 +346,21 @@ class PredictionLoop:
                 " datamodule with `predict_dataloader`."
             )
         flat, _ = flatten_loaders(loaders)
-        self._loaders = [trainer.strategy.process_dataloader(seed_workers(dl), "predict") for dl in flat]
+        self._loaders = [
+            with_batch_index_recording(trainer.strategy.process_dataloader(seed_workers(dl), "predict")) for dl in flat
+        ]
         self._max_batches = []
         for dl in self._loaders:
             n = sized_len(dl)
             length: Number = float("inf") if n is None else n
             self._max_batches.append(parse_num_batches("predict", length, trainer.limit_predict_batches))
+
+    @property
+    def predictions(self) -> List[Any]:
+        """The predictions kept so far: one list for one dataloader, a list per dataloader for several."""
+        if self._predictions == []:
+            return self._predictions
+        return self._predictions[0] if len(self._predictions) == 1 else self._predictions
 
     def run(self) -> Optional[List[Any]]:
         self.setup_data()
@@ -363,7 +376,11 @@ class PredictionLoop:
         self.batch_progress.reset_on_run()
         self._module_mode.capture(module)
         hooks.call_module("on_predict_model_eval")
-        self.predictions = [[] for _ in self._loaders]
+        self._predictions = [[] for _ in self._loaders]
+        self.epoch_batch_indices = [[] for _ in self._loaders]
+        writers = _prediction_writers(trainer.callbacks)
+        any_on_epoch = any(w.interval.on_epoch for w in writers)
+        any_on_batch = any(w.interval.on_batch for w in writers)
         hooks.call_callbacks("on_predict_start")
         hooks.call_module("on_predict_start")
         hooks.call_callbacks("on_predict_epoch_start")
@@ -374,6 +391,8 @@ class PredictionLoop:
             batch = trainer._transfer_batch(batch, dl_idx)
             hook_args: tuple = (batch, batch_idx) if not multi else (batch, batch_idx, dl_idx)
             self.batch_progress.increment_ready()
+            if any_on_batch or any_on_epoch:
+                self._note_batch_indices(dl_idx, batch_idx, any_on_batch, any_on_epoch)
             hooks.call_callbacks("on_predict_batch_start", *hook_args)
             hooks.call_module("on_predict_batch_start", *hook_args)
             self.batch_progress.increment_started()
@@ -385,22 +404,45 @@ class PredictionLoop:
             hooks.call_callbacks("on_predict_batch_end", output, *hook_args)
             hooks.call_module("on_predict_batch_end", output, *hook_args)
             self.batch_progress.increment_completed()
-            if self.return_predictions:
-                self.predictions[dl_idx].append(_to_cpu(output))
+            if self.return_predictions or any_on_epoch:  # an epoch writer needs them even when not returned
+                self._predictions[dl_idx].append(_to_cpu(output))
         hooks.call_callbacks("on_predict_epoch_end")
         hooks.call_module("on_predict_epoch_end")
+        results = self.predictions if self.return_predictions else None
+        if not self.return_predictions:
+            self._predictions = []
+        self.epoch_batch_indices = []
         hooks.call_callbacks("on_predict_end")
         hooks.call_module("on_predict_end")
         self._module_mode.restore(module)
-        if not self.return_predictions:
-            return None
-        return self.predictions[0] if len(self.predictions) == 1 else self.predictions
+        return results
+
+    def _note_batch_indices(self, dl_idx: int, batch_idx: int, on_batch: bool, on_epoch: bool) -> None:
+        """Records which dataset indices batch ``batch_idx`` of loader ``dl_idx`` holds, for the writers."""
+        loader = self._loaders[dl_idx]
+        seen = recorded_batch_indices(loader)
+        if not seen:
+            self.trainer._warn_once(
+                f"Couldn't infer the batch indices fetched from your dataloader: `{type(loader).__name__}`"
+            )
+            return
+        indices = seen[batch_idx]
+        if on_epoch:
+            self.epoch_batch_indices[dl_idx].append(indices)
+        if on_batch:
+            self.current_batch_indices = indices
 
     def state_dict(self) -> Dict[str, Any]:
         return {"state_dict": {}, "batch_progress": self.batch_progress.state_dict()}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.batch_progress.load_state_dict(state.get("batch_progress", {}))
+
+
+def _prediction_writers(callbacks: List[Any]) -> List[Any]:
+    from trainer.callbacks.prediction_writer import BasePredictionWriter
+
+    return [cb for cb in callbacks if isinstance(cb, BasePredictionWriter)]
 
 
 def _to_cpu(output: Any) -> Any:
