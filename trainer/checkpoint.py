@@ -114,8 +114,8 @@ def dump_checkpoint(trainer: "Trainer", weights_only: bool = False) -> Dict[str,
         if dm_state:
             checkpoint[type(datamodule).__qualname__] = dm_state
     if not weights_only:
-        for cb in trainer.callbacks:
-            cb.on_save_checkpoint(trainer, model, checkpoint)
+        # through the hook caller: profiled, and `self.log` there fails as in Lightning
+        trainer._hooks.call_callbacks("on_save_checkpoint", checkpoint)
     trainer._hooks.call_module("on_save_checkpoint", checkpoint)
     return checkpoint
 
@@ -215,8 +215,7 @@ class CheckpointConnector:
             key = type(dm).__qualname__
             if key in ckpt:
                 trainer._hooks.call_datamodule("load_state_dict", ckpt[key])
-        for cb in trainer.callbacks:
-            cb.on_load_checkpoint(trainer, model, ckpt)
+        trainer._hooks.call_callbacks("on_load_checkpoint", ckpt)
         states = ckpt.get("callbacks") or {}
         for cb in trainer.callbacks:
             state = states.get(cb.state_key, states.get(type(cb).__qualname__))

@@ -136,6 +136,8 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
         self._strict_loading: Optional[bool] = None
         self._current_fx_name: Optional[str] = None
         self._example_input_array: Any = None
+        # requires_grad of every optimizer's parameters saved by toggle_optimizer, restored by untoggle_optimizer
+        self._param_requires_grad_state: Dict[Tensor, bool] = {}
         self._device: torch.device = torch.device("cpu")
         self._dtype: torch.dtype = torch.get_default_dtype()
         self.prepare_data_per_node: bool = True
@@ -301,7 +303,7 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
         self._param_requires_grad_state = param_requires_grad_state
 
     def untoggle_optimizer(self, optimizer: Union[Optimizer, "LightningOptimizer"]) -> None:
-        state = getattr(self, "_param_requires_grad_state", {})
+        state = self._param_requires_grad_state
         inner = getattr(optimizer, "optimizer", optimizer)
         for opt in self.trainer.optimizers:
             if opt is inner:

@@ -533,3 +533,70 @@ def test_prediction_writer_errors_as_lightning(PL, TL, tmp_path):
                             "`write_interval` should be one of ['batch', 'epoch', 'batch_and_epoch'].")
     assert lightning[1] == ("NotImplementedError", "")
     assert run(TL) == lightning
+
+
+def _log_from_every_hook(L: ModuleType, tmp_path) -> Dict[str, Dict[str, str]]:
+    """Every Callback hook and every LightningModule hook calls ``log`` (as Lightning's
+    test_fx_validator_integration does); the outcome per (stage, hook): "logged" or the error's class and its
+    first words."""
+    import functools
+    import inspect
+
+    outcomes: Dict[str, Dict[str, str]] = {"callback": {}, "module": {}}
+    stage = {"name": "fit"}
+
+    def public_functions(cls):
+        return {name for name, _ in inspect.getmembers(cls, inspect.isfunction) if not name.startswith("_")}
+
+    def try_log(kind, hook, module):
+        try:
+            module.log(hook, 1.0)
+            result = "logged"
+        except Exception as exc:  # noqa: BLE001 - recording the framework's answer
+            result = f"{type(exc).__name__}: {str(exc)[:40]}"
+        outcomes[kind].setdefault(f"{stage['name']}:{hook}", result)
+
+    class EveryHookCallback(L.Callback):
+        def __init__(self):
+            def hook_fn(hook, trainer=None, pl_module=None, *args, **kwargs):
+                if trainer is not None:  # state_dict/load_state_dict get no trainer
+                    try_log("callback", hook, trainer.lightning_module or pl_module)
+
+            for hook in public_functions(L.Callback):
+                setattr(self, hook, functools.partial(hook_fn, hook))
+
+    class EveryHookModel(boring_model_class(L)):
+        def __init__(self):
+            super().__init__()
+            hooks = public_functions(L.LightningModule) - public_functions(torch.nn.Module) - {
+                "log", "log_dict", "configure_sharded_model"}
+
+            def wrapped(hook, fn, *args, **kwargs):
+                out = fn(*args, **kwargs)
+                try_log("module", hook, self)
+                return out
+
+            for hook in hooks & public_functions(type(self)):
+                setattr(self, hook, functools.partial(wrapped, hook, getattr(self, hook)))
+
+    model = EveryHookModel()
+    trainer = _trainer(L, tmp_path, max_epochs=2, limit_train_batches=1, limit_val_batches=1, limit_test_batches=1,
+                       limit_predict_batches=1, enable_checkpointing=True, callbacks=[EveryHookCallback()])
+    trainer.fit(model)
+    for fn in ("test", "predict"):
+        stage["name"] = fn
+        getattr(trainer, fn)(model, **({"verbose": False} if fn == "test" else {}))
+    return outcomes
+
+
+def test_log_from_every_hook_as_lightning(PL, TL, tmp_path):
+    lightning = _log_from_every_hook(PL, tmp_path / "pl")
+    assert lightning["callback"]["fit:on_train_batch_end"] == "logged"
+    assert lightning["callback"]["fit:on_save_checkpoint"].startswith("MisconfigurationException: You can't")
+    assert lightning["callback"]["predict:on_predict_batch_end"].startswith("MisconfigurationException: You are")
+    ours = _log_from_every_hook(TL, tmp_path / "tl")
+    assert ours["callback"] == lightning["callback"]
+    # the Trainer skips module hooks nobody overrode in the class; every hook it does call answers as Lightning's
+    assert {hook: ours["module"][hook] for hook in ours["module"] if hook in lightning["module"]} == {
+        hook: lightning["module"][hook] for hook in ours["module"] if hook in lightning["module"]}
+    assert set(ours["module"]) <= set(lightning["module"])
