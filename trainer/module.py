@@ -41,10 +41,10 @@ class HyperparametersMixin:
         frame: Optional[Any] = None,
         logger: bool = True,
     ) -> None:
-        """Saves the arguments of the caller's ``__init__`` into ``self.hparams``.
+        """Saves the arguments of the caller's ``__init__`` into ``self.hparams`` (Lightning's rules).
 
-        With no ``args`` every init argument is saved; with names, only those; a single dict or
-        ``Namespace`` is saved as is. ``ignore`` drops names.
+        With no ``args`` every init argument is saved; with names, only those (an unknown name is a
+        KeyError); one dict or ``Namespace`` is saved as the hyper-parameters themselves. ``ignore`` drops names.
         """
         self._log_hyperparams = logger
         if len(args) == 1 and not args[0]:  # an empty container: nothing to save (Lightning's)
@@ -52,28 +52,32 @@ class HyperparametersMixin:
         if frame is None:
             current = inspect.currentframe()
             frame = current.f_back if current is not None else None
-        if isinstance(ignore, str):
-            ignore = [ignore]
-        ignore = list(ignore or [])
-        if len(args) == 1 and isinstance(args[0], (dict, Namespace)) and not isinstance(args[0], str):
-            hp = vars(args[0]) if isinstance(args[0], Namespace) else dict(args[0])
-            self._set_hparams({k: v for k, v in hp.items() if k not in ignore})
+        ignore = [ignore] if isinstance(ignore, str) else [name for name in (ignore or []) if isinstance(name, str)]
+        init_args = {k: v for k, v in _collect_init_args(frame, self).items() if k not in ignore}
+        objects = [arg for arg in args if not isinstance(arg, str)]
+        if not args:
+            hp: Any = init_args
+            self._hparams_name = "kwargs" if hp else None
+        elif len(objects) == 1:
+            hp = objects[0]
             # the init argument that received this object: load_from_checkpoint passes it back whole
-            init_args = _collect_init_args(frame, self)
-            self._hparams_name = next((k for k, v in init_args.items() if v is args[0] or v == args[0]), None)
+            self._hparams_name = next((k for k, v in init_args.items() if v is hp or _equal(v, hp)), None)
         else:
-            init_args = _collect_init_args(frame, self)
-            if args:
-                names = [a for a in args if isinstance(a, str)]
-                unknown = [n for n in names if n not in init_args]
-                if unknown:
-                    raise ValueError(f"save_hyperparameters: {unknown} are not arguments of `__init__`.")
-                init_args = {n: init_args[n] for n in names}
-            self._set_hparams({k: v for k, v in init_args.items() if k not in ignore})
-            self._hparams_name = "kwargs" if self._hparams else None
+            hp = {name: init_args[name] for name in args if isinstance(name, str)}
+            self._hparams_name = "kwargs"
+        self._set_hparams(hp)
+        for name in ignore:
+            self._hparams.pop(name, None)
+        _warn_about_module_hparams(self._hparams)
         self._hparams_initial = copy.deepcopy(self._hparams)
 
-    def _set_hparams(self, hp: Dict[str, Any]) -> None:
+    def _set_hparams(self, hp: Any) -> None:
+        if isinstance(hp, Namespace):
+            hp = vars(hp)
+        if isinstance(hp, (bool, int, float, str)):
+            raise ValueError(f"Primitives {(bool, int, float, str)} are not allowed.")
+        if not isinstance(hp, Mapping):
+            raise ValueError(f"Unsupported config type of {type(hp)}.")
         self._hparams = AttributeDict(hp)
 
     @property
@@ -90,20 +94,16 @@ class HyperparametersMixin:
 
 
 def _collect_init_args(frame: Any, obj: Any) -> Dict[str, Any]:
-    """Arguments of every ``__init__`` frame of ``obj`` on the stack, outermost class last (Lightning's)."""
+    """Named arguments (and ``**kwargs`` entries) of every ``__init__`` frame of ``obj`` on the stack, the
+    innermost frame winning (Lightning's). ``self`` may have another name; ``*args`` are not saved."""
     collected: Dict[str, Any] = {}
     while frame is not None:
         code = frame.f_code
         local_vars = frame.f_locals
-        if code.co_name != "__init__" or local_vars.get("self") is not obj:
-            break
         info = inspect.getargvalues(frame)
-        found: Dict[str, Any] = {}
-        for name in info.args:
-            if name != "self":
-                found[name] = local_vars[name]
-        if info.varargs and local_vars.get(info.varargs):
-            found[info.varargs] = local_vars[info.varargs]
+        if code.co_name != "__init__" or not info.args or local_vars.get(info.args[0]) is not obj:
+            break
+        found: Dict[str, Any] = {name: local_vars[name] for name in info.args[1:]}
         if info.keywords:
             found.update(local_vars.get(info.keywords, {}))
         # inner classes' args are added first; outer (subclass) frames override
@@ -111,6 +111,24 @@ def _collect_init_args(frame: Any, obj: Any) -> Dict[str, Any]:
         collected = found
         frame = frame.f_back
     return collected
+
+
+def _equal(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - tensors, arrays: not the object we look for
+        return False
+
+
+def _warn_about_module_hparams(hparams: Mapping[str, Any]) -> None:
+    import warnings
+
+    for name, value in hparams.items():
+        if isinstance(value, nn.Module):
+            warnings.warn(
+                f"Attribute {name!r} is an instance of `nn.Module` and is already saved during checkpointing."
+                f" It is recommended to ignore them using `self.save_hyperparameters(ignore=[{name!r}])`."
+            )
 
 
 class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):

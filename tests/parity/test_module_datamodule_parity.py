@@ -600,3 +600,66 @@ def test_log_from_every_hook_as_lightning(PL, TL, tmp_path):
     assert {hook: ours["module"][hook] for hook in ours["module"] if hook in lightning["module"]} == {
         hook: lightning["module"][hook] for hook in ours["module"] if hook in lightning["module"]}
     assert set(ours["module"]) <= set(lightning["module"])
+
+
+def _hparams_round_trip(L: ModuleType, tmp_path) -> Dict[str, Any]:
+    """save_hyperparameters in Lightning's forms (one object, all arguments, an unconventional ``self``, a
+    subclass adding keyword arguments), each checkpointed and loaded back, with and without overrides."""
+    from argparse import Namespace
+
+    BM = boring_model_class(L)
+
+    class OneObject(BM):
+        def __init__(self, hparams):
+            super().__init__()
+            self.save_hyperparameters(hparams)
+
+    class AllArguments(BM):
+        def __init__(self, batch_size=64):
+            super().__init__()
+            self.save_hyperparameters()
+
+    class OddSelf(AllArguments):
+        def __init__(this, *more, other_arg=300, **more_kwargs):  # noqa: N805 - the point of the case
+            super().__init__(*more, **more_kwargs)
+            this.save_hyperparameters()
+
+    class OneObjectDM(L.LightningDataModule):
+        def __init__(self, hparams):
+            super().__init__()
+            self.save_hyperparameters(hparams)
+
+        def train_dataloader(self):
+            return make_loader(8, 4)
+
+    seen: Dict[str, Any] = {}
+    for case, build, dm_build in [
+        ("namespace", lambda: OneObject(Namespace(test_arg=14)), None),
+        ("dict", lambda: OneObject({"test_arg": 14}), None),
+        ("all", lambda: AllArguments(batch_size=179), None),
+        ("odd_self", lambda: OddSelf(batch_size=179), None),
+        ("datamodule", lambda: BM(), lambda: OneObjectDM(Namespace(test_arg=14))),
+    ]:
+        model, dm = build(), dm_build() if dm_build else None
+        trainer = _trainer(L, tmp_path / case, max_epochs=1, limit_train_batches=1, limit_val_batches=0)
+        trainer.fit(model, datamodule=dm)
+        path = str(tmp_path / case / "hp.ckpt")
+        trainer.save_checkpoint(path)
+        ckpt = torch.load(path, weights_only=False)
+        cls = type(dm) if dm is not None else type(model)
+        loaded = cls.load_from_checkpoint(path)
+        overridden = cls.load_from_checkpoint(path, **({"batch_size": 99} if case in ("all", "odd_self") else {}))
+        seen[case] = {"saved": dict(ckpt[cls.CHECKPOINT_HYPER_PARAMS_KEY]),
+                      "name": ckpt.get(cls.CHECKPOINT_HYPER_PARAMS_NAME), "loaded": dict(loaded.hparams),
+                      "type": type(loaded.hparams).__name__, "overridden": dict(overridden.hparams)}
+    for bad in (42, [1, 2], "not_an_argument"):
+        seen[f"bad {bad!r}"] = outcome(lambda: OneObject(bad))
+    return seen
+
+
+def test_save_hyperparameters_round_trip_as_lightning(PL, TL, tmp_path):
+    lightning = _hparams_round_trip(PL, tmp_path / "pl")
+    assert lightning["namespace"]["name"] == "hparams" and lightning["all"]["name"] == "kwargs"
+    assert lightning["odd_self"]["overridden"] == {"batch_size": 99, "other_arg": 300}
+    assert lightning["bad 42"][0] == "ValueError" and lightning["bad 'not_an_argument'"][0] == "KeyError"
+    assert _hparams_round_trip(TL, tmp_path / "tl") == lightning
