@@ -663,3 +663,20 @@ def test_save_hyperparameters_round_trip_as_lightning(PL, TL, tmp_path):
     assert lightning["odd_self"]["overridden"] == {"batch_size": 99, "other_arg": 300}
     assert lightning["bad 42"][0] == "ValueError" and lightning["bad 'not_an_argument'"][0] == "KeyError"
     assert _hparams_round_trip(TL, tmp_path / "tl") == lightning
+
+
+def _copies_after_fit(L: ModuleType, tmp_path) -> Dict[str, Any]:
+    import copy
+
+    model = boring_model_class(L)()
+    trainer = _trainer(L, tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0)
+    trainer.fit(model)
+    clone = copy.deepcopy(model)
+    return {"clone_trainer": clone._trainer, "original_kept": model.trainer is trainer,
+            "same_weights": torch.equal(clone.layer.weight, model.layer.weight)}
+
+
+def test_module_copy_leaves_the_trainer_behind(PL, TL, tmp_path):
+    lightning = _copies_after_fit(PL, tmp_path / "pl")
+    assert lightning == {"clone_trainer": None, "original_kept": True, "same_weights": True}
+    assert _copies_after_fit(TL, tmp_path / "tl") == lightning
