@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import numbers
 import os
@@ -32,7 +33,7 @@ class HyperparametersMixin:
 
     def __init__(self) -> None:
         super().__init__()
-        self._log_hyperparams = True
+        self._log_hyperparams = False  # save_hyperparameters(logger=True) turns it on (Lightning's)
 
     def save_hyperparameters(
         self,
@@ -53,7 +54,11 @@ class HyperparametersMixin:
             current = inspect.currentframe()
             frame = current.f_back if current is not None else None
         ignore = [ignore] if isinstance(ignore, str) else [name for name in (ignore or []) if isinstance(name, str)]
-        init_args = {k: v for k, v in _collect_init_args(frame, self).items() if k not in ignore}
+        if dataclasses.is_dataclass(self):  # a dataclass module: its init fields are the arguments
+            found = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        else:
+            found = _collect_init_args(frame, self)
+        init_args = {k: v for k, v in found.items() if k not in ignore}
         objects = [arg for arg in args if not isinstance(arg, str)]
         if not args:
             hp: Any = init_args
@@ -120,6 +125,27 @@ def _equal(a: Any, b: Any) -> bool:
         return False
 
 
+def _drop_unpicklable(hparams: Dict[str, Any]) -> None:
+    import warnings
+
+    for name in [k for k, v in hparams.items() if not _picklable(v)]:
+        warnings.warn(
+            f"Attribute '{name}' removed from hparams because it cannot be pickled. You can suppress this warning by"
+            f" setting `self.save_hyperparameters(ignore=['{name}'])`."
+        )
+        del hparams[name]
+
+
+def _picklable(value: Any) -> bool:
+    import pickle
+
+    try:
+        pickle.dumps(value)
+    except (pickle.PickleError, AttributeError, RuntimeError, TypeError):
+        return False
+    return True
+
+
 def _warn_about_module_hparams(hparams: Mapping[str, Any]) -> None:
     import warnings
 
@@ -170,11 +196,18 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
 
     @trainer.setter
     def trainer(self, trainer: Optional["Trainer"]) -> None:
+        if trainer is not None:
+            # attaching is where a run starts: as Lightning's Trainer does then, hyper-parameters that could
+            # not go into a checkpoint are dropped (with a warning) instead of failing the first save
+            _drop_unpicklable(self.hparams)
+        self._set_trainer_reference(trainer)
+
+    def _set_trainer_reference(self, trainer: Optional["Trainer"]) -> None:
         # a LightningModule nested in another one (a backbone, a GAN's generator) is driven by the
         # same Trainer: its `self.trainer`, `self.log` and `self.current_epoch` must work too
         for child in self.children():
             if isinstance(child, LightningModule):
-                child.trainer = trainer
+                child._set_trainer_reference(trainer)
         object.__setattr__(self, "_trainer", trainer)
 
     @property
@@ -690,11 +723,21 @@ def _read_checkpoint_for(
     checkpoint = load_checkpoint_file(checkpoint_path, map_location=map_location or "cpu")
     if hparams_file is not None:
         checkpoint[cls.CHECKPOINT_HYPER_PARAMS_KEY] = _read_hparams_file(hparams_file)
-    hparams = checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_KEY)
-    hparams = dict(vars(hparams) if isinstance(hparams, Namespace) else (hparams or {}))
+    hparams: Dict[str, Any] = {}
+    if issubclass(cls, LightningModule):  # checkpoints of Lightning 0.7 kept them under older keys
+        for old_key in _PAST_HPARAMS_KEYS:
+            hparams.update(_as_dict(checkpoint.get(old_key)))
+    hparams.update(_as_dict(checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_KEY)))
     hparams.update(overrides)
     checkpoint[cls.CHECKPOINT_HYPER_PARAMS_KEY] = hparams
     return checkpoint
+
+
+_PAST_HPARAMS_KEYS = ("hparams", "module_arguments")
+
+
+def _as_dict(hparams: Any) -> Dict[str, Any]:
+    return dict(vars(hparams) if isinstance(hparams, Namespace) else (hparams or {}))
 
 
 def _read_hparams_file(path: Union[str, "os.PathLike[str]"]) -> Dict[str, Any]:

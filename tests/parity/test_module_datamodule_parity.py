@@ -680,3 +680,75 @@ def test_module_copy_leaves_the_trainer_behind(PL, TL, tmp_path):
     lightning = _copies_after_fit(PL, tmp_path / "pl")
     assert lightning == {"clone_trainer": None, "original_kept": True, "same_weights": True}
     assert _copies_after_fit(TL, tmp_path / "tl") == lightning
+
+
+def _hparams_at_fit(L: ModuleType, tmp_path) -> Dict[str, Any]:
+    """What a fit does with hyper-parameters: unpicklable ones dropped with a warning, the initial values
+    logged (not later edits), nothing logged for modules that never saved any, dataclass fields, and a
+    checkpoint that kept them under a Lightning-0.7 key."""
+    from dataclasses import dataclass
+    from unittest import mock
+
+    BM = boring_model_class(L)
+
+    class Unpicklable(BM):
+        def __init__(self, foo="bar", fn=(lambda x: x + 1)):
+            super().__init__()
+            self.save_hyperparameters()
+
+    class EditedLater(BM):
+        def __init__(self, **kwargs):
+            super().__init__()
+            self.save_hyperparameters()
+
+    @dataclass(eq=False)
+    class DataclassModel(BM):
+        mandatory: int
+        optional: str = "optional"
+        ignore_me: bool = False
+
+        def __post_init__(self):
+            super().__init__()
+            self.save_hyperparameters(ignore=("ignore_me",))
+
+    seen: Dict[str, Any] = {}
+    model = Unpicklable()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _trainer(L, tmp_path / "u", max_steps=1, limit_val_batches=0).fit(model)
+    seen["dropped"] = ([str(w.message) for w in caught if "cannot be pickled" in str(w.message)], dict(model.hparams))
+
+    model = EditedLater(running_arg=123)
+    model.hparams.running_arg = -1
+    logger = mock.MagicMock(name="logger")
+    logger.name, logger.save_dir, logger.version = "mock", str(tmp_path / "m"), "0"
+    del logger.__iter__
+    _trainer(L, tmp_path / "m", max_steps=1, limit_val_batches=0, logger=logger).fit(model)
+    seen["logged_initial"] = [dict(c.args[0]) for c in logger.log_hyperparams.call_args_list]
+    logger.reset_mock()
+    _trainer(L, tmp_path / "n", max_steps=1, limit_val_batches=0, logger=logger).fit(BM())
+    seen["nothing_saved_nothing_logged"] = logger.log_hyperparams.call_count
+    seen["dataclass"] = dict(DataclassModel(33, optional="cocofruit").hparams)
+
+    class Legacy(BM):
+        def __init__(self, batch_size=64):
+            super().__init__()
+            self.save_hyperparameters()
+
+    trainer = _trainer(L, tmp_path / "l", max_steps=1, limit_val_batches=0)
+    trainer.fit(Legacy())
+    path = str(tmp_path / "l" / "legacy.ckpt")
+    trainer.save_checkpoint(path)
+    raw = torch.load(path, weights_only=False)
+    raw["module_arguments"] = dict(raw.pop("hyper_parameters"), batch_size=-17)
+    torch.save(raw, path)
+    seen["legacy_key"] = Legacy.load_from_checkpoint(path).hparams.batch_size
+    return seen
+
+
+def test_hparams_at_fit_as_lightning(PL, TL, tmp_path):
+    lightning = _hparams_at_fit(PL, tmp_path / "pl")
+    assert lightning["dropped"][1] == {"foo": "bar"} and len(lightning["dropped"][0]) == 1
+    assert lightning["logged_initial"] == [{"running_arg": 123}]
+    assert lightning["nothing_saved_nothing_logged"] == 0 and lightning["legacy_key"] == -17
+    assert _hparams_at_fit(TL, tmp_path / "tl") == lightning
