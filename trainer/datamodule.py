@@ -44,11 +44,14 @@ class LightningDataModule(DataHooks, HyperparametersMixin):
             return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, pin_memory=True)
 
         def many(ds: Any, shuffle: bool = False) -> Any:
+            # every torch Dataset in the (nested) collection becomes a loader; anything else stays as it is
+            if isinstance(ds, Dataset):
+                return loader(ds, shuffle)
             if isinstance(ds, Mapping):
-                return {k: loader(v, shuffle) for k, v in ds.items()}
-            if isinstance(ds, Sequence):
-                return [loader(v, shuffle) for v in ds]
-            return loader(ds, shuffle)
+                return {k: many(v, shuffle) for k, v in ds.items()}
+            if isinstance(ds, (list, tuple)):
+                return type(ds)(many(v, shuffle) for v in ds)
+            return ds
 
         params = inspect.signature(cls.__init__).parameters
         accepts_kwargs = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())

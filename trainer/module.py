@@ -741,26 +741,15 @@ def _as_dict(hparams: Any) -> Dict[str, Any]:
 
 
 def _read_hparams_file(path: Union[str, "os.PathLike[str]"]) -> Dict[str, Any]:
-    """Hyper-parameters from a logger's ``hparams.yaml`` (or a legacy tags ``.csv``: key,value rows)."""
-    import yaml
+    """Hyper-parameters from a logger's ``hparams.yaml`` (or a legacy tags ``.csv``), as Lightning reads them."""
+    from trainer.core.saving import load_hparams_from_tags_csv, load_hparams_from_yaml
 
     extension = os.fspath(path).rsplit(".", 1)[-1].lower()
-    if extension not in ("yml", "yaml", "csv"):
-        raise ValueError(".csv, .yml or .yaml is required for `hparams_file`")
-    if not os.path.exists(path):  # Lightning loads the checkpoint's own hyper-parameters' absence as {}
-        import warnings
-
-        warnings.warn(f"Missing Tags: {os.fspath(path)}.", RuntimeWarning)
-        return {}
-    if extension in ("yml", "yaml"):
-        with open(path) as f:
-            return dict(yaml.safe_load(f) or {})
     if extension == "csv":
-        import csv
-
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f))
-        return {key: yaml.safe_load(value) for key, value in rows[1:]}
+        return load_hparams_from_tags_csv(path)
+    if extension in ("yml", "yaml"):
+        return load_hparams_from_yaml(path)
+    raise ValueError(".csv, .yml or .yaml is required for `hparams_file`")
 
 
 def _instantiate_from_checkpoint(cls: type, checkpoint: Dict[str, Any], overrides: Dict[str, Any]) -> Any:

@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
 import torch
-from helpers import boring_model_class, import_framework, make_loader, quiet_trainer_kwargs
+from helpers import boring_model_class, make_loader, quiet_trainer_kwargs
 
 pytestmark = [pytest.mark.parity, pytest.mark.filterwarnings("ignore::UserWarning"),
               pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -752,3 +752,101 @@ def test_hparams_at_fit_as_lightning(PL, TL, tmp_path):
     assert lightning["logged_initial"] == [{"running_arg": 123}]
     assert lightning["nothing_saved_nothing_logged"] == 0 and lightning["legacy_key"] == -17
     assert _hparams_at_fit(TL, tmp_path / "tl") == lightning
+
+
+# --------------------------------------------------------------------------------------------
+# Lightning's import paths under core/, and its hyper-parameter files
+# --------------------------------------------------------------------------------------------
+
+def _core(L: ModuleType) -> ModuleType:
+    import importlib
+
+    return importlib.import_module(f"{L.__name__}.core")
+
+
+def test_core_paths_are_the_same_objects(TL):
+    import importlib
+    from unittest import mock
+
+    core = _core(TL)
+    assert importlib.import_module("trainer.core.module").LightningModule is TL.LightningModule
+    assert importlib.import_module("trainer.core.datamodule").LightningDataModule is TL.LightningDataModule
+    assert importlib.import_module("trainer.core.mixins").HyperparametersMixin is core.module.HyperparametersMixin
+    dm = TL.LightningDataModule.from_datasets(torch.utils.data.TensorDataset(torch.zeros(4)), batch_size=4)
+    with mock.patch("trainer.core.datamodule.DataLoader") as patched:  # what Lightning's own test patches
+        dm.train_dataloader()
+    assert patched.call_count == 1 and patched.call_args.kwargs == dict(
+        batch_size=4, shuffle=True, num_workers=0, pin_memory=True)
+
+
+def _hparams_files(L: ModuleType, tmp_path) -> Dict[str, Any]:
+    from argparse import Namespace
+    from enum import Enum
+
+    class Option(str, Enum):
+        first = "first_value"
+
+    saving = _core(L).saving
+    tmp_path.mkdir(parents=True)
+    hparams = {"batch_size": 32, "lr": 0.001, "root": "./any/path", "nested": {"n": 123}, "switch": Option.first}
+    seen: Dict[str, Any] = {}
+    for kind, value in (("dict", hparams), ("namespace", Namespace(**hparams))):
+        path = tmp_path / f"{kind}.yaml"
+        saving.save_hparams_to_yaml(str(path), value)
+        seen[f"yaml {kind}"] = saving.load_hparams_from_yaml(str(path), use_omegaconf=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        saving.save_hparams_to_yaml(str(tmp_path / "skip.yaml"), {"dtype": torch.float32, "ok": 1})
+        seen["missing"] = saving.load_hparams_from_yaml(str(tmp_path / "absent.yaml"), use_omegaconf=False)
+    seen["skipped"] = (saving.load_hparams_from_yaml(str(tmp_path / "skip.yaml"), use_omegaconf=False),
+                       sorted(f"{w.category.__name__}: {str(w.message).replace(str(tmp_path), '')}" for w in caught))
+    csv_path = str(tmp_path / "tags.csv")
+    saving.save_hparams_to_tags_csv(csv_path, {"batch_size": 32, "name": "abc", "ratio": 0.5, "flag": True})
+    seen["csv"] = saving.load_hparams_from_tags_csv(csv_path)
+    seen["missing folder"] = outcome(lambda: saving.save_hparams_to_tags_csv(str(tmp_path / "no" / "t.csv"), {}))
+    if seen["missing folder"]:
+        seen["missing folder"] = (seen["missing folder"][0], seen["missing folder"][1].replace(str(tmp_path), ""))
+
+    class FromTags(boring_model_class(L)):
+        def __init__(self, lr: float = 0.1):
+            super().__init__(lr=lr)
+            self.save_hyperparameters()
+
+    trainer = _trainer(L, tmp_path / "fit", max_steps=1, limit_val_batches=0)
+    trainer.fit(FromTags())
+    trainer.save_checkpoint(str(tmp_path / "m.ckpt"))
+    saving.save_hparams_to_tags_csv(str(tmp_path / "lr.csv"), {"lr": 0.25})
+    seen["hparams_file csv"] = FromTags.load_from_checkpoint(str(tmp_path / "m.ckpt"),
+                                                             hparams_file=str(tmp_path / "lr.csv")).lr
+    seen["hparams_file txt"] = outcome(lambda: FromTags.load_from_checkpoint(str(tmp_path / "m.ckpt"),
+                                                                             hparams_file=str(tmp_path / "x.txt")))
+    return seen
+
+
+def test_hparams_files_as_lightning(PL, TL, tmp_path):
+    lightning = _hparams_files(PL, tmp_path / "pl")
+    assert lightning["yaml dict"]["switch"] == "first" and lightning["csv"]["flag"] is True
+    assert lightning["missing"] == {} and lightning["hparams_file csv"] == 0.25
+    assert _hparams_files(TL, tmp_path / "tl") == lightning
+
+
+def _from_datasets_collections(L: ModuleType) -> List[Any]:
+    from helpers import make_dataset
+
+    def describe(x):
+        if isinstance(x, torch.utils.data.DataLoader):
+            return ("loader", len(x.dataset), x.batch_size)
+        if isinstance(x, dict):
+            return {k: describe(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return (type(x).__name__, [describe(v) for v in x])
+        return repr(x)
+
+    return [describe(L.LightningDataModule.from_datasets(ds, batch_size=2).train_dataloader())
+            for ds in ([1, 2, 3], (make_dataset(4), make_dataset(2)), {"a": [make_dataset(4)], "b": make_dataset(3)})]
+
+
+def test_from_datasets_nested_collections(PL, TL):
+    lightning = _from_datasets_collections(PL)
+    assert lightning[0] == ("list", ["1", "2", "3"])  # not datasets: left as they are
+    assert _from_datasets_collections(TL) == lightning
