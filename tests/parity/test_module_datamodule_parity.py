@@ -850,3 +850,26 @@ def test_from_datasets_nested_collections(PL, TL):
     lightning = _from_datasets_collections(PL)
     assert lightning[0] == ("list", ["1", "2", "3"])  # not datasets: left as they are
     assert _from_datasets_collections(TL) == lightning
+
+
+def _predict_sampler_epoch(L: ModuleType, tmp_path) -> Tuple[str, str, int, str]:
+    import importlib
+
+    from helpers import InputOnlyDataset
+
+    dataset = InputOnlyDataset(8)
+    loader = torch.utils.data.DataLoader(
+        dataset, sampler=torch.utils.data.DistributedSampler(dataset, num_replicas=1, rank=0), batch_size=2)
+    trainer = _trainer(L, tmp_path, limit_predict_batches=1, use_distributed_sampler=False)
+    trainer.fit_loop.epoch_progress.current.processed = 2
+    trainer.predict(boring_model_class(L)(), loader)
+    used = trainer.predict_dataloaders
+    wrapper = importlib.import_module(f"{L.__name__}.overrides.distributed")._IndexBatchSamplerWrapper
+    return (isinstance(used.batch_sampler, wrapper), type(used.batch_sampler.sampler).__name__,
+            used.batch_sampler.sampler.epoch, type(used.sampler).__name__)
+
+
+def test_predict_loader_sampler_follows_training_epoch(PL, TL, tmp_path):
+    lightning = _predict_sampler_epoch(PL, tmp_path)
+    assert lightning == (True, "DistributedSampler", 2, "SequentialSampler")
+    assert _predict_sampler_epoch(TL, tmp_path) == lightning

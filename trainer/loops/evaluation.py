@@ -351,6 +351,8 @@ class PredictionLoop:
         ]
         self._max_batches = []
         for dl in self._loaders:
+            # samplers that shuffle by epoch (DistributedSampler) follow the training progress, as in Lightning
+            set_sampler_epoch(dl, trainer.fit_loop.epoch_progress.current.processed)
             n = sized_len(dl)
             length: Number = float("inf") if n is None else n
             self._max_batches.append(parse_num_batches("predict", length, trainer.limit_predict_batches))
