@@ -6,6 +6,7 @@ import dataclasses
 import inspect
 import numbers
 import os
+import warnings
 from argparse import Namespace
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Dict, Generator, List, Mapping, Optional, Sequence, Union
@@ -126,8 +127,6 @@ def _equal(a: Any, b: Any) -> bool:
 
 
 def _drop_unpicklable(hparams: Dict[str, Any]) -> None:
-    import warnings
-
     for name in [k for k, v in hparams.items() if not _picklable(v)]:
         warnings.warn(
             f"Attribute '{name}' removed from hparams because it cannot be pickled. You can suppress this warning by"
@@ -147,8 +146,6 @@ def _picklable(value: Any) -> bool:
 
 
 def _warn_about_module_hparams(hparams: Mapping[str, Any]) -> None:
-    import warnings
-
     for name, value in hparams.items():
         if isinstance(value, nn.Module):
             warnings.warn(
@@ -467,16 +464,12 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
             raise ValueError(f"`self.log({name}, {value})` was called, but nested dictionaries cannot be logged")
         trainer = self._trainer
         if trainer is None:
-            import warnings
-
             warnings.warn(
                 "You are trying to `self.log()` but the `self.trainer` reference is not registered on the model yet."
                 " This is most likely because the model hasn't been passed to the `Trainer`"
             )
             return
         if trainer.barebones:
-            import warnings
-
             warnings.warn(
                 "You are trying to `self.log()` but `Trainer(barebones=True)` is configured."
                 " Logging can impact raw speed so it is disabled under this setting."
@@ -516,8 +509,6 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
                 f"`self.log({name}, {value})` was called, but `{type(value).__name__}` values cannot be logged"
             )
         if logger and trainer.logger is None:
-            import warnings
-
             warnings.warn(
                 f"You called `self.log({name!r}, ..., logger=True)` but have no logger configured. You can enable one"
                 " by doing `Trainer(logger=ALogger(...))`"
@@ -603,8 +594,6 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
         Tracing uses ``example_inputs``, else ``example_input_array``, moved to the module's device by the
         batch-transfer hooks, as Lightning does.
         """
-        import warnings
-
         warnings.warn(
             "`LightningModule.to_torchscript` has been deprecated in v2.7 and will be removed in v2.8. "
             "TorchScript is deprecated in PyTorch. Use `torch.export.export()` for model exporting instead. "
@@ -671,13 +660,9 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
         model.on_load_checkpoint(checkpoint)
         state_dict = checkpoint.get("state_dict")
         if state_dict is None:
-            from trainer.checkpoint import CheckpointError
-
-            raise CheckpointError(f"Checkpoint {_describe_path(checkpoint_path)} has no 'state_dict' key")
+            raise KeyError(f"Checkpoint {_describe_path(checkpoint_path)} has no 'state_dict' key")
         _load_weights(model, state_dict, strict, checkpoint_path)
         if not state_dict:
-            import warnings
-
             warnings.warn(f"The state dict in {checkpoint_path!r} contains no parameters.")
             return model
         # the module ends up where the loaded tensors are (map_location decides), as in Lightning
@@ -785,8 +770,6 @@ def _load_weights(model: nn.Module, state_dict: Mapping[str, Any], strict: bool,
         ) from err
     if strict:
         return
-    import warnings
-
     if keys.missing_keys:
         warnings.warn(f"Found keys that are in the model state dict but not in the checkpoint: {keys.missing_keys}")
     if keys.unexpected_keys:
