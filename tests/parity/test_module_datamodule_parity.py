@@ -873,3 +873,40 @@ def test_predict_loader_sampler_follows_training_epoch(PL, TL, tmp_path):
     lightning = _predict_sampler_epoch(PL, tmp_path)
     assert lightning == (True, "DistributedSampler", 2, "SequentialSampler")
     assert _predict_sampler_epoch(TL, tmp_path) == lightning
+
+
+def _eval_step_branches_on_logged_value(L: ModuleType, tmp_path) -> Dict[str, Any]:
+    """A validation_step whose Python control flow reads a logged tensor (torch.allclose in an ``if``)."""
+    BM = boring_model_class(L)
+
+    class Branching(BM):
+        def validation_step(self, batch, batch_idx):
+            loss = self.loss(batch)
+            self.log("val_loss", loss, on_step=True, on_epoch=True)
+            if torch.allclose(loss, torch.zeros(())):
+                return None
+            return loss
+
+    trainer = _trainer(L, tmp_path, limit_train_batches=2, limit_val_batches=2, max_epochs=1, num_sanity_val_steps=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = Branching()
+        trainer.fit(model)
+        validated = trainer.validate(model, verbose=False)
+    return {"logged": {k: float(v) for k, v in trainer.logged_metrics.items()}, "validated": validated,
+            "fallback": [str(w.message) for w in caught if type(w.message).__name__ == "CompileWarning"]}
+
+
+def test_eval_step_branching_on_logged_value_falls_back(PL, TL, tmp_path):
+    from helpers import compiled_engine
+
+    lightning = _eval_step_branches_on_logged_value(PL, tmp_path / "pl")
+    ours = _eval_step_branches_on_logged_value(TL, tmp_path / "tl")
+    fallback = ours.pop("fallback")
+    lightning.pop("fallback")
+    assert ours["logged"] == pytest.approx(lightning["logged"], rel=1e-6)
+    assert ours["validated"] == [pytest.approx(lightning["validated"][0], rel=1e-6)]
+    if compiled_engine():
+        assert len(fallback) == 1 and "validation_step" in fallback[0] and "allclose" in fallback[0]
+    else:
+        assert fallback == []
