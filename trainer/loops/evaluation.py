@@ -387,25 +387,13 @@ class PredictionLoop:
         hooks.call_module("on_predict_start")
         hooks.call_callbacks("on_predict_epoch_start")
         hooks.call_module("on_predict_epoch_start")
-        multi = len(self._loaders) > 1
         takes_batch_idx = is_param_in_signature(module.predict_step, "batch_idx", min_args=2)
         for dl_idx, batch_idx, batch in _sequential_batches(self._loaders, self._max_batches, self.batch_progress):
             batch = trainer._transfer_batch(batch, dl_idx)
-            hook_args: tuple = (batch, batch_idx) if not multi else (batch, batch_idx, dl_idx)
             self.batch_progress.increment_ready()
             if any_on_batch or any_on_epoch:
                 self._note_batch_indices(dl_idx, batch_idx, any_on_batch, any_on_epoch)
-            hooks.call_callbacks("on_predict_batch_start", *hook_args)
-            hooks.call_module("on_predict_batch_start", *hook_args)
-            self.batch_progress.increment_started()
-            step_args = hook_args if takes_batch_idx or multi else (batch,)
-            output = eval_step(trainer, "predict_step", step_args)
-            if output is None:
-                trainer._warn_once("predict returned None if it was on purpose, ignore this warning...")
-            self.batch_progress.increment_processed()
-            hooks.call_callbacks("on_predict_batch_end", output, *hook_args)
-            hooks.call_module("on_predict_batch_end", output, *hook_args)
-            self.batch_progress.increment_completed()
+            output = self._predict_batch(batch, batch_idx, dl_idx, takes_batch_idx)
             if self.return_predictions or any_on_epoch:  # an epoch writer needs them even when not returned
                 self._predictions[dl_idx].append(_to_cpu(output))
         hooks.call_callbacks("on_predict_epoch_end")
@@ -418,6 +406,25 @@ class PredictionLoop:
         hooks.call_module("on_predict_end")
         self._module_mode.restore(module)
         return results
+
+    def _predict_batch(self, batch: Any, batch_idx: int, dl_idx: int, takes_batch_idx: bool) -> Any:
+        """The batch hooks around one ``predict_step``; returns its output."""
+        trainer = self.trainer
+        hooks = trainer._hooks
+        multi = len(self._loaders) > 1
+        hook_args: tuple = (batch, batch_idx) if not multi else (batch, batch_idx, dl_idx)
+        hooks.call_callbacks("on_predict_batch_start", *hook_args)
+        hooks.call_module("on_predict_batch_start", *hook_args)
+        self.batch_progress.increment_started()
+        step_args = hook_args if takes_batch_idx or multi else (batch,)
+        output = eval_step(trainer, "predict_step", step_args)
+        if output is None:
+            trainer._warn_once("predict returned None if it was on purpose, ignore this warning...")
+        self.batch_progress.increment_processed()
+        hooks.call_callbacks("on_predict_batch_end", output, *hook_args)
+        hooks.call_module("on_predict_batch_end", output, *hook_args)
+        self.batch_progress.increment_completed()
+        return output
 
     def _note_batch_indices(self, dl_idx: int, batch_idx: int, on_batch: bool, on_epoch: bool) -> None:
         """Records which dataset indices batch ``batch_idx`` of loader ``dl_idx`` holds, for the writers."""
