@@ -910,3 +910,37 @@ def test_eval_step_branching_on_logged_value_falls_back(PL, TL, tmp_path):
         assert len(fallback) == 1 and "validation_step" in fallback[0] and "allclose" in fallback[0]
     else:
         assert fallback == []
+
+
+def _callback_self_log(L: ModuleType, tmp_path) -> Dict[str, Any]:
+    """``self.log`` inside a Callback's hooks (Lightning attaches the module's log/log_dict to callbacks)."""
+
+    class SelfLogging(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            self.log("on_train_start", 1)
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            self.log("on_train_epoch_start", 2)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.log_dict({"on_train_batch_end": 3, "also": 4.5})
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self.log("on_train_epoch_end", 5, prog_bar=True)
+
+        def on_fit_end(self, trainer, pl_module):
+            self.fit_end = outcome(lambda: self.log("on_fit_end", 6))
+
+    callback = SelfLogging()
+    trainer = _trainer(L, tmp_path, limit_train_batches=1, limit_val_batches=1, max_epochs=1, callbacks=[callback])
+    trainer.fit(boring_model_class(L)())
+    return {"callback_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+            "progress_bar": dict(trainer.progress_bar_metrics), "fit_end": callback.fit_end}
+
+
+def test_callback_self_log_as_lightning(PL, TL, tmp_path):
+    lightning = _callback_self_log(PL, tmp_path / "pl")
+    assert lightning["callback_metrics"] == {"on_train_start": 1.0, "on_train_epoch_start": 2.0,
+                                             "on_train_batch_end": 3.0, "also": 4.5, "on_train_epoch_end": 5.0}
+    assert lightning["fit_end"][0] == "MisconfigurationException"
+    assert _callback_self_log(TL, tmp_path / "tl") == lightning
