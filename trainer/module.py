@@ -177,6 +177,8 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
         self._strict_loading: Optional[bool] = None
         self._current_fx_name: Optional[str] = None
         self._example_input_array: Any = None
+        # id(metric) -> attribute name of the torchmetrics.Metric children, found on the first log of a metric
+        self._metric_attributes: Optional[Dict[int, str]] = None
         # requires_grad of every optimizer's parameters saved by toggle_optimizer, restored by untoggle_optimizer
         self._param_requires_grad_state: Dict[Tensor, bool] = {}
         self._device: torch.device = torch.device("cpu")
@@ -502,8 +504,9 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
             value = value.squeeze()
         elif isinstance(value, numbers.Number):
             value = torch.tensor(value, device=self.device, dtype=_default_float_dtype())
-        elif hasattr(value, "compute") and hasattr(value, "update"):  # torchmetrics.Metric
-            pass
+        elif _is_metric(value):
+            if metric_attribute is None:
+                metric_attribute = self._metric_attribute_of(name, value)
         else:
             raise ValueError(
                 f"`self.log({name}, {value})` was called, but `{type(value).__name__}` values cannot be logged"
@@ -533,6 +536,24 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
             sync_dist_group=sync_dist_group,
         )
         trainer._logger_connector._current_fx = fx
+
+    def _metric_attribute_of(self, name: str, metric: Any) -> str:
+        """The attribute under which ``metric`` lives in this module (Lightning requires one, with its errors)."""
+        if self._metric_attributes is None:  # found once: the metrics a module holds are set in __init__
+            self._metric_attributes = {id(m): n for n, m in self.named_modules() if _is_metric(m)}
+            if not self._metric_attributes:
+                raise MisconfigurationException(
+                    "Could not find the `LightningModule` attribute for the `torchmetrics.Metric` logged."
+                    " You can fix this by setting an attribute for the metric in your `LightningModule`."
+                )
+        attribute = self._metric_attributes.get(id(metric))
+        if attribute is None:
+            raise MisconfigurationException(
+                "Could not find the `LightningModule` attribute for the `torchmetrics.Metric` logged."
+                f" You can fix this by calling `self.log({name}, ..., metric_attribute=name)` where `name` is one"
+                f" of {list(self._metric_attributes.values())}"
+            )
+        return attribute
 
     def log_dict(
         self,
@@ -805,6 +826,11 @@ def _save_torchscript(scripted: Any, file_path: Union[str, "os.PathLike[str]"]) 
 
     with fsspec.open(path, "wb") as f:
         torch.jit.save(scripted, f)
+
+
+def _is_metric(value: Any) -> bool:
+    """A torchmetrics.Metric (duck-typed: torchmetrics is optional)."""
+    return isinstance(value, nn.Module) and hasattr(value, "compute") and hasattr(value, "update")
 
 
 def _default_float_dtype() -> torch.dtype:

@@ -944,3 +944,50 @@ def test_callback_self_log_as_lightning(PL, TL, tmp_path):
                                              "on_train_batch_end": 3.0, "also": 4.5, "on_train_epoch_end": 5.0}
     assert lightning["fit_end"][0] == "MisconfigurationException"
     assert _callback_self_log(TL, tmp_path / "tl") == lightning
+
+
+def _log_metric_objects(L: ModuleType, tmp_path) -> Dict[str, Any]:
+    """Logging a torchmetrics.Metric that is not / is an attribute of the module."""
+    torchmetrics = pytest.importorskip("torchmetrics")
+    BM = boring_model_class(L)
+
+    def loose_metric():
+        metric = torchmetrics.MeanMetric()
+        metric.update(1.0)
+        return metric
+
+    class NoMetricAttribute(BM):
+        def training_step(self, batch, batch_idx):
+            self.log("m", loose_metric())
+            return self.loss(batch)
+
+    class OtherMetricAttributes(NoMetricAttribute):
+        def __init__(self):
+            super().__init__()
+            self.kept, self.total = torchmetrics.MeanMetric(), torchmetrics.SumMetric()
+
+    class Registered(BM):
+        def __init__(self):
+            super().__init__()
+            self.mean_loss = torchmetrics.MeanMetric()
+
+        def training_step(self, batch, batch_idx):
+            loss = self.loss(batch)
+            self.mean_loss.update(loss)
+            self.log("mean_loss", self.mean_loss, on_step=False, on_epoch=True)
+            return loss
+
+    seen: Dict[str, Any] = {}
+    for cls in (NoMetricAttribute, OtherMetricAttributes, Registered):
+        trainer = _trainer(L, tmp_path / cls.__name__, max_epochs=1, limit_train_batches=2, limit_val_batches=0)
+        seen[cls.__name__] = outcome(lambda: trainer.fit(cls())) or {
+            k: round(float(v), 6) for k, v in trainer.callback_metrics.items()}
+    return seen
+
+
+def test_log_metric_object_needs_an_attribute_as_lightning(PL, TL, tmp_path):
+    lightning = _log_metric_objects(PL, tmp_path / "pl")
+    assert lightning["NoMetricAttribute"][0] == "MisconfigurationException"
+    assert "['kept', 'total']" in lightning["OtherMetricAttributes"][1]
+    assert set(lightning["Registered"]) == {"mean_loss"}
+    assert _log_metric_objects(TL, tmp_path / "tl") == lightning
