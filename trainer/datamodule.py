@@ -79,10 +79,10 @@ class LightningDataModule(DataHooks, HyperparametersMixin):
     ) -> "LightningDataModule":
         """Builds the datamodule from a checkpoint's ``datamodule_hyper_parameters`` (``hparams_file`` replaces
         them, ``kwargs`` override them) and restores its ``state_dict``, as Lightning does."""
-        from trainer.module import _instantiate_from_checkpoint, _read_checkpoint_for
+        from trainer.core.saving import instantiate_from_checkpoint, read_checkpoint_for
 
-        checkpoint = _read_checkpoint_for(cls, checkpoint_path, map_location, hparams_file, kwargs)
-        datamodule = _instantiate_from_checkpoint(cls, checkpoint, kwargs)
+        checkpoint = read_checkpoint_for(cls, checkpoint_path, map_location, hparams_file, kwargs)
+        datamodule = instantiate_from_checkpoint(cls, checkpoint, kwargs)
         state = checkpoint.get(type(datamodule).__qualname__)
         if state is not None:
             datamodule.load_state_dict(state)

@@ -668,8 +668,10 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
         ``strict=False`` loads what fits and warns about missing and unexpected keys; ``strict=None`` follows
         ``strict_loading``, and a ``strict`` that contradicts a module's explicit ``strict_loading`` is a ValueError.
         """
-        checkpoint = _read_checkpoint_for(cls, checkpoint_path, map_location, hparams_file, kwargs)
-        model = _instantiate_from_checkpoint(cls, checkpoint, kwargs)
+        from trainer.core.saving import instantiate_from_checkpoint, load_weights, read_checkpoint_for
+
+        checkpoint = read_checkpoint_for(cls, checkpoint_path, map_location, hparams_file, kwargs)
+        model = instantiate_from_checkpoint(cls, checkpoint, kwargs)
         if model._strict_loading is not None and strict is not None and strict != model.strict_loading:
             raise ValueError(
                 f"You set `.load_from_checkpoint(..., strict={strict!r})` which is in conflict with"
@@ -681,8 +683,8 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
         model.on_load_checkpoint(checkpoint)
         state_dict = checkpoint.get("state_dict")
         if state_dict is None:
-            raise KeyError(f"Checkpoint {_describe_path(checkpoint_path)} has no 'state_dict' key")
-        _load_weights(model, state_dict, strict, checkpoint_path)
+            raise KeyError(f"Checkpoint {checkpoint_path!r} has no 'state_dict' key")
+        load_weights(model, state_dict, strict, checkpoint_path)
         if not state_dict:
             warnings.warn(f"The state dict in {checkpoint_path!r} contains no parameters.")
             return model
@@ -718,92 +720,6 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
         for param in self.parameters():
             param.requires_grad = True
         return self.train()
-
-
-def _read_checkpoint_for(
-    cls: type, checkpoint_path: Any, map_location: Any, hparams_file: Optional[str], overrides: Dict[str, Any]
-) -> Dict[str, Any]:
-    """The checkpoint dict with ``cls``'s hyper-parameters replaced by ``hparams_file`` and updated by ``overrides``."""
-    from trainer.checkpoint import load_checkpoint_file
-
-    checkpoint = load_checkpoint_file(checkpoint_path, map_location=map_location or "cpu")
-    if hparams_file is not None:
-        checkpoint[cls.CHECKPOINT_HYPER_PARAMS_KEY] = _read_hparams_file(hparams_file)
-    hparams: Dict[str, Any] = {}
-    if issubclass(cls, LightningModule):  # checkpoints of Lightning 0.7 kept them under older keys
-        for old_key in _PAST_HPARAMS_KEYS:
-            hparams.update(_as_dict(checkpoint.get(old_key)))
-    hparams.update(_as_dict(checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_KEY)))
-    hparams.update(overrides)
-    checkpoint[cls.CHECKPOINT_HYPER_PARAMS_KEY] = hparams
-    return checkpoint
-
-
-_PAST_HPARAMS_KEYS = ("hparams", "module_arguments")
-
-
-def _as_dict(hparams: Any) -> Dict[str, Any]:
-    return dict(vars(hparams) if isinstance(hparams, Namespace) else (hparams or {}))
-
-
-def _read_hparams_file(path: Union[str, "os.PathLike[str]"]) -> Dict[str, Any]:
-    """Hyper-parameters from a logger's ``hparams.yaml`` (or a legacy tags ``.csv``), as Lightning reads them."""
-    from trainer.core.saving import load_hparams_from_tags_csv, load_hparams_from_yaml
-
-    extension = os.fspath(path).rsplit(".", 1)[-1].lower()
-    if extension == "csv":
-        return load_hparams_from_tags_csv(path)
-    if extension in ("yml", "yaml"):
-        return load_hparams_from_yaml(path)
-    raise ValueError(".csv, .yml or .yaml is required for `hparams_file`")
-
-
-def _instantiate_from_checkpoint(cls: type, checkpoint: Dict[str, Any], overrides: Dict[str, Any]) -> Any:
-    """``cls(...)`` from the checkpoint's hyper-parameters: all of them for an ``__init__`` taking ``**kwargs``,
-    else only its named arguments; saved as one object (``save_hyperparameters(hparams)``), they go back whole."""
-    hparams: Dict[str, Any] = dict(checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_KEY) or {})
-    params = {
-        name: p for name, p in inspect.signature(cls.__init__).parameters.items()
-        if name != "self" and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-    }
-    accepts_kwargs = any(
-        p.kind == inspect.Parameter.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values()
-    )
-    saved_as = checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_NAME)
-    if saved_as and saved_as in params:
-        init_kwargs = {saved_as: hparams, **overrides}
-    else:
-        init_kwargs = hparams
-    if not accepts_kwargs:
-        init_kwargs = {k: v for k, v in init_kwargs.items() if k in params}
-    return cls(**init_kwargs)
-
-
-def _load_weights(model: nn.Module, state_dict: Mapping[str, Any], strict: bool, checkpoint_path: Any) -> None:
-    """``load_state_dict`` naming the file on a mismatch; with ``strict=False``, Lightning's two warnings."""
-    try:
-        keys = model.load_state_dict(state_dict, strict=strict)
-    except RuntimeError as err:
-        from trainer.checkpoint import CheckpointError
-
-        raise CheckpointError(
-            f"Checkpoint {_describe_path(checkpoint_path)} does not fit {type(model).__name__}: {err}"
-        ) from err
-    if strict:
-        return
-    if keys.missing_keys:
-        warnings.warn(f"Found keys that are in the model state dict but not in the checkpoint: {keys.missing_keys}")
-    if keys.unexpected_keys:
-        warnings.warn(
-            f"Found keys that are not in the model state dict but in the checkpoint: {keys.unexpected_keys}"
-        )
-
-
-def _describe_path(checkpoint_path: Any) -> str:
-    try:
-        return repr(os.fspath(checkpoint_path))
-    except TypeError:  # a file object
-        return repr(checkpoint_path)
 
 
 @contextmanager
