@@ -991,3 +991,31 @@ def test_log_metric_object_needs_an_attribute_as_lightning(PL, TL, tmp_path):
     assert "['kept', 'total']" in lightning["OtherMetricAttributes"][1]
     assert set(lightning["Registered"]) == {"mean_loss"}
     assert _log_metric_objects(TL, tmp_path / "tl") == lightning
+
+
+def test_checkpoint_tensors_stay_on_their_device_where_it_exists(TL):
+    """load_from_checkpoint's default placement: an unavailable accelerator's tensors come to the CPU,
+    any other tensor keeps its device (Lightning's _default_map_location)."""
+    from trainer.core.saving import keep_device_if_available
+
+    class Storage:
+        def cpu(self):
+            return "moved to cpu"
+
+    unavailable = [loc for loc, ok in (("cuda:0", torch.cuda.is_available()),
+                                       ("mps", torch.backends.mps.is_available())) if not ok]
+    for location in unavailable:
+        assert keep_device_if_available(Storage(), location) == "moved to cpu"
+    assert keep_device_if_available(Storage(), "cpu") is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_checkpoint_loads_back_on_cuda(PL, TL, tmp_path):
+    def device_after_load(L, path):
+        model = boring_model_class(L)().cuda()
+        torch.save({"state_dict": model.state_dict(), "hyper_parameters": {}}, str(path))
+        return str(type(model).load_from_checkpoint(str(path)).device)
+
+    lightning = device_after_load(PL, tmp_path / "pl.ckpt")
+    assert lightning.startswith("cuda")
+    assert device_after_load(TL, tmp_path / "tl.ckpt") == lightning

@@ -75,7 +75,7 @@ def read_checkpoint_for(
     from trainer.checkpoint import load_checkpoint_file
     from trainer.module import LightningModule
 
-    checkpoint = load_checkpoint_file(checkpoint_path, map_location=map_location or "cpu")
+    checkpoint = load_checkpoint_file(checkpoint_path, map_location=map_location or keep_device_if_available)
     if hparams_file is not None:
         checkpoint[cls.CHECKPOINT_HYPER_PARAMS_KEY] = _read_hparams_file(hparams_file)
     hparams: Dict[str, Any] = {}
@@ -86,6 +86,18 @@ def read_checkpoint_for(
     hparams.update(overrides)
     checkpoint[cls.CHECKPOINT_HYPER_PARAMS_KEY] = hparams
     return checkpoint
+
+
+def keep_device_if_available(storage: Any, location: str) -> Any:
+    """``torch.load``'s default placement (a tensor saved on ``cuda:0`` comes back there), except onto an
+    accelerator this machine lacks: those tensors load on the CPU (Lightning's default ``map_location``)."""
+    import torch
+
+    if (location.startswith("cuda") and not torch.cuda.is_available()) or (
+        location.startswith("mps") and not torch.backends.mps.is_available()
+    ):
+        return storage.cpu()
+    return None
 
 
 _PAST_HPARAMS_KEYS = ("hparams", "module_arguments")
@@ -160,5 +172,5 @@ def _literal(text: str) -> Any:
         return text
 
 
-__all__ = ["instantiate_from_checkpoint", "load_hparams_from_tags_csv", "load_hparams_from_yaml", "load_weights",
+__all__ = ["instantiate_from_checkpoint", "keep_device_if_available", "load_hparams_from_tags_csv", "load_hparams_from_yaml", "load_weights",
            "read_checkpoint_for", "save_hparams_to_tags_csv", "save_hparams_to_yaml"]
