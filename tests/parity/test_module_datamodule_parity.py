@@ -1019,3 +1019,38 @@ def test_cuda_checkpoint_loads_back_on_cuda(PL, TL, tmp_path):
     lightning = device_after_load(PL, tmp_path / "pl.ckpt")
     assert lightning.startswith("cuda")
     assert device_after_load(TL, tmp_path / "tl.ckpt") == lightning
+
+
+def _predict_pulling_batches(L: ModuleType, tmp_path) -> Dict[str, Any]:
+    """``predict_step(self, dataloader_iter)``: the step takes (batch, batch_idx, dataloader_idx) itself."""
+
+    class Pulling(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.starts, self.steps, self.ends = [], [], []
+
+        def on_predict_batch_start(self, batch, batch_idx, dataloader_idx):
+            self.starts.append((batch, batch_idx, dataloader_idx))
+
+        def predict_step(self, dataloader_iter):
+            batch, batch_idx, dataloader_idx = next(dataloader_iter)
+            self.steps.append((batch, batch_idx, dataloader_idx))
+            return batch * 10
+
+        def on_predict_batch_end(self, outputs, batch, batch_idx, dataloader_idx):
+            self.ends.append((outputs, batch, batch_idx, dataloader_idx))
+
+    model = Pulling()
+    trainer = _trainer(L, tmp_path, limit_predict_batches=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        predictions = trainer.predict(model, {"a": [0, 1], "b": [2, 3, 4, 5]})
+    return {"starts": model.starts, "steps": model.steps, "ends": model.ends, "predictions": predictions,
+            "warned": any("Found `dataloader_iter` argument in the `predict_step`" in str(w.message) for w in caught)}
+
+
+def test_predict_step_pulling_batches_as_lightning(PL, TL, tmp_path):
+    lightning = _predict_pulling_batches(PL, tmp_path / "pl")
+    assert lightning["starts"][0] == (None, 0, 0) and lightning["steps"][-1] == (4, 2, 1)
+    assert lightning["predictions"] == [[0, 10], [20, 30, 40]] and lightning["warned"]
+    assert _predict_pulling_batches(TL, tmp_path / "tl") == lightning

@@ -1,8 +1,10 @@
 """Validation and test loops (also the sanity check and in-fit validation), and the predict loop."""
 from __future__ import annotations
 
+import inspect
 import math
 import shutil
+import warnings
 from collections import ChainMap, defaultdict
 from typing import TYPE_CHECKING, Any, ContextManager, Dict, List, Optional, Union
 
@@ -269,6 +271,40 @@ def _sequential_batches(loaders: List[Any], max_batches: List[Number], progress:
             batch_idx += 1
 
 
+class _PulledBatches:
+    """The ``dataloader_iter`` a pulling ``predict_step`` gets: ``next()`` gives ``(batch, batch_idx,
+    dataloader_idx)``; one triple is read ahead so the loop knows when none is left."""
+
+    def __init__(self, batches: Any) -> None:
+        self._batches = iter(batches)
+        self.batch: Any = None
+        self.batch_idx = 0
+        self.dataloader_idx = 0
+        self._ahead: Optional[tuple] = None
+        self._read_ahead()
+
+    @property
+    def done(self) -> bool:
+        return self._ahead is None
+
+    def hook_args(self, multi: bool) -> tuple:
+        """The batch hooks' arguments: the last triple taken (``None, 0, 0`` before the first)."""
+        return (self.batch, self.batch_idx, self.dataloader_idx) if multi else (self.batch, self.batch_idx)
+
+    def __iter__(self) -> "_PulledBatches":
+        return self
+
+    def __next__(self) -> tuple:
+        if self._ahead is None:
+            raise StopIteration
+        self.dataloader_idx, self.batch_idx, self.batch = self._ahead
+        self._read_ahead()
+        return self.batch, self.batch_idx, self.dataloader_idx
+
+    def _read_ahead(self) -> None:
+        self._ahead = next(self._batches, None)
+
+
 class _Limited:
     """Iterates at most ``limit`` batches of ``loader``; ``len`` is the limited length when known."""
 
@@ -387,15 +423,11 @@ class PredictionLoop:
         hooks.call_module("on_predict_start")
         hooks.call_callbacks("on_predict_epoch_start")
         hooks.call_module("on_predict_epoch_start")
-        takes_batch_idx = is_param_in_signature(module.predict_step, "batch_idx", min_args=2)
-        for dl_idx, batch_idx, batch in _sequential_batches(self._loaders, self._max_batches, self.batch_progress):
-            batch = trainer._transfer_batch(batch, dl_idx)
-            self.batch_progress.increment_ready()
-            if any_on_batch or any_on_epoch:
-                self._note_batch_indices(dl_idx, batch_idx, any_on_batch, any_on_epoch)
-            output = self._predict_batch(batch, batch_idx, dl_idx, takes_batch_idx)
-            if self.return_predictions or any_on_epoch:  # an epoch writer needs them even when not returned
-                self._predictions[dl_idx].append(_to_cpu(output))
+        batches = _sequential_batches(self._loaders, self._max_batches, self.batch_progress)
+        if "dataloader_iter" in inspect.signature(module.predict_step).parameters:
+            self._run_steps_that_pull(batches)
+        else:
+            self._run_steps(batches, any_on_batch, any_on_epoch)
         hooks.call_callbacks("on_predict_epoch_end")
         hooks.call_module("on_predict_epoch_end")
         results = self.predictions if self.return_predictions else None
@@ -406,6 +438,19 @@ class PredictionLoop:
         hooks.call_module("on_predict_end")
         self._module_mode.restore(module)
         return results
+
+    def _run_steps(self, batches: Any, any_on_batch: bool, any_on_epoch: bool) -> None:
+        """One ``predict_step`` per batch, each batch moved to the device first."""
+        trainer = self.trainer
+        takes_batch_idx = is_param_in_signature(trainer.lightning_module.predict_step, "batch_idx", min_args=2)
+        for dl_idx, batch_idx, batch in batches:
+            batch = trainer._transfer_batch(batch, dl_idx)
+            self.batch_progress.increment_ready()
+            if any_on_batch or any_on_epoch:
+                self._note_batch_indices(dl_idx, batch_idx, any_on_batch, any_on_epoch)
+            output = self._predict_batch(batch, batch_idx, dl_idx, takes_batch_idx)
+            if self.return_predictions or any_on_epoch:  # an epoch writer needs them even when not returned
+                self._predictions[dl_idx].append(_to_cpu(output))
 
     def _predict_batch(self, batch: Any, batch_idx: int, dl_idx: int, takes_batch_idx: bool) -> Any:
         """The batch hooks around one ``predict_step``; returns its output."""
@@ -425,6 +470,37 @@ class PredictionLoop:
         hooks.call_module("on_predict_batch_end", output, *hook_args)
         self.batch_progress.increment_completed()
         return output
+
+    def _run_steps_that_pull(self, batches: Any) -> None:
+        """``predict_step(self, dataloader_iter)``, Lightning's experimental flavour: each step takes what it
+        needs from an iterator of ``(batch, batch_idx, dataloader_idx)`` (batches not moved to the device);
+        the batch hooks see the last triple taken before the step and after it, as in Lightning."""
+        trainer = self.trainer
+        hooks = trainer._hooks
+        warnings.warn("Found `dataloader_iter` argument in the `predict_step`. Note that the support for this"
+                      " signature is experimental and the behavior is subject to change.")
+        config = trainer._compile_config
+        if config.enabled and config.eval_steps:
+            from trainer.compile.engine import CompileWarning
+
+            warnings.warn("trainer.compile: running `predict_step` eagerly: it takes `dataloader_iter` (the step"
+                          " fetches its own batches, which a graph cannot)", CompileWarning)
+        source = _PulledBatches(batches)
+        multi = len(self._loaders) > 1
+        while not source.done:
+            self.batch_progress.increment_ready()
+            hooks.call_callbacks("on_predict_batch_start", *source.hook_args(multi))
+            hooks.call_module("on_predict_batch_start", *source.hook_args(multi))
+            self.batch_progress.increment_started()
+            output = trainer.strategy.predict_step(source)
+            if output is None:
+                trainer._warn_once("predict returned None if it was on purpose, ignore this warning...")
+            self.batch_progress.increment_processed()
+            hooks.call_callbacks("on_predict_batch_end", output, *source.hook_args(multi))
+            hooks.call_module("on_predict_batch_end", output, *source.hook_args(multi))
+            self.batch_progress.increment_completed()
+            if self.return_predictions:
+                self._predictions[source.dataloader_idx].append(_to_cpu(output))
 
     def _note_batch_indices(self, dl_idx: int, batch_idx: int, on_batch: bool, on_epoch: bool) -> None:
         """Records which dataset indices batch ``batch_idx`` of loader ``dl_idx`` holds, for the writers."""
