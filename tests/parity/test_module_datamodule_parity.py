@@ -1054,3 +1054,40 @@ def test_predict_step_pulling_batches_as_lightning(PL, TL, tmp_path):
     assert lightning["starts"][0] == (None, 0, 0) and lightning["steps"][-1] == (4, 2, 1)
     assert lightning["predictions"] == [[0, 10], [20, 30, 40]] and lightning["warned"]
     assert _predict_pulling_batches(TL, tmp_path / "tl") == lightning
+
+
+def _predict_dataloader_idx_checks(L: ModuleType, tmp_path) -> Dict[str, Any]:
+    BM = boring_model_class(L)
+
+    class TwoLoaders(BM):
+        def predict_dataloader(self):
+            return [super().predict_dataloader(), super().predict_dataloader()]
+
+    cases = {
+        "one loader, required idx": type("RequiredIdx", (BM,), {
+            "predict_step": lambda self, batch, batch_idx, dataloader_idx: None}),
+        "one loader, defaulted idx": type("DefaultIdx", (BM,), {
+            "predict_step": lambda self, batch, batch_idx, dataloader_idx=0: None}),
+        "one loader, idx in batch start": type("StartIdx", (BM,), {
+            "on_predict_batch_start": lambda self, batch, batch_idx, dataloader_idx: None}),
+        "two loaders, no idx": type("NoIdx", (TwoLoaders,), {"predict_step": lambda self, batch, batch_idx: None}),
+        "two loaders, *args": type("StarArgs", (TwoLoaders,), {
+            "predict_step": lambda self, batch, batch_idx, *_: None}),
+        "two loaders, **kwargs": type("StarKwargs", (TwoLoaders,), {
+            "predict_step": lambda self, batch, batch_idx, **_: None}),
+        "two loaders, batch end without idx": type("EndNoIdx", (TwoLoaders,), {
+            "predict_step": lambda self, batch, batch_idx, dataloader_idx=0: None,
+            "on_predict_batch_end": lambda self, outputs, batch, batch_idx: None}),
+    }
+    seen = {}
+    for case, cls in cases.items():
+        trainer = _trainer(L, tmp_path, limit_predict_batches=1)
+        seen[case] = outcome(lambda: trainer.predict(cls()))
+    return seen
+
+
+def test_predict_dataloader_idx_checks_as_lightning(PL, TL, tmp_path):
+    lightning = _predict_dataloader_idx_checks(PL, tmp_path)
+    assert lightning["one loader, defaulted idx"] is None and lightning["two loaders, *args"] is None
+    assert lightning["two loaders, no idx"][0] == "RuntimeError"
+    assert _predict_dataloader_idx_checks(TL, tmp_path) == lightning

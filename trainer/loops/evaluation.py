@@ -412,6 +412,8 @@ class PredictionLoop:
         hooks = trainer._hooks
         module = trainer.lightning_module
         self.batch_progress.reset_on_run()
+        pulls = "dataloader_iter" in inspect.signature(module.predict_step).parameters
+        self._verify_dataloader_idx_requirement(pulls)
         self._module_mode.capture(module)
         hooks.call_module("on_predict_model_eval")
         self._predictions = [[] for _ in self._loaders]
@@ -424,7 +426,7 @@ class PredictionLoop:
         hooks.call_callbacks("on_predict_epoch_start")
         hooks.call_module("on_predict_epoch_start")
         batches = _sequential_batches(self._loaders, self._max_batches, self.batch_progress)
-        if "dataloader_iter" in inspect.signature(module.predict_step).parameters:
+        if pulls:
             self._run_steps_that_pull(batches)
         else:
             self._run_steps(batches, any_on_batch, any_on_epoch)
@@ -438,6 +440,14 @@ class PredictionLoop:
         hooks.call_module("on_predict_end")
         self._module_mode.restore(module)
         return results
+
+    def _verify_dataloader_idx_requirement(self, pulls: bool) -> None:
+        """With several predict loaders the step and batch hooks must take ``dataloader_idx``; with one, they
+        must not require it (Lightning's checks and wording, before any hook runs)."""
+        module = self.trainer.lightning_module
+        multi = len(self._loaders) > 1
+        _check_dataloader_idx(module, ("predict_step",), multi and not pulls, "predict")
+        _check_dataloader_idx(module, ("on_predict_batch_start", "on_predict_batch_end"), multi, "predict")
 
     def _run_steps(self, batches: Any, any_on_batch: bool, any_on_epoch: bool) -> None:
         """One ``predict_step`` per batch, each batch moved to the device first."""
@@ -522,6 +532,30 @@ class PredictionLoop:
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.batch_progress.load_state_dict(state.get("batch_progress", {}))
+
+
+def _check_dataloader_idx(module: Any, hook_names: tuple, expected: bool, prefix: str) -> None:
+    for hook in hook_names:
+        fn = getattr(module, hook)
+        try:
+            spec = inspect.getfullargspec(getattr(fn, "__wrapped__", fn))
+        except TypeError:  # not a plain function (a partial, a mock): nothing to check
+            continue
+        named = spec.args[1:] if inspect.ismethod(fn) or spec.args[:1] == ["self"] else spec.args
+        present = "dataloader_idx" in named or spec.varargs is not None
+        where = f"`{type(module).__name__}.{hook}()`"
+        if expected and not present:
+            raise RuntimeError(
+                f"You provided multiple `{prefix}_dataloader`, but no `dataloader_idx` argument in {where}."
+                " Try adding `dataloader_idx=0` to its signature."
+            )
+        if not expected and "dataloader_idx" in named:
+            default = inspect.signature(fn).parameters["dataloader_idx"].default
+            if default is inspect.Parameter.empty:
+                raise RuntimeError(
+                    f"You provided only a single `{prefix}_dataloader`, but have included `dataloader_idx` in"
+                    f" {where}. Either remove the argument or give it a default value i.e. `dataloader_idx=0`."
+                )
 
 
 def _prediction_writers(callbacks: List[Any]) -> List[Any]:
