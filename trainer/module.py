@@ -18,7 +18,7 @@ from torch.optim import Optimizer
 from trainer.exceptions import MisconfigurationException
 from trainer.hooks import DataHooks, ModelHooks
 from trainer.logging import check_logging_levels
-from trainer.utilities import AttributeDict
+from trainer.utilities import AttributeDict, is_picklable
 
 if TYPE_CHECKING:  # pragma: no cover
     from trainer.optimizers import LightningOptimizer
@@ -127,22 +127,12 @@ def _equal(a: Any, b: Any) -> bool:
 
 
 def _drop_unpicklable(hparams: Dict[str, Any]) -> None:
-    for name in [k for k, v in hparams.items() if not _picklable(v)]:
+    for name in [k for k, v in hparams.items() if not is_picklable(v)]:
         warnings.warn(
             f"Attribute '{name}' removed from hparams because it cannot be pickled. You can suppress this warning by"
             f" setting `self.save_hyperparameters(ignore=['{name}'])`."
         )
         del hparams[name]
-
-
-def _picklable(value: Any) -> bool:
-    import pickle
-
-    try:
-        pickle.dumps(value)
-    except (pickle.PickleError, AttributeError, RuntimeError, TypeError):
-        return False
-    return True
 
 
 def _warn_about_module_hparams(hparams: Mapping[str, Any]) -> None:

@@ -166,3 +166,14 @@ def to_float_dict(metrics: Dict[str, Any]) -> Dict[str, Any]:
         if isinstance(v, numbers.Number):
             out[k] = v
     return {k: out[k] for k in metrics if k in out}
+
+
+def is_picklable(obj: object) -> bool:
+    """Whether ``obj`` can be pickled (Lightning's ``utilities.is_picklable``: checkpoints pickle hparams)."""
+    import pickle
+
+    try:
+        pickle.dumps(obj)
+    except (pickle.PickleError, AttributeError, RuntimeError, TypeError):
+        return False
+    return True

@@ -1091,3 +1091,15 @@ def test_predict_dataloader_idx_checks_as_lightning(PL, TL, tmp_path):
     assert lightning["one loader, defaulted idx"] is None and lightning["two loaders, *args"] is None
     assert lightning["two loaders, no idx"][0] == "RuntimeError"
     assert _predict_dataloader_idx_checks(TL, tmp_path) == lightning
+
+
+def test_is_picklable_at_lightnings_path(PL, TL):
+    import importlib
+
+    def answers(L):
+        is_picklable = importlib.import_module(f"{L.__name__}.utilities").is_picklable
+        return [is_picklable(x) for x in ({"a": 1}, lambda x: x, torch.zeros(2), open)]
+
+    lightning = answers(PL)
+    assert lightning == [True, False, True, True]
+    assert answers(TL) == lightning
