@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from trainer.optimizers import LightningOptimizer
     from trainer.trainer import Trainer
 
-_GRAD_CLIP_ALGORITHMS = ("norm", "value")
+_GRAD_CLIP_ALGORITHMS = ("value", "norm")  # Lightning's GradClipAlgorithmType order (its error lists them)
 
 
 class HyperparametersMixin:
@@ -370,11 +370,6 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
     ) -> None:
         """Clips the gradients of ``optimizer``'s parameters by norm or value (Lightning's checks)."""
         trainer = self.trainer
-        if gradient_clip_algorithm is not None and gradient_clip_algorithm.lower() not in _GRAD_CLIP_ALGORITHMS:
-            raise MisconfigurationException(
-                f"`gradient_clip_algorithm` {gradient_clip_algorithm!r} is invalid."
-                f" Allowed algorithms: {list(_GRAD_CLIP_ALGORITHMS)}."
-            )
         if gradient_clip_val is None:
             gradient_clip_val = trainer.gradient_clip_val or 0.0
         elif trainer.gradient_clip_val is not None and trainer.gradient_clip_val != gradient_clip_val:
@@ -398,6 +393,12 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
                 )
         if not isinstance(gradient_clip_val, (int, float)):
             raise TypeError(f"`gradient_clip_val` should be an int or a float. Got {gradient_clip_val}.")
+        # checked after the conflicts with the Trainer's settings, as Lightning (its tests expect that error)
+        if gradient_clip_algorithm not in _GRAD_CLIP_ALGORITHMS:
+            raise MisconfigurationException(
+                f"`gradient_clip_algorithm` {gradient_clip_algorithm} is invalid."
+                f" Allowed algorithms: {list(_GRAD_CLIP_ALGORITHMS)}."
+            )
         inner = getattr(optimizer, "optimizer", optimizer)
         trainer.precision_plugin.clip_gradients(inner, gradient_clip_val, gradient_clip_algorithm)
 

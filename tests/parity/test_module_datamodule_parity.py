@@ -1103,3 +1103,22 @@ def test_is_picklable_at_lightnings_path(PL, TL):
     lightning = answers(PL)
     assert lightning == [True, False, True, True]
     assert answers(TL) == lightning
+
+
+@pytest.mark.parametrize("trainer_kw, clip_kw", [
+    (dict(gradient_clip_val=1e-4), dict(gradient_clip_val=0.01)),
+    (dict(gradient_clip_algorithm="norm"), dict(gradient_clip_algorithm="foo")),  # the conflict wins
+    (dict(), dict(gradient_clip_algorithm="foo")),
+    (dict(), dict(gradient_clip_val="x")),
+    (dict(), dict(gradient_clip_val=0.5, gradient_clip_algorithm="VALUE")),
+])
+def test_clip_gradients_errors_as_lightning(PL, TL, tmp_path, trainer_kw, clip_kw):
+    def run(L):
+        class Clipping(boring_model_class(L)):
+            def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+                self.clip_gradients(optimizer, **clip_kw)
+
+        trainer = _trainer(L, tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0, **trainer_kw)
+        return outcome(lambda: trainer.fit(Clipping()))
+
+    assert run(TL) == run(PL)
