@@ -110,12 +110,12 @@ def dump_checkpoint(trainer: "Trainer", weights_only: bool = False) -> Dict[str,
                 checkpoint[obj.CHECKPOINT_HYPER_PARAMS_NAME] = obj._hparams_name
             checkpoint[obj.CHECKPOINT_HYPER_PARAMS_KEY] = dict(obj.hparams)
     if datamodule is not None:
-        dm_state = datamodule.state_dict()
+        dm_state = trainer._hooks.call_datamodule("state_dict")  # through the profiler, as Lightning
         if dm_state:
             checkpoint[type(datamodule).__qualname__] = dm_state
     if not weights_only:
-        for cb in trainer.callbacks:
-            cb.on_save_checkpoint(trainer, model, checkpoint)
+        # through the hook caller: profiled, and `self.log` there fails as in Lightning
+        trainer._hooks.call_callbacks("on_save_checkpoint", checkpoint)
     trainer._hooks.call_module("on_save_checkpoint", checkpoint)
     return checkpoint
 
@@ -214,9 +214,8 @@ class CheckpointConnector:
         if dm is not None:
             key = type(dm).__qualname__
             if key in ckpt:
-                dm.load_state_dict(ckpt[key])
-        for cb in trainer.callbacks:
-            cb.on_load_checkpoint(trainer, model, ckpt)
+                trainer._hooks.call_datamodule("load_state_dict", ckpt[key])
+        trainer._hooks.call_callbacks("on_load_checkpoint", ckpt)
         states = ckpt.get("callbacks") or {}
         for cb in trainer.callbacks:
             state = states.get(cb.state_key, states.get(type(cb).__qualname__))

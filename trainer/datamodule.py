@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Union
+import os
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Sized, Union
 
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
@@ -39,14 +40,18 @@ class LightningDataModule(DataHooks, HyperparametersMixin):
 
         def loader(ds: Dataset, shuffle: bool = False) -> DataLoader:
             shuffle &= not isinstance(ds, IterableDataset)
-            return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers)
+            # pin_memory=True as Lightning's (a user's test mocks DataLoader and checks these arguments)
+            return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, pin_memory=True)
 
         def many(ds: Any, shuffle: bool = False) -> Any:
+            # every torch Dataset in the (nested) collection becomes a loader; anything else stays as it is
+            if isinstance(ds, Dataset):
+                return loader(ds, shuffle)
             if isinstance(ds, Mapping):
-                return {k: loader(v, shuffle) for k, v in ds.items()}
-            if isinstance(ds, Sequence):
-                return [loader(v, shuffle) for v in ds]
-            return loader(ds, shuffle)
+                return {k: many(v, shuffle) for k, v in ds.items()}
+            if isinstance(ds, (list, tuple)):
+                return type(ds)(many(v, shuffle) for v in ds)
+            return ds
 
         params = inspect.signature(cls.__init__).parameters
         accepts_kwargs = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -64,6 +69,32 @@ class LightningDataModule(DataHooks, HyperparametersMixin):
             datamodule.predict_dataloader = lambda: many(predict_dataset)  # type: ignore[method-assign]
         return datamodule
 
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: Any,
+        map_location: Any = None,
+        hparams_file: Optional[str] = None,
+        **kwargs: Any,
+    ) -> "LightningDataModule":
+        """Builds the datamodule from a checkpoint's ``datamodule_hyper_parameters`` (``hparams_file`` replaces
+        them, ``kwargs`` override them) and restores its ``state_dict``, as Lightning does."""
+        from trainer.core.saving import instantiate_from_checkpoint, read_checkpoint_for
+
+        checkpoint = read_checkpoint_for(cls, checkpoint_path, map_location, hparams_file, kwargs)
+        datamodule = instantiate_from_checkpoint(cls, checkpoint, kwargs)
+        state = checkpoint.get(type(datamodule).__qualname__)
+        if state is not None:
+            datamodule.load_state_dict(state)
+        return datamodule
+
+    def __str__(self) -> str:
+        """One line per loader method: ``{Train dataloader: size=16}``, ``{Validation dataloader: 1. size=8 ; 2.
+        size=4}`` for several, ``size=NA`` for an unsized dataset, ``None`` where the method fails (Lightning's)."""
+        return os.linesep.join(
+            f"{{{label}: {_describe_loaders(getattr(self, method, None))}}}" for label, method in _LOADER_METHODS
+        )
+
     def state_dict(self) -> Dict[str, Any]:
         return {}
 
@@ -72,3 +103,33 @@ class LightningDataModule(DataHooks, HyperparametersMixin):
 
     def on_exception(self, exception: BaseException) -> None:
         pass
+
+
+_LOADER_METHODS = (
+    ("Train dataloader", "train_dataloader"),
+    ("Validation dataloader", "val_dataloader"),
+    ("Test dataloader", "test_dataloader"),
+    ("Predict dataloader", "predict_dataloader"),
+)
+
+
+def _describe_loaders(method: Optional[Callable[[], Any]]) -> str:
+    """What ``str(datamodule)`` shows for one loader method: its datasets' sizes, or ``None``."""
+    try:
+        loaders = method()  # type: ignore[misc]
+    except Exception:  # noqa: BLE001 - a loader that cannot be built (no setup yet, not implemented) shows as None
+        return "None"
+    if isinstance(loaders, DataLoader):
+        return f"size={_dataset_size(loaders)}"
+    if isinstance(loaders, Mapping):
+        loaders = list(loaders.values())
+    if isinstance(loaders, Sequence):
+        return " ; ".join(
+            f"{i}. size={_dataset_size(loader)}" if isinstance(loader, DataLoader) else "None"
+            for i, loader in enumerate(loaders, start=1)
+        )
+    return "None"
+
+
+def _dataset_size(loader: DataLoader) -> str:
+    return str(len(loader.dataset)) if isinstance(loader.dataset, Sized) else "NA"

@@ -136,7 +136,7 @@ class DataHooks:
 def MisconfigurationError(name: str) -> Exception:
     from trainer.exceptions import MisconfigurationException
 
-    return MisconfigurationException(f"`{name}` must be implemented to be used with the Trainer")
+    return MisconfigurationException(f"`{name}` must be implemented to be used with the Lightning Trainer")
 
 
 # --------------------------------------------------------------------------- overrides

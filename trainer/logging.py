@@ -57,17 +57,20 @@ def check_logging_levels(fx: str, on_step: Optional[bool], on_epoch: Optional[bo
         )
     options = _LOG_OPTIONS[fx]
     if options is None:
-        raise MisconfigurationException(f"You can't `self.log()` inside `{fx}`.")
+        raise MisconfigurationException(
+            f"You can't `self.log()` inside `{fx}`. HINT: You can still log directly to the logger by using"
+            " `self.logger.experiment`."
+        )
     allowed_step, allowed_epoch, default_step, default_epoch = options
     on_step = default_step if on_step is None else on_step
     on_epoch = default_epoch if on_epoch is None else on_epoch
     if on_step not in allowed_step:
         raise MisconfigurationException(
-            f"You can't `self.log({fx}, on_step={on_step})` inside `{fx}`, must be one of {allowed_step}."
+            f"You can't `self.log(on_step={on_step})` inside `{fx}`, must be one of {allowed_step}."
         )
     if on_epoch not in allowed_epoch:
         raise MisconfigurationException(
-            f"You can't `self.log({fx}, on_epoch={on_epoch})` inside `{fx}`, must be one of {allowed_epoch}."
+            f"You can't `self.log(on_epoch={on_epoch})` inside `{fx}`, must be one of {allowed_epoch}."
         )
     return on_step, on_epoch
 

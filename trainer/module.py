@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import numbers
 import os
+import warnings
 from argparse import Namespace
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Dict, Generator, List, Mapping, Optional, Sequence, Union
@@ -16,13 +18,13 @@ from torch.optim import Optimizer
 from trainer.exceptions import MisconfigurationException
 from trainer.hooks import DataHooks, ModelHooks
 from trainer.logging import check_logging_levels
-from trainer.utilities import AttributeDict
+from trainer.utilities import AttributeDict, is_picklable
 
 if TYPE_CHECKING:  # pragma: no cover
     from trainer.optimizers import LightningOptimizer
     from trainer.trainer import Trainer
 
-_GRAD_CLIP_ALGORITHMS = ("norm", "value")
+_GRAD_CLIP_ALGORITHMS = ("value", "norm")  # Lightning's GradClipAlgorithmType order (its error lists them)
 
 
 class HyperparametersMixin:
@@ -32,7 +34,7 @@ class HyperparametersMixin:
 
     def __init__(self) -> None:
         super().__init__()
-        self._log_hyperparams = True
+        self._log_hyperparams = False  # save_hyperparameters(logger=True) turns it on (Lightning's)
 
     def save_hyperparameters(
         self,
@@ -41,34 +43,47 @@ class HyperparametersMixin:
         frame: Optional[Any] = None,
         logger: bool = True,
     ) -> None:
-        """Saves the arguments of the caller's ``__init__`` into ``self.hparams``.
+        """Saves the arguments of the caller's ``__init__`` into ``self.hparams`` (Lightning's rules).
 
-        With no ``args`` every init argument is saved; with names, only those; a single dict or
-        ``Namespace`` is saved as is. ``ignore`` drops names.
+        With no ``args`` every init argument is saved; with names, only those (an unknown name is a
+        KeyError); one dict or ``Namespace`` is saved as the hyper-parameters themselves. ``ignore`` drops names.
         """
         self._log_hyperparams = logger
+        if len(args) == 1 and not args[0]:  # an empty container: nothing to save (Lightning's)
+            return
         if frame is None:
             current = inspect.currentframe()
             frame = current.f_back if current is not None else None
-        if isinstance(ignore, str):
-            ignore = [ignore]
-        ignore = list(ignore or [])
-        if len(args) == 1 and isinstance(args[0], (dict, Namespace)) and not isinstance(args[0], str):
-            hp = vars(args[0]) if isinstance(args[0], Namespace) else dict(args[0])
-            self._set_hparams({k: v for k, v in hp.items() if k not in ignore})
+        ignore = [ignore] if isinstance(ignore, str) else [name for name in (ignore or []) if isinstance(name, str)]
+        if dataclasses.is_dataclass(self):  # a dataclass module: its init fields are the arguments
+            found = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
         else:
-            init_args = _collect_init_args(frame, self)
-            if args:
-                names = [a for a in args if isinstance(a, str)]
-                unknown = [n for n in names if n not in init_args]
-                if unknown:
-                    raise ValueError(f"save_hyperparameters: {unknown} are not arguments of `__init__`.")
-                init_args = {n: init_args[n] for n in names}
-            self._set_hparams({k: v for k, v in init_args.items() if k not in ignore})
+            found = _collect_init_args(frame, self)
+        init_args = {k: v for k, v in found.items() if k not in ignore}
+        objects = [arg for arg in args if not isinstance(arg, str)]
+        if not args:
+            hp: Any = init_args
+            self._hparams_name = "kwargs" if hp else None
+        elif len(objects) == 1:
+            hp = objects[0]
+            # the init argument that received this object: load_from_checkpoint passes it back whole
+            self._hparams_name = next((k for k, v in init_args.items() if v is hp or _equal(v, hp)), None)
+        else:
+            hp = {name: init_args[name] for name in args if isinstance(name, str)}
             self._hparams_name = "kwargs"
+        self._set_hparams(hp)
+        for name in ignore:
+            self._hparams.pop(name, None)
+        _warn_about_module_hparams(self._hparams)
         self._hparams_initial = copy.deepcopy(self._hparams)
 
-    def _set_hparams(self, hp: Dict[str, Any]) -> None:
+    def _set_hparams(self, hp: Any) -> None:
+        if isinstance(hp, Namespace):
+            hp = vars(hp)
+        if isinstance(hp, (bool, int, float, str)):
+            raise ValueError(f"Primitives {(bool, int, float, str)} are not allowed.")
+        if not isinstance(hp, Mapping):
+            raise ValueError(f"Unsupported config type of {type(hp)}.")
         self._hparams = AttributeDict(hp)
 
     @property
@@ -85,20 +100,16 @@ class HyperparametersMixin:
 
 
 def _collect_init_args(frame: Any, obj: Any) -> Dict[str, Any]:
-    """Arguments of every ``__init__`` frame of ``obj`` on the stack, outermost class last (Lightning's)."""
+    """Named arguments (and ``**kwargs`` entries) of every ``__init__`` frame of ``obj`` on the stack, the
+    innermost frame winning (Lightning's). ``self`` may have another name; ``*args`` are not saved."""
     collected: Dict[str, Any] = {}
     while frame is not None:
         code = frame.f_code
         local_vars = frame.f_locals
-        if code.co_name != "__init__" or local_vars.get("self") is not obj:
-            break
         info = inspect.getargvalues(frame)
-        found: Dict[str, Any] = {}
-        for name in info.args:
-            if name != "self":
-                found[name] = local_vars[name]
-        if info.varargs and local_vars.get(info.varargs):
-            found[info.varargs] = local_vars[info.varargs]
+        if code.co_name != "__init__" or not info.args or local_vars.get(info.args[0]) is not obj:
+            break
+        found: Dict[str, Any] = {name: local_vars[name] for name in info.args[1:]}
         if info.keywords:
             found.update(local_vars.get(info.keywords, {}))
         # inner classes' args are added first; outer (subclass) frames override
@@ -108,12 +119,46 @@ def _collect_init_args(frame: Any, obj: Any) -> Dict[str, Any]:
     return collected
 
 
+def _equal(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - tensors, arrays: not the object we look for
+        return False
+
+
+def _drop_unpicklable(hparams: Dict[str, Any]) -> None:
+    for name in [k for k, v in hparams.items() if not is_picklable(v)]:
+        warnings.warn(
+            f"Attribute '{name}' removed from hparams because it cannot be pickled. You can suppress this warning by"
+            f" setting `self.save_hyperparameters(ignore=['{name}'])`."
+        )
+        del hparams[name]
+
+
+def _warn_about_module_hparams(hparams: Mapping[str, Any]) -> None:
+    for name, value in hparams.items():
+        if isinstance(value, nn.Module):
+            warnings.warn(
+                f"Attribute {name!r} is an instance of `nn.Module` and is already saved during checkpointing."
+                f" It is recommended to ignore them using `self.save_hyperparameters(ignore=[{name!r}])`."
+            )
+
+
 class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
     """Organises a PyTorch model for the Trainer: steps, optimizers, hooks and logging."""
 
     CHECKPOINT_HYPER_PARAMS_KEY = "hyper_parameters"
     CHECKPOINT_HYPER_PARAMS_NAME = "hparams_name"
     CHECKPOINT_HYPER_PARAMS_TYPE = "hparams_type"
+
+    # torch.jit.script compiles every property it finds; these need a Trainer or are meaningless in a
+    # scripted module, so the compiler skips them (Lightning's list, plus our device/dtype)
+    __jit_unused_properties__: List[str] = [
+        "example_input_array", "on_gpu", "current_epoch", "global_step", "global_rank", "local_rank", "logger",
+        "loggers", "automatic_optimization", "trainer", "strict_loading", "device", "dtype",
+    ] + HyperparametersMixin.__jit_unused_properties__
+    # True while to_torchscript runs: scripting reads `self.trainer` of a module never attached to one
+    _jit_is_scripting: bool = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -122,6 +167,10 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
         self._strict_loading: Optional[bool] = None
         self._current_fx_name: Optional[str] = None
         self._example_input_array: Any = None
+        # id(metric) -> attribute name of the torchmetrics.Metric children, found on the first log of a metric
+        self._metric_attributes: Optional[Dict[int, str]] = None
+        # requires_grad of every optimizer's parameters saved by toggle_optimizer, restored by untoggle_optimizer
+        self._param_requires_grad_state: Dict[Tensor, bool] = {}
         self._device: torch.device = torch.device("cpu")
         self._dtype: torch.dtype = torch.get_default_dtype()
         self.prepare_data_per_node: bool = True
@@ -137,12 +186,24 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
     # ------------------------------------------------------------------ properties
     @property
     def trainer(self) -> "Trainer":
-        if self._trainer is None:
+        if self._trainer is None and not LightningModule._jit_is_scripting:
             raise RuntimeError(f"{self.__class__.__qualname__} is not attached to a `Trainer`.")
-        return self._trainer
+        return self._trainer  # type: ignore[return-value]
 
     @trainer.setter
     def trainer(self, trainer: Optional["Trainer"]) -> None:
+        if trainer is not None:
+            # attaching is where a run starts: as Lightning's Trainer does then, hyper-parameters that could
+            # not go into a checkpoint are dropped (with a warning) instead of failing the first save
+            _drop_unpicklable(self.hparams)
+        self._set_trainer_reference(trainer)
+
+    def _set_trainer_reference(self, trainer: Optional["Trainer"]) -> None:
+        # a LightningModule nested in another one (a backbone, a GAN's generator) is driven by the
+        # same Trainer: its `self.trainer`, `self.log` and `self.current_epoch` must work too
+        for child in self.children():
+            if isinstance(child, LightningModule):
+                child._set_trainer_reference(trainer)
         object.__setattr__(self, "_trainer", trainer)
 
     @property
@@ -289,7 +350,7 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
         self._param_requires_grad_state = param_requires_grad_state
 
     def untoggle_optimizer(self, optimizer: Union[Optimizer, "LightningOptimizer"]) -> None:
-        state = getattr(self, "_param_requires_grad_state", {})
+        state = self._param_requires_grad_state
         inner = getattr(optimizer, "optimizer", optimizer)
         for opt in self.trainer.optimizers:
             if opt is inner:
@@ -316,11 +377,6 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
     ) -> None:
         """Clips the gradients of ``optimizer``'s parameters by norm or value (Lightning's checks)."""
         trainer = self.trainer
-        if gradient_clip_algorithm is not None and gradient_clip_algorithm.lower() not in _GRAD_CLIP_ALGORITHMS:
-            raise MisconfigurationException(
-                f"`gradient_clip_algorithm` {gradient_clip_algorithm!r} is invalid."
-                f" Allowed algorithms: {list(_GRAD_CLIP_ALGORITHMS)}."
-            )
         if gradient_clip_val is None:
             gradient_clip_val = trainer.gradient_clip_val or 0.0
         elif trainer.gradient_clip_val is not None and trainer.gradient_clip_val != gradient_clip_val:
@@ -344,6 +400,12 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
                 )
         if not isinstance(gradient_clip_val, (int, float)):
             raise TypeError(f"`gradient_clip_val` should be an int or a float. Got {gradient_clip_val}.")
+        # checked after the conflicts with the Trainer's settings, as Lightning (its tests expect that error)
+        if gradient_clip_algorithm not in _GRAD_CLIP_ALGORITHMS:
+            raise MisconfigurationException(
+                f"`gradient_clip_algorithm` {gradient_clip_algorithm} is invalid."
+                f" Allowed algorithms: {list(_GRAD_CLIP_ALGORITHMS)}."
+            )
         inner = getattr(optimizer, "optimizer", optimizer)
         trainer.precision_plugin.clip_gradients(inner, gradient_clip_val, gradient_clip_algorithm)
 
@@ -402,16 +464,12 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
             raise ValueError(f"`self.log({name}, {value})` was called, but nested dictionaries cannot be logged")
         trainer = self._trainer
         if trainer is None:
-            import warnings
-
             warnings.warn(
                 "You are trying to `self.log()` but the `self.trainer` reference is not registered on the model yet."
                 " This is most likely because the model hasn't been passed to the `Trainer`"
             )
             return
         if trainer.barebones:
-            import warnings
-
             warnings.warn(
                 "You are trying to `self.log()` but `Trainer(barebones=True)` is configured."
                 " Logging can impact raw speed so it is disabled under this setting."
@@ -444,15 +502,14 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
             value = value.squeeze()
         elif isinstance(value, numbers.Number):
             value = torch.tensor(value, device=self.device, dtype=_default_float_dtype())
-        elif hasattr(value, "compute") and hasattr(value, "update"):  # torchmetrics.Metric
-            pass
+        elif _is_metric(value):
+            if metric_attribute is None:
+                metric_attribute = self._metric_attribute_of(name, value)
         else:
             raise ValueError(
                 f"`self.log({name}, {value})` was called, but `{type(value).__name__}` values cannot be logged"
             )
         if logger and trainer.logger is None:
-            import warnings
-
             warnings.warn(
                 f"You called `self.log({name!r}, ..., logger=True)` but have no logger configured. You can enable one"
                 " by doing `Trainer(logger=ALogger(...))`"
@@ -477,6 +534,24 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
             sync_dist_group=sync_dist_group,
         )
         trainer._logger_connector._current_fx = fx
+
+    def _metric_attribute_of(self, name: str, metric: Any) -> str:
+        """The attribute under which ``metric`` lives in this module (Lightning requires one, with its errors)."""
+        if self._metric_attributes is None:  # found once: the metrics a module holds are set in __init__
+            self._metric_attributes = {id(m): n for n, m in self.named_modules() if _is_metric(m)}
+            if not self._metric_attributes:
+                raise MisconfigurationException(
+                    "Could not find the `LightningModule` attribute for the `torchmetrics.Metric` logged."
+                    " You can fix this by setting an attribute for the metric in your `LightningModule`."
+                )
+        attribute = self._metric_attributes.get(id(metric))
+        if attribute is None:
+            raise MisconfigurationException(
+                "Could not find the `LightningModule` attribute for the `torchmetrics.Metric` logged."
+                f" You can fix this by calling `self.log({name}, ..., metric_attribute=name)` where `name` is one"
+                f" of {list(self._metric_attributes.values())}"
+            )
+        return attribute
 
     def log_dict(
         self,
@@ -523,6 +598,58 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
             self._dtype = dtype
         return out
 
+    # ------------------------------------------------------------------ export
+    @torch.no_grad()
+    def to_torchscript(
+        self,
+        file_path: Optional[Union[str, "os.PathLike[str]"]] = None,
+        method: Optional[str] = "script",
+        example_inputs: Optional[Any] = None,
+        **kwargs: Any,
+    ) -> Any:
+        """The module as a ``torch.jit.ScriptModule`` (``method="script"`` or ``"trace"``), in eval mode;
+        the module's own training mode is left as it was. ``file_path`` (local or an fsspec URL) also saves it.
+
+        Tracing uses ``example_inputs``, else ``example_input_array``, moved to the module's device by the
+        batch-transfer hooks, as Lightning does.
+        """
+        warnings.warn(
+            "`LightningModule.to_torchscript` has been deprecated in v2.7 and will be removed in v2.8. "
+            "TorchScript is deprecated in PyTorch. Use `torch.export.export()` for model exporting instead. "
+            "See https://pytorch.org/docs/stable/export.html for more information.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        if method not in ("script", "trace"):
+            raise ValueError(f"The 'method' parameter only supports 'script' or 'trace', but value given was: {method}")
+        mode = self.training
+        if method == "script":
+            with _jit_scripting():
+                scripted = torch.jit.script(self.eval(), **kwargs)
+        else:
+            if example_inputs is None:
+                if self.example_input_array is None:
+                    raise ValueError(
+                        "Choosing method=`trace` requires either `example_inputs`"
+                        " or `model.example_input_array` to be defined."
+                    )
+                example_inputs = self.example_input_array
+            if kwargs.get("check_inputs") is not None:
+                kwargs["check_inputs"] = self._transfer_for_export(kwargs["check_inputs"])
+            example_inputs = self._transfer_for_export(example_inputs)
+            with _jit_scripting():
+                scripted = torch.jit.trace(func=self.eval(), example_inputs=example_inputs, **kwargs)
+        self.train(mode)
+        if file_path is not None:
+            _save_torchscript(scripted, file_path)
+        return scripted
+
+    def _transfer_for_export(self, batch: Any) -> Any:
+        """The user's batch-transfer hooks applied to an export input, onto the module's device."""
+        batch = self.on_before_batch_transfer(batch, 0)
+        batch = self.transfer_batch_to_device(batch, self.device, 0)
+        return self.on_after_batch_transfer(batch, 0)
+
     # ------------------------------------------------------------------ checkpoints
     @classmethod
     def load_from_checkpoint(
@@ -533,44 +660,35 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
         strict: Optional[bool] = None,
         **kwargs: Any,
     ) -> "LightningModule":
-        """Builds the module from a checkpoint's hyper-parameters (``kwargs`` override) and loads its weights."""
-        from trainer.checkpoint import load_checkpoint_file
+        """Builds the module from a checkpoint's hyper-parameters and loads its weights (Lightning's semantics).
 
-        checkpoint = load_checkpoint_file(checkpoint_path, map_location=map_location or "cpu")
-        hparams = dict(checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_KEY, {}) or {})
-        if hparams_file is not None:
-            import yaml
+        ``hparams_file`` (.yaml/.yml/.csv) replaces the checkpoint's hyper-parameters, ``kwargs`` override them.
+        ``strict=False`` loads what fits and warns about missing and unexpected keys; ``strict=None`` follows
+        ``strict_loading``, and a ``strict`` that contradicts a module's explicit ``strict_loading`` is a ValueError.
+        """
+        from trainer.core.saving import instantiate_from_checkpoint, load_weights, read_checkpoint_for
 
-            with open(hparams_file) as f:
-                hparams.update(yaml.safe_load(f) or {})
-        hparams.update(kwargs)
-        try:
-            params = inspect.signature(cls.__init__).parameters
-            accepts_kwargs = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
-            init_kwargs = hparams if accepts_kwargs else {k: v for k, v in hparams.items() if k in params}
-            model = cls(**init_kwargs)
-        except TypeError as err:
-            raise TypeError(f"Could not build {cls.__name__} from checkpoint {checkpoint_path!s}: {err}") from err
+        checkpoint = read_checkpoint_for(cls, checkpoint_path, map_location, hparams_file, kwargs)
+        model = instantiate_from_checkpoint(cls, checkpoint, kwargs)
+        if model._strict_loading is not None and strict is not None and strict != model.strict_loading:
+            raise ValueError(
+                f"You set `.load_from_checkpoint(..., strict={strict!r})` which is in conflict with"
+                f" `{cls.__name__}.strict_loading={model.strict_loading!r}. Please set the same value for both of them."
+            )
+        strict = model.strict_loading if strict is None else strict
+        if type(model).configure_model is not ModelHooks.configure_model:
+            model.configure_model()
         model.on_load_checkpoint(checkpoint)
         state_dict = checkpoint.get("state_dict")
         if state_dict is None:
-            raise KeyError(f"Checkpoint {checkpoint_path!s} has no 'state_dict' key")
-        strict = model.strict_loading if strict is None else strict
-        try:
-            keys = model.load_state_dict(state_dict, strict=strict)
-        except RuntimeError as err:
-            from trainer.checkpoint import CheckpointError
-
-            raise CheckpointError(
-                f"Checkpoint {os.fspath(checkpoint_path)!r} does not fit {cls.__name__}: {err}"
-            ) from err
-        if not strict and (keys.missing_keys or keys.unexpected_keys):
-            import warnings
-
-            warnings.warn(f"Found keys that are not in the model state dict but in the checkpoint: {keys}")
-        if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
-            model.to(map_location)
-        return model
+            raise KeyError(f"Checkpoint {checkpoint_path!r} has no 'state_dict' key")
+        load_weights(model, state_dict, strict, checkpoint_path)
+        if not state_dict:
+            warnings.warn(f"The state dict in {checkpoint_path!r} contains no parameters.")
+            return model
+        # the module ends up where the loaded tensors are (map_location decides), as in Lightning
+        device = next((t.device for t in state_dict.values() if isinstance(t, Tensor)), torch.device("cpu"))
+        return model.to(device)
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         """Add to or change the checkpoint before it is saved."""
@@ -580,6 +698,13 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
 
     def _on_before_batch_transfer(self, batch: Any, dataloader_idx: int = 0) -> Any:
         return self.on_before_batch_transfer(batch, dataloader_idx)
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # a copy or a pickle of the module does not take the Trainer along (Lightning's): deepcopy(model)
+        # after fit would otherwise copy the whole Trainer, loaders and loggers included
+        state = dict(self.__dict__)
+        state["_trainer"] = None
+        return state
 
     def freeze(self) -> "LightningModule":
         """Turns off ``requires_grad`` on every parameter and switches to eval mode; returns the module
@@ -593,6 +718,33 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
         for param in self.parameters():
             param.requires_grad = True
         return self.train()
+
+
+@contextmanager
+def _jit_scripting() -> Generator:
+    """Lets ``self.trainer`` return None while TorchScript compiles a module that has no Trainer."""
+    LightningModule._jit_is_scripting = True
+    try:
+        yield
+    finally:
+        LightningModule._jit_is_scripting = False
+
+
+def _save_torchscript(scripted: Any, file_path: Union[str, "os.PathLike[str]"]) -> None:
+    """``torch.jit.save`` to a local path or any fsspec URL (``memory://``, ``s3://`` ...)."""
+    path = os.fspath(file_path)
+    if "://" not in path:
+        torch.jit.save(scripted, path)
+        return
+    import fsspec
+
+    with fsspec.open(path, "wb") as f:
+        torch.jit.save(scripted, f)
+
+
+def _is_metric(value: Any) -> bool:
+    """A torchmetrics.Metric (duck-typed: torchmetrics is optional)."""
+    return isinstance(value, nn.Module) and hasattr(value, "compute") and hasattr(value, "update")
 
 
 def _default_float_dtype() -> torch.dtype:

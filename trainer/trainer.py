@@ -617,6 +617,13 @@ class Trainer:
         self._hooks.reset()
         del module
 
+    def _attach_model_logging_functions(self) -> None:
+        """``self.log``/``self.log_dict`` in a callback hook log through the module, as Lightning attaches them."""
+        module = self.lightning_module
+        for cb in self.callbacks:
+            cb.log = module.log
+            cb.log_dict = module.log_dict
+
     # ================================================================ public properties
     @property
     def compile_report(self) -> Any:
@@ -1165,6 +1172,7 @@ class Trainer:
         self.strategy.connect(model)
         self._hooks.reset()
         self._attach_model_callbacks()
+        self._attach_model_logging_functions()
         self._verify(model)
         self._clipping_overridden = is_overridden("configure_gradient_clipping", model)
         self._batch_hooks_overridden = any(

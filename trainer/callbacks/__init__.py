@@ -9,6 +9,7 @@ from trainer.callbacks.lr_monitor import LearningRateMonitor
 from trainer.callbacks.model_checkpoint import ModelCheckpoint
 from trainer.callbacks.model_summary import ModelSummary, summarize
 from trainer.callbacks.on_exception_checkpoint import OnExceptionCheckpoint
+from trainer.callbacks.prediction_writer import BasePredictionWriter
 from trainer.callbacks.pruning import ModelPruning
 from trainer.callbacks.progress import ProgressBar, RichProgressBar, RichProgressBarTheme, TQDMProgressBar
 from trainer.callbacks.rich_model_summary import RichModelSummary
@@ -21,6 +22,7 @@ from trainer.callbacks.weight_averaging import EMAWeightAveraging, WeightAveragi
 __all__ = [
     "BackboneFinetuning",
     "BaseFinetuning",
+    "BasePredictionWriter",
     "Callback",
     "Checkpoint",
     "DeviceStatsMonitor",

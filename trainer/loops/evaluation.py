@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import inspect
 import shutil
+import warnings
 from collections import ChainMap, defaultdict
 from typing import TYPE_CHECKING, Any, ContextManager, Dict, List, Optional, Union
 
@@ -14,6 +15,7 @@ from trainer.hooks import is_overridden
 from trainer.logging import ResultCollection
 from trainer.loops.data import Fetcher, combine, parse_num_batches, request_dataloader, resolve_overfit_batches, \
     seed_workers, set_sampler_epoch, sized_len
+from trainer.loops.batch_indices import recorded_batch_indices, with_batch_index_recording
 from trainer.loops.progress import BatchProgress
 from trainer.utilities import is_param_in_signature, to_float_dict
 from trainer.utilities.combined_loader import CombinedLoader
@@ -280,6 +282,40 @@ def _step_args(hook_args: tuple, takes_batch_idx: bool) -> tuple:
     return (hook_args[0],) + hook_args[2:]
 
 
+class _PulledBatches:
+    """The ``dataloader_iter`` a pulling ``predict_step`` gets: ``next()`` gives ``(batch, batch_idx,
+    dataloader_idx)``; one triple is read ahead so the loop knows when none is left."""
+
+    def __init__(self, batches: Any) -> None:
+        self._batches = iter(batches)
+        self.batch: Any = None
+        self.batch_idx = 0
+        self.dataloader_idx = 0
+        self._ahead: Optional[tuple] = None
+        self._read_ahead()
+
+    @property
+    def done(self) -> bool:
+        return self._ahead is None
+
+    def hook_args(self, multi: bool) -> tuple:
+        """The batch hooks' arguments: the last triple taken (``None, 0, 0`` before the first)."""
+        return (self.batch, self.batch_idx, self.dataloader_idx) if multi else (self.batch, self.batch_idx)
+
+    def __iter__(self) -> "_PulledBatches":
+        return self
+
+    def __next__(self) -> tuple:
+        if self._ahead is None:
+            raise StopIteration
+        self.dataloader_idx, self.batch_idx, self.batch = self._ahead
+        self._read_ahead()
+        return self.batch, self.batch_idx, self.dataloader_idx
+
+    def _read_ahead(self) -> None:
+        self._ahead = next(self._batches, None)
+
+
 def verify_dataloader_idx_requirement(module: Any, hooks: tuple, expected: bool, prefix: str) -> None:
     """Lightning's check of the step/batch hooks' signatures against the number of loaders: several loaders need a
     ``dataloader_idx`` argument; one loader must not require it (a default value is fine)."""
@@ -328,8 +364,11 @@ class PredictionLoop:
         self.trainer = trainer
         self.inference_mode = inference_mode
         self.batch_progress = BatchProgress()
+        # dataset indices of the batches, for prediction writers: per dataloader, per batch (epoch writers)
+        # and of the batch just predicted (batch writers)
         self.epoch_batch_indices: List[List[List[int]]] = []
-        self.predictions: List[Any] = []
+        self.current_batch_indices: List[int] = []
+        self._predictions: List[List[Any]] = []  # dataloaders x batches
         self.return_predictions = True
         self._combined_loader: Optional[CombinedLoader] = None
         self._max_batches: List[Number] = []
@@ -337,7 +376,11 @@ class PredictionLoop:
 
     @property
     def num_dataloaders(self) -> int:
-        return len(self._combined_loader.flattened) if self._combined_loader is not None else 0
+        return len(self._loaders)
+
+    @property
+    def _loaders(self) -> List[Any]:
+        return self._combined_loader.flattened if self._combined_loader is not None else []
 
     def setup_data(self) -> None:
         trainer = self.trainer
@@ -352,7 +395,8 @@ class PredictionLoop:
             )
         combined = combine(loaders, "sequential")
         combined.flattened = [
-            trainer.strategy.process_dataloader(seed_workers(dl), "predict") for dl in combined.flattened
+            with_batch_index_recording(trainer.strategy.process_dataloader(seed_workers(dl), "predict"))
+            for dl in combined.flattened
         ]
         _set_epoch_from_training(trainer, combined)
         self._combined_loader = combined
@@ -361,6 +405,13 @@ class PredictionLoop:
             n = sized_len(dl)
             length: Number = float("inf") if n is None else n
             self._max_batches.append(parse_num_batches("predict", length, trainer.limit_predict_batches))
+
+    @property
+    def predictions(self) -> List[Any]:
+        """The predictions kept so far: one list for one dataloader, a list per dataloader for several."""
+        if self._predictions == []:
+            return self._predictions
+        return self._predictions[0] if len(self._predictions) == 1 else self._predictions
 
     def run(self) -> Optional[List[Any]]:
         self.setup_data()
@@ -379,48 +430,120 @@ class PredictionLoop:
         if combined.mode != "sequential":
             raise ValueError('`trainer.predict()` only supports the `CombinedLoader(mode="sequential")` mode.')
         combined.limits = self._max_batches
-        fetcher = Fetcher(combined)
-        fetcher.reset_iterator()
-        multi = self.num_dataloaders > 1
-        verify_dataloader_idx_requirement(
-            module, ("predict_step", "on_predict_batch_start", "on_predict_batch_end"), multi, "predict")
+        pulls = "dataloader_iter" in inspect.signature(module.predict_step).parameters
+        self._verify_dataloader_idx_requirement(pulls)
         self._module_mode.capture(module)
         hooks.call_module("on_predict_model_eval")
-        self.predictions = [[] for _ in combined.flattened]
+        self._predictions = [[] for _ in self._loaders]
+        self.epoch_batch_indices = [[] for _ in self._loaders]
+        writers = _prediction_writers(trainer.callbacks)
+        any_on_epoch = any(w.interval.on_epoch for w in writers)
+        any_on_batch = any(w.interval.on_batch for w in writers)
         hooks.call_callbacks("on_predict_start")
         hooks.call_module("on_predict_start")
         hooks.call_callbacks("on_predict_epoch_start")
         hooks.call_module("on_predict_epoch_start")
-        takes_batch_idx = is_param_in_signature(module.predict_step, "batch_idx", min_args=2)
-        while True:
-            try:
-                batch, batch_idx, dl_idx = next(fetcher)
-            except StopIteration:
-                break
-            self.batch_progress.is_last_batch = fetcher.done
-            batch = trainer._transfer_batch(batch, dl_idx)
-            hook_args: tuple = (batch, batch_idx) if not multi else (batch, batch_idx, dl_idx)
-            self.batch_progress.increment_ready()
-            hooks.call_callbacks("on_predict_batch_start", *hook_args)
-            hooks.call_module("on_predict_batch_start", *hook_args)
-            self.batch_progress.increment_started()
-            output = eval_step(trainer, "predict_step", _step_args(hook_args, takes_batch_idx))
-            if output is None:
-                trainer._warn_once("predict returned None if it was on purpose, ignore this warning...")
-            self.batch_progress.increment_processed()
-            hooks.call_callbacks("on_predict_batch_end", output, *hook_args)
-            hooks.call_module("on_predict_batch_end", output, *hook_args)
-            self.batch_progress.increment_completed()
-            if self.return_predictions:
-                self.predictions[dl_idx].append(_to_cpu(output))
+        batches = _combined_batches(combined, self.batch_progress)
+        if pulls:
+            self._run_steps_that_pull(batches)
+        else:
+            self._run_steps(batches, any_on_batch, any_on_epoch)
         hooks.call_callbacks("on_predict_epoch_end")
         hooks.call_module("on_predict_epoch_end")
+        results = self.predictions if self.return_predictions else None
+        if not self.return_predictions:
+            self._predictions = []
+        self.epoch_batch_indices = []
         hooks.call_callbacks("on_predict_end")
         hooks.call_module("on_predict_end")
         self._module_mode.restore(module)
-        if not self.return_predictions:
-            return None
-        return self.predictions[0] if len(self.predictions) == 1 else self.predictions
+        return results
+
+    def _verify_dataloader_idx_requirement(self, pulls: bool) -> None:
+        """With several predict loaders the step and batch hooks must take ``dataloader_idx``; with one, they
+        must not require it (Lightning's checks and wording, before any hook runs)."""
+        module = self.trainer.lightning_module
+        multi = len(self._loaders) > 1
+        verify_dataloader_idx_requirement(module, ("predict_step",), multi and not pulls, "predict")
+        verify_dataloader_idx_requirement(module, ("on_predict_batch_start", "on_predict_batch_end"), multi, "predict")
+
+    def _run_steps(self, batches: Any, any_on_batch: bool, any_on_epoch: bool) -> None:
+        """One ``predict_step`` per batch, each batch moved to the device first."""
+        trainer = self.trainer
+        takes_batch_idx = is_param_in_signature(trainer.lightning_module.predict_step, "batch_idx", min_args=2)
+        for dl_idx, batch_idx, batch in batches:
+            batch = trainer._transfer_batch(batch, dl_idx)
+            self.batch_progress.increment_ready()
+            if any_on_batch or any_on_epoch:
+                self._note_batch_indices(dl_idx, batch_idx, any_on_batch, any_on_epoch)
+            output = self._predict_batch(batch, batch_idx, dl_idx, takes_batch_idx)
+            if self.return_predictions or any_on_epoch:  # an epoch writer needs them even when not returned
+                self._predictions[dl_idx].append(_to_cpu(output))
+
+    def _predict_batch(self, batch: Any, batch_idx: int, dl_idx: int, takes_batch_idx: bool) -> Any:
+        """The batch hooks around one ``predict_step``; returns its output."""
+        trainer = self.trainer
+        hooks = trainer._hooks
+        multi = len(self._loaders) > 1
+        hook_args: tuple = (batch, batch_idx) if not multi else (batch, batch_idx, dl_idx)
+        hooks.call_callbacks("on_predict_batch_start", *hook_args)
+        hooks.call_module("on_predict_batch_start", *hook_args)
+        self.batch_progress.increment_started()
+        step_args = hook_args if takes_batch_idx or multi else (batch,)
+        output = eval_step(trainer, "predict_step", step_args)
+        if output is None:
+            trainer._warn_once("predict returned None if it was on purpose, ignore this warning...")
+        self.batch_progress.increment_processed()
+        hooks.call_callbacks("on_predict_batch_end", output, *hook_args)
+        hooks.call_module("on_predict_batch_end", output, *hook_args)
+        self.batch_progress.increment_completed()
+        return output
+
+    def _run_steps_that_pull(self, batches: Any) -> None:
+        """``predict_step(self, dataloader_iter)``, Lightning's experimental flavour: each step takes what it
+        needs from an iterator of ``(batch, batch_idx, dataloader_idx)`` (batches not moved to the device);
+        the batch hooks see the last triple taken before the step and after it, as in Lightning."""
+        trainer = self.trainer
+        hooks = trainer._hooks
+        warnings.warn("Found `dataloader_iter` argument in the `predict_step`. Note that the support for this"
+                      " signature is experimental and the behavior is subject to change.")
+        config = trainer._compile_config
+        if config.enabled and config.eval_steps:
+            from trainer.compile.engine import CompileWarning
+
+            warnings.warn("trainer.compile: running `predict_step` eagerly: it takes `dataloader_iter` (the step"
+                          " fetches its own batches, which a graph cannot)", CompileWarning)
+        source = _PulledBatches(batches)
+        multi = len(self._loaders) > 1
+        while not source.done:
+            self.batch_progress.increment_ready()
+            hooks.call_callbacks("on_predict_batch_start", *source.hook_args(multi))
+            hooks.call_module("on_predict_batch_start", *source.hook_args(multi))
+            self.batch_progress.increment_started()
+            output = trainer.strategy.predict_step(source)
+            if output is None:
+                trainer._warn_once("predict returned None if it was on purpose, ignore this warning...")
+            self.batch_progress.increment_processed()
+            hooks.call_callbacks("on_predict_batch_end", output, *source.hook_args(multi))
+            hooks.call_module("on_predict_batch_end", output, *source.hook_args(multi))
+            self.batch_progress.increment_completed()
+            if self.return_predictions:
+                self._predictions[source.dataloader_idx].append(_to_cpu(output))
+
+    def _note_batch_indices(self, dl_idx: int, batch_idx: int, on_batch: bool, on_epoch: bool) -> None:
+        """Records which dataset indices batch ``batch_idx`` of loader ``dl_idx`` holds, for the writers."""
+        loader = self._loaders[dl_idx]
+        seen = recorded_batch_indices(loader)
+        if not seen:
+            self.trainer._warn_once(
+                f"Couldn't infer the batch indices fetched from your dataloader: `{type(loader).__name__}`"
+            )
+            return
+        indices = seen[batch_idx]
+        if on_epoch:
+            self.epoch_batch_indices[dl_idx].append(indices)
+        if on_batch:
+            self.current_batch_indices = indices
 
     def state_dict(self) -> Dict[str, Any]:
         return {"state_dict": {}, "batch_progress": self.batch_progress.state_dict()}
@@ -429,10 +552,31 @@ class PredictionLoop:
         self.batch_progress.load_state_dict(state.get("batch_progress", {}))
 
 
+def _combined_batches(combined: CombinedLoader, progress: BatchProgress) -> Any:
+    """``(dataloader_idx, batch_idx, batch)`` of a sequential ``CombinedLoader`` (its limits applied), fetched as
+    Lightning fetches them; ``progress.is_last_batch`` is set before each batch is handed out."""
+    fetcher = Fetcher(combined)
+    fetcher.reset_iterator()
+    while True:
+        try:
+            batch, batch_idx, dl_idx = next(fetcher)
+        except StopIteration:
+            return
+        progress.is_last_batch = fetcher.done
+        yield dl_idx, batch_idx, batch
+
+
+def _prediction_writers(callbacks: List[Any]) -> List[Any]:
+    from trainer.callbacks.prediction_writer import BasePredictionWriter
+
+    return [cb for cb in callbacks if isinstance(cb, BasePredictionWriter)]
+
+
 def _to_cpu(output: Any) -> Any:
     from trainer.utilities import move_data_to_device
 
     return move_data_to_device(output, torch.device("cpu"))
+
 
 
 __all__ = ["EvaluationLoop", "PredictionLoop"]

@@ -264,6 +264,8 @@ def _spawn_worker(process_idx: int, trainer: "Trainer", function: Callable, args
     # torch.multiprocessing shares every pickled tensor's memory between the workers: the ranks would step the
     # *same* weights. Each rank gets its own copy (Lightning's `_disable_module_memory_sharing`).
     _unshare_modules((trainer.lightning_module, args, kwargs))
+    if trainer.lightning_module is not None:  # a pickled LightningModule leaves its Trainer behind (Lightning's)
+        trainer.lightning_module.trainer = trainer
     os.environ["LOCAL_RANK"] = str(process_idx)  # this worker's launcher must not launch again
     strategy._set_spawn_rank(process_idx)  # type: ignore[attr-defined]
     strategy.setup_environment()  # type: ignore[attr-defined]

@@ -173,6 +173,17 @@ def to_float_dict(metrics: Dict[str, Any]) -> Dict[str, Any]:
     return {k: out[k] for k in metrics if k in out}
 
 
+def is_picklable(obj: object) -> bool:
+    """Whether ``obj`` can be pickled (Lightning's ``utilities.is_picklable``: checkpoints pickle hparams)."""
+    import pickle
+
+    try:
+        pickle.dumps(obj)
+    except (pickle.PickleError, AttributeError, RuntimeError, TypeError):
+        return False
+    return True
+
+
 # Lightning's public helpers at Lightning's paths, also importable from here (imported last: they use the above)
 from trainer.utilities.combined_loader import CombinedLoader  # noqa: E402
 from trainer.utilities.grads import grad_norm  # noqa: E402
