@@ -32,7 +32,7 @@ class HyperparametersMixin:
 
     def __init__(self) -> None:
         super().__init__()
-        self._log_hyperparams = True
+        self._log_hyperparams = False  # Lightning's: only save_hyperparameters() sends hparams to the loggers
 
     def save_hyperparameters(
         self,
