@@ -4,10 +4,16 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import numbers
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Dict, Optional, Tuple, Type, Union
 
 import torch
+
+# Lightning's submodules (``trainer.utilities.warnings``, ``trainer.utilities.rank_zero``) live in the
+# folder of the same name beside this file. A no-op once this module is a package's ``__init__``.
+if "__path__" not in globals():
+    __path__ = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "utilities")]
 
 
 class AttributeDict(dict):

@@ -1,0 +1,15 @@
+"""Warning classes at Lightning's path (``lightning.pytorch.utilities.warnings``).
+
+``trainer.utilities`` is a module; its ``__path__`` makes this folder its submodules, so
+``from trainer.utilities.warnings import PossibleUserWarning`` works as Lightning's import does.
+"""
+from __future__ import annotations
+
+
+class PossibleUserWarning(UserWarning):
+    """A warning about something that is probably, but not surely, a mistake in the user's setup
+    (Lightning's class of the same name: filter it with ``warnings.filterwarnings("ignore",
+    category=PossibleUserWarning)``)."""
+
+
+__all__ = ["PossibleUserWarning"]
