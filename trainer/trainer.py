@@ -1208,7 +1208,8 @@ class Trainer:
             if has_val_loader and not has_val_step:
                 self._warn_once("You passed in a `val_dataloader` but have no `validation_step`. Skipping val loop.")
             if has_val_step and not has_val_loader:
-                self._warn_once("You defined a `validation_step` but have no `val_dataloader`. Skipping val loop.")
+                self._warn_once("You defined a `validation_step` but have no `val_dataloader`. Skipping val loop.",
+                                category=PossibleUserWarning)
             if not model.automatic_optimization:
                 if self.gradient_clip_val is not None and self.gradient_clip_val > 0:
                     raise MisconfigurationException(

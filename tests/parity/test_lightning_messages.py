@@ -452,3 +452,37 @@ def test_info_lines_reach_the_rank_zero_logger_through_propagation(tmp_path, cap
         with caplog.at_level(logging.INFO, logger=_rank_zero_logger(L)):
             L.Trainer(**_kwargs(tmp_path, limit_test_batches=1))
         assert "`Trainer(limit_test_batches=1)` was configured so 1 batch will be used." in caplog.text, name
+
+
+def test_fewer_batches_than_the_logging_interval_warns(tmp_path):
+    def run(L):
+        logger = L.loggers.CSVLogger(save_dir=str(tmp_path / L.__name__))
+        trainer = L.Trainer(**_kwargs(tmp_path, max_epochs=2, limit_val_batches=0, logger=logger))
+        return _warnings_of(lambda: trainer.fit(boring_model_class(L)(n=8)))
+
+    got = _both(run)
+    _assert_same_warning(got, "is smaller than the logging interval")
+    assert _matching(got["trainer"], "logging interval")[0][0] == "PossibleUserWarning"
+
+
+def test_fewer_batches_than_the_logging_interval_is_quiet_without_logger(tmp_path):
+    def run(L):
+        trainer = L.Trainer(**_kwargs(tmp_path, max_epochs=1, limit_val_batches=0, logger=False))
+        return _warnings_of(lambda: trainer.fit(boring_model_class(L)(n=8)))
+
+    got = _both(run)
+    assert not _matching(got["lightning"], "logging interval")
+    assert not _matching(got["trainer"], "logging interval")
+
+
+def test_validation_step_without_val_dataloader_warns(tmp_path):
+    def run(L):
+        class NoValLoader(boring_model_class(L)):
+            val_dataloader = None
+
+        trainer = L.Trainer(**_kwargs(tmp_path, max_epochs=1))
+        return _warnings_of(lambda: trainer.fit(NoValLoader(n=8)))
+
+    got = _both(run)
+    _assert_same_warning(got, "You defined a `validation_step` but have no `val_dataloader`")
+    assert _matching(got["trainer"], "You defined a `validation_step`")[0][0] == "PossibleUserWarning"

@@ -459,6 +459,13 @@ class FitLoop:
                     )
             else:
                 trainer.val_check_batch = max(1, int(self.max_batches * trainer.val_check_interval))
+        if trainer.loggers and self.max_batches < trainer.log_every_n_steps and not trainer.fast_dev_run:
+            trainer._warn_once(
+                f"The number of training batches ({self.max_batches}) is smaller than the logging interval"
+                f" Trainer(log_every_n_steps={trainer.log_every_n_steps}). Set a lower value for log_every_n_steps if"
+                " you want to see logs for the training epoch.",
+                category=PossibleUserWarning,
+            )
 
     def _new_epoch_iterator(self) -> None:
         """Creates the epoch's data iterator, remembering the RNG state it was drawn from.
