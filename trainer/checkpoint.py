@@ -169,10 +169,22 @@ class CheckpointConnector:
     def select_ckpt_path(self, fn: str, ckpt_path: Optional[PathLike], model_provided: bool, model_connected: bool) -> Optional[str]:
         trainer = self.trainer
         if ckpt_path is None:
-            if fn != "fit" and not model_provided and model_connected:
-                ckpt_path = "best"
-            else:
+            if model_provided or not model_connected:
                 return None
+            ckpt_path = "best"
+            from trainer.callbacks.on_exception_checkpoint import OnExceptionCheckpoint
+
+            ft_tip = (
+                " There is also an on-exception checkpoint available, however it is used by default only when fitting."
+                if any(isinstance(cb, OnExceptionCheckpoint) for cb in trainer.callbacks) else ""
+            )
+            rank_zero_warn(
+                f"`.{fn}(ckpt_path=None)` was called without a model. The best model of the previous `fit` call will"
+                f" be used.{ft_tip} You can pass `.{fn}(ckpt_path='best')` to use the best model or"
+                f" `.{fn}(ckpt_path='last')` to use the last model. If you pass a value, this warning will be"
+                " silenced.",
+                stacklevel=5,
+            )
         ckpt_path = os.fspath(ckpt_path)
         if ckpt_path in ("best", "last", "hpc", "registry"):
             if ckpt_path in ("hpc", "registry"):

@@ -486,3 +486,17 @@ def test_validation_step_without_val_dataloader_warns(tmp_path):
     got = _both(run)
     _assert_same_warning(got, "You defined a `validation_step` but have no `val_dataloader`")
     assert _matching(got["trainer"], "You defined a `validation_step`")[0][0] == "PossibleUserWarning"
+
+
+@pytest.mark.parametrize("stage", ["validate", "test", "predict"])
+def test_evaluating_without_a_model_uses_best_and_says_so(tmp_path, stage):
+    def run(L):
+        root = tmp_path / L.__name__
+        trainer = L.Trainer(**_kwargs(root, max_epochs=1, enable_checkpointing=True))
+        trainer.fit(boring_model_class(L)(n=8))
+        found = _warnings_of(lambda: getattr(trainer, stage)(**({} if stage == "predict" else {"verbose": False})))
+        return found, os.path.basename(trainer.ckpt_path)
+
+    got = _both(run)
+    _assert_same_warning({k: v[0] for k, v in got.items()}, f"`.{stage}(ckpt_path=None)` was called without a model")
+    assert got["trainer"][1] == got["lightning"][1] == "epoch=0-step=2.ckpt"
