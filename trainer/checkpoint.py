@@ -1,7 +1,10 @@
 """Checkpoint files: Lightning's layout, atomic writes, clear errors on bad files, and restore.
 
-A write goes to a temporary file in the destination folder, is flushed and fsynced, then renamed
-over the destination: a crash or a full disk leaves the previous file intact.
+A local write goes to a temporary file in the destination folder, is flushed and fsynced, then
+renamed over the destination: a crash or a full disk leaves the previous file intact. A path that
+is a URL (``memory://``, ``s3://``, ...) is written through its fsspec filesystem in one
+transaction, as Lightning does; ``http(s)://`` checkpoints can be read (``ckpt_path``,
+``load_from_checkpoint``), not written.
 """
 from __future__ import annotations
 
@@ -9,9 +12,12 @@ import io
 import logging
 import os
 import tempfile
-from typing import TYPE_CHECKING, Any, Dict, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
 
 import torch
+
+from trainer import cloud_io
+from trainer.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 if TYPE_CHECKING:  # pragma: no cover
     from trainer.trainer import Trainer
@@ -29,8 +35,13 @@ class CheckpointError(RuntimeError):
 
 
 def atomic_save(obj: Any, path: PathLike) -> None:
-    """``torch.save`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    """``torch.save`` to ``path`` atomically (temp file in the same folder, fsync, rename); a URL through fsspec."""
     path = os.fspath(path)
+    if not cloud_io.is_local_path(path):
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        cloud_io.write_bytes_remote(buffer.getvalue(), path)
+        return
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)
@@ -62,10 +73,17 @@ def atomic_save(obj: Any, path: PathLike) -> None:
 def load_checkpoint_file(path: PathLike, map_location: Any = "cpu") -> Dict[str, Any]:
     """Reads a checkpoint, raising ``CheckpointError`` naming the file when it is missing or corrupt."""
     path = os.fspath(path)
-    if not os.path.exists(path):
+    local = cloud_io.is_local_path(path)
+    if local and not os.path.exists(path):
         raise FileNotFoundError(f"Checkpoint file not found: {path!r}")
+    source: Any = path
+    if not local:
+        try:
+            source = cloud_io.load_bytes_as_buffer(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"Checkpoint file not found: {path!r}") from None
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+        checkpoint = torch.load(source, map_location=map_location, weights_only=False)
     except Exception as err:  # truncated zip, pickle errors, ...
         raise CheckpointError(f"Checkpoint {path!r} is corrupted or not a checkpoint: {err}") from err
     if not isinstance(checkpoint, dict):
@@ -125,6 +143,21 @@ def _precision_key(prec: Any) -> str:
     return type(prec).__qualname__
 
 
+def _warn_missing_callbacks(states: Optional[Dict[Any, Any]], callbacks: List[Any]) -> None:
+    """Lightning's warning when the checkpoint holds state for callbacks this Trainer was not given (their state
+    would be silently dropped)."""
+    if not states:
+        return
+    known = {cb.state_key for cb in callbacks} | {type(cb).__qualname__ for cb in callbacks}
+    missing = [key for key in states if key not in known]
+    if missing:
+        rank_zero_warn(
+            "Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be provided during"
+            f" `Trainer` instantiation. Please add the following callbacks: {missing}.",
+            stacklevel=5,
+        )
+
+
 class CheckpointConnector:
     """Restores a run from ``ckpt_path`` in Lightning's order: modules and callbacks, then training state."""
 
@@ -136,10 +169,22 @@ class CheckpointConnector:
     def select_ckpt_path(self, fn: str, ckpt_path: Optional[PathLike], model_provided: bool, model_connected: bool) -> Optional[str]:
         trainer = self.trainer
         if ckpt_path is None:
-            if fn != "fit" and not model_provided and model_connected:
-                ckpt_path = "best"
-            else:
+            if model_provided or not model_connected:
                 return None
+            ckpt_path = "best"
+            from trainer.callbacks.on_exception_checkpoint import OnExceptionCheckpoint
+
+            ft_tip = (
+                " There is also an on-exception checkpoint available, however it is used by default only when fitting."
+                if any(isinstance(cb, OnExceptionCheckpoint) for cb in trainer.callbacks) else ""
+            )
+            rank_zero_warn(
+                f"`.{fn}(ckpt_path=None)` was called without a model. The best model of the previous `fit` call will"
+                f" be used.{ft_tip} You can pass `.{fn}(ckpt_path='best')` to use the best model or"
+                f" `.{fn}(ckpt_path='last')` to use the last model. If you pass a value, this warning will be"
+                " silenced.",
+                stacklevel=5,
+            )
         ckpt_path = os.fspath(ckpt_path)
         if ckpt_path in ("best", "last", "hpc", "registry"):
             if ckpt_path in ("hpc", "registry"):
@@ -177,7 +222,7 @@ class CheckpointConnector:
                     found |= cb._find_last_checkpoints(trainer)
                 if getattr(cb, "last_model_path", ""):
                     found.add(cb.last_model_path)
-            candidates = [c for c in found if c and os.path.exists(c)]
+            candidates = [c for c in found if c and cloud_io.exists(c)]
             if not candidates:
                 import warnings
 
@@ -186,7 +231,7 @@ class CheckpointConnector:
                     " No checkpoint will be loaded. HINT: Set `ModelCheckpoint(..., save_last=True)`."
                 )
                 return None
-            return max(candidates, key=os.path.getmtime)
+            return max(candidates, key=cloud_io.modified_time)
         return ckpt_path
 
     def resume_start(self, ckpt_path: Optional[str]) -> None:
@@ -194,7 +239,7 @@ class CheckpointConnector:
         self._loaded = None
         if ckpt_path is None:
             return
-        log.info(f"Restoring states from the checkpoint path at {ckpt_path}")
+        rank_zero_info(f"Restoring states from the checkpoint path at {ckpt_path}")
         self._loaded = self.trainer.strategy.load_checkpoint(ckpt_path)
 
     def restore_modules_and_callbacks(self) -> None:
@@ -215,6 +260,7 @@ class CheckpointConnector:
             key = type(dm).__qualname__
             if key in ckpt:
                 trainer._hooks.call_datamodule("load_state_dict", ckpt[key])
+        _warn_missing_callbacks(ckpt.get("callbacks"), trainer.callbacks)
         trainer._hooks.call_callbacks("on_load_checkpoint", ckpt)
         states = ckpt.get("callbacks") or {}
         for cb in trainer.callbacks:
@@ -263,6 +309,9 @@ class CheckpointConnector:
             trainer._resumed_from_loops = True
 
     def resume_end(self) -> None:
+        if self._ckpt_path:
+            done = "Restored all states" if self.trainer.state.fn == "fit" else "Loaded model weights"
+            rank_zero_info(f"{done} from the checkpoint at {self._ckpt_path}")
         self._loaded = None
         self._ckpt_path = None
 

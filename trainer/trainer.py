@@ -46,6 +46,8 @@ from trainer.seed import isolate_rng
 from trainer.strategies import resolve_strategy
 from trainer.strategies.single_device import Strategy
 from trainer.utilities import move_data_to_device
+from trainer.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from trainer.utilities.warnings import PossibleUserWarning
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +145,54 @@ def _batch_limit(name: str, value: Any) -> Union[int, float]:
         f"`Trainer({name}={value!r})` is invalid: you have passed invalid value {value} for {name}, it has to be in"
         " [0.0, 1.0] or an int."
     )
+
+
+# the flags where Lightning tells what a value of exactly 1 / 1.0 means: (int 1, float 1.0)
+_ONE_MEANS = {
+    "limit_train_batches": ("1 batch per epoch will be used.", "100% of the batches per epoch will be used."),
+    "val_check_interval": ("validation will run after every batch.",
+                           "validation will run at the end of the training epoch."),
+}
+_ONE_MEANS_DEFAULT = ("1 batch will be used.", "100% of the batches will be used.")
+
+
+def _one_batch_message(name: str, value: Any) -> Optional[str]:
+    """Lightning's info line for a batch flag given as ``1`` (a count) or ``1.0`` (a fraction), which users mix
+    up; None for any other value."""
+    as_count, as_fraction = _ONE_MEANS.get(name, _ONE_MEANS_DEFAULT)
+    if isinstance(value, int) and value == 1:
+        return f"`Trainer({name}=1)` was configured so {as_count}"
+    if isinstance(value, float) and value == 1.0:
+        return f"`Trainer({name}=1.0)` was configured so {as_fraction}."  # Lightning's double full stop, kept
+    return None
+
+
+def _announce_batch_flags(fast_dev_run: Any, overfit_batches: Any, **flags: Any) -> None:
+    """The info lines of Lightning's ``_init_debugging_flags``, for the flags it reads, in its order:
+    ``overfit_batches`` always; under ``fast_dev_run`` nothing else (it overrides them); ``limit_train_batches``
+    and ``limit_val_batches`` only without ``overfit_batches``."""
+    names = ["overfit_batches"]
+    if not fast_dev_run:
+        if not overfit_batches > 0:
+            names += ["limit_train_batches", "limit_val_batches"]
+        names += ["limit_test_batches", "limit_predict_batches", "val_check_interval"]
+    values = dict(flags, overfit_batches=overfit_batches)
+    for name in names:
+        message = _one_batch_message(name, values[name])
+        if message is not None:
+            rank_zero_info(message)
+
+
+def _log_device_info(accelerator: str) -> None:
+    """Lightning's lines about the devices found and used, and its warning for an idle GPU."""
+    cuda = torch.cuda.is_available()
+    mps = not cuda and torch.backends.mps.is_available()
+    gpu_type = " (cuda)" if cuda else " (mps)" if mps else ""
+    rank_zero_info(f"GPU available: {cuda or mps}{gpu_type}, used: {accelerator in ('cuda', 'mps')}")
+    rank_zero_info("TPU available: False, using: 0 TPU cores")  # no XLA accelerator in this Trainer
+    if (cuda and accelerator != "cuda") or (mps and accelerator != "mps"):
+        rank_zero_warn("GPU available but not used. You can set it by doing `Trainer(accelerator='gpu')`.",
+                       category=PossibleUserWarning)
 
 
 def _shown(name: str, value: Any) -> str:
@@ -426,7 +476,7 @@ class Trainer:
 
         # barebones (the conflicting arguments were rejected above)
         if barebones:
-            log.info(_BAREBONES_INFO)
+            rank_zero_info(_BAREBONES_INFO)
             logger = False
             enable_checkpointing = enable_progress_bar = enable_model_summary = False
             log_every_n_steps = 0
@@ -488,6 +538,8 @@ class Trainer:
         # callbacks (Lightning's defaults and order)
         self.callbacks: List[Callback] = self._configure_callbacks(callbacks)
 
+        _log_device_info(acc)
+
         # debugging flags
         self.limit_train_batches = limits["limit_train_batches"]
         self.limit_val_batches = limits["limit_val_batches"]
@@ -497,6 +549,11 @@ class Trainer:
         self.val_check_interval: Union[int, float] = 1.0 if val_check_interval is None else val_check_interval
         self.num_sanity_val_steps: Union[int, float] = (
             2 if num_sanity_val_steps is None else (float("inf") if num_sanity_val_steps == -1 else num_sanity_val_steps)
+        )
+        _announce_batch_flags(
+            fast_dev_run, overfit_batches, limit_train_batches=limit_train_batches, limit_val_batches=limit_val_batches,
+            limit_test_batches=limit_test_batches, limit_predict_batches=limit_predict_batches,
+            val_check_interval=val_check_interval,
         )
         self.fast_dev_run: Union[int, bool] = True if fast_dev_run == 1 and not isinstance(fast_dev_run, bool) else fast_dev_run
         if fast_dev_run:
@@ -512,9 +569,12 @@ class Trainer:
             self._max_epochs_arg = 1
             self.val_check_interval = 1.0
             self.check_val_every_n_epoch = 1
-            self.loggers = []
-            log.info(f"Running in `fast_dev_run` mode: will run the requested loop using {n} batch(es)."
-                     " Logging and checkpointing is suppressed.")
+            # Lightning's: a user's logger is swapped for one that accepts every call and writes nothing
+            from trainer.loggers import DummyLogger
+
+            self.loggers = [DummyLogger()] if self.loggers else []
+            rank_zero_info(f"Running in `fast_dev_run` mode: will run the requested loop using {n} batch(es)."
+                           " Logging and checkpointing is suppressed.")
         if overfit > 0:
             self.limit_train_batches = overfit
             self.limit_val_batches = overfit
@@ -643,7 +703,14 @@ class Trainer:
 
     @property
     def default_root_dir(self) -> str:
-        return self._default_root_dir if self._default_root_dir is not None else os.getcwd()
+        """As Lightning: the working directory when not given; a local path normalised with ``~`` expanded; a URL
+        (``s3://...``, ``memory://...``) as given."""
+        from trainer.cloud_io import is_local_path
+
+        path = self._default_root_dir
+        if path is None:
+            return os.getcwd()
+        return os.path.normpath(os.path.expanduser(path)) if is_local_path(path) else path
 
     @property
     def lightning_module(self) -> Optional[LightningModule]:
@@ -726,10 +793,16 @@ class Trainer:
 
     @property
     def log_dir(self) -> Optional[str]:
+        """Lightning's rule: the first logger's ``log_dir`` for the TensorBoard and CSV loggers, its ``save_dir``
+        for any other (None for the ``fast_dev_run`` dummy logger), ``default_root_dir`` without a logger."""
+        from trainer.loggers import CSVLogger, TensorBoardLogger
+
         logger = self.logger
         if logger is None:
             return self.default_root_dir
-        return getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None) or self.default_root_dir
+        if isinstance(logger, (TensorBoardLogger, CSVLogger)):
+            return logger.log_dir
+        return getattr(logger, "save_dir", None)
 
     @property
     def current_epoch(self) -> int:
@@ -1144,7 +1217,8 @@ class Trainer:
             if has_val_loader and not has_val_step:
                 self._warn_once("You passed in a `val_dataloader` but have no `validation_step`. Skipping val loop.")
             if has_val_step and not has_val_loader:
-                self._warn_once("You defined a `validation_step` but have no `val_dataloader`. Skipping val loop.")
+                self._warn_once("You defined a `validation_step` but have no `val_dataloader`. Skipping val loop.",
+                                category=PossibleUserWarning)
             if not model.automatic_optimization:
                 if self.gradient_clip_val is not None and self.gradient_clip_val > 0:
                     raise MisconfigurationException(
@@ -1218,7 +1292,7 @@ class Trainer:
 
             if self.max_steps == -1 and not any(isinstance(cb, Timer) for cb in self.callbacks):
                 self._warn_once("`max_epochs` was not set. Setting it to 1000 epochs. To train without an epoch"
-                                " limit, set `max_epochs=-1`.")
+                                " limit, set `max_epochs=-1`.", category=PossibleUserWarning)
                 max_epochs = 1000
             else:
                 max_epochs = -1
@@ -1352,15 +1426,15 @@ class Trainer:
             return self._hooks.call_datamodule(name, *args)
         return self._hooks.call_module(name, *args)
 
-    def _warn_once(self, message: str) -> None:
+    def _warn_once(self, message: str, category: type = UserWarning) -> None:
         if message not in self._warned:
             self._warned.add(message)
-            warnings.warn(message, stacklevel=3)
+            rank_zero_warn(message, category=category, stacklevel=4)
 
     def _info_once(self, message: str) -> None:
         if message not in self._warned:
             self._warned.add(message)
-            log.info(message)
+            rank_zero_info(message, stacklevel=3)
 
 
 def _all_cpu_tensors(items: Any) -> bool:

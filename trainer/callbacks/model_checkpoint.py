@@ -36,6 +36,7 @@ from trainer.callbacks._utils import (
     val_check_interval_is_one_epoch,
     warn_once,
 )
+from trainer import cloud_io
 from trainer.callbacks.callback import Checkpoint
 from trainer.exceptions import MisconfigurationException
 
@@ -49,7 +50,7 @@ _PATH = Union[str, os.PathLike]
 
 
 def _is_local(path: _PATH) -> bool:
-    return "://" not in str(path) or str(path).startswith("file://")
+    return cloud_io.is_local_path(path)
 
 
 class ModelCheckpoint(Checkpoint):
@@ -485,17 +486,17 @@ class ModelCheckpoint(Checkpoint):
         """The ``last*.ckpt`` files in the checkpoint folder (for ``ckpt_path="last"``)."""
         ckpt_dir = self._resolve_ckpt_dir(trainer)
         pattern = re.compile(rf"^{self.CHECKPOINT_NAME_LAST}(-(\d+))?")
-        if not os.path.isdir(ckpt_dir):
-            return set()
+        local = _is_local(ckpt_dir)
         found = set()
-        for entry in os.listdir(ckpt_dir):
-            path = Path(ckpt_dir, entry)
-            if path.suffix == self.FILE_EXTENSION and pattern.match(path.stem):
-                found.add(os.path.normpath(str(path)))
+        for entry in cloud_io.list_dir(ckpt_dir):
+            stem, suffix = os.path.splitext(entry)
+            if suffix == self.FILE_EXTENSION and pattern.match(stem):
+                path = os.path.join(ckpt_dir, entry)
+                found.add(os.path.normpath(path) if local else path)  # normpath would fold a URL's "//"
         return found
 
     def _warn_if_dir_not_empty(self, dirpath: _PATH) -> None:
-        if self.save_top_k != 0 and os.path.isdir(dirpath) and len(os.listdir(dirpath)) > 0:
+        if self.save_top_k != 0 and cloud_io.is_dir(dirpath) and len(cloud_io.list_dir(dirpath)) > 0:
             warnings.warn(f"Checkpoint directory {dirpath} exists and is not empty.")
 
     def _get_metric_interpolated_filepath_name(
@@ -519,7 +520,7 @@ class ModelCheckpoint(Checkpoint):
 
     def file_exists(self, filepath: _PATH, trainer: "Trainer") -> bool:
         """Whether ``filepath`` exists on rank 0, agreed by every rank (so their bookkeeping cannot diverge)."""
-        local = os.path.exists(filepath) if is_global_zero(trainer) else False
+        local = cloud_io.exists(filepath) if is_global_zero(trainer) else False
         return reduce_boolean_decision(trainer, local, all=False)
 
     # ------------------------------------------------------------------ saving
@@ -653,8 +654,11 @@ class ModelCheckpoint(Checkpoint):
         strategy = getattr(trainer, "strategy", None)
         if strategy is not None and hasattr(strategy, "remove_checkpoint"):
             strategy.remove_checkpoint(filepath)
-        elif is_global_zero(trainer) and (os.path.isfile(filepath) or os.path.islink(filepath)):
-            os.remove(filepath)
+        elif is_global_zero(trainer):
+            if not _is_local(filepath):
+                cloud_io.remove(filepath)
+            elif os.path.isfile(filepath) or os.path.islink(filepath):
+                os.remove(filepath)
 
     def to_yaml(self, filepath: Optional[_PATH] = None) -> None:
         """Write ``best_k_models`` (path -> score) to ``filepath`` (default ``dirpath/best_k_models.yaml``)."""
@@ -662,5 +666,5 @@ class ModelCheckpoint(Checkpoint):
         if filepath is None:
             assert self.dirpath
             filepath = os.path.join(self.dirpath, "best_k_models.yaml")
-        with open(filepath, "w") as fp:
+        with cloud_io.get_filesystem(filepath).open(os.fspath(filepath), "w") as fp:
             yaml.dump(best_k, fp)

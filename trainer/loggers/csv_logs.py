@@ -1,12 +1,14 @@
 """``CSVLogger``: metrics to ``metrics.csv`` and hyperparameters to ``hparams.yaml``, Lightning's layout.
 
-Files land in ``save_dir/name/version_N/``. Rows are buffered and appended every ``flush_logs_every_n_steps``
+Files land in ``save_dir/name/version_N/``; ``save_dir`` may be an fsspec URL (``memory://``, ``s3://``), where
+each flush rewrites ``metrics.csv`` whole (object stores have no append). Rows are buffered and appended every ``flush_logs_every_n_steps``
 steps (and at ``save``/``finalize``); the header is the sorted union of every key seen, and the file is rewritten
 with the wider header when a new key appears, exactly as Lightning does, so the two produce identical CSVs.
 """
 from __future__ import annotations
 
 import csv
+import io
 import os
 import warnings
 from argparse import Namespace
@@ -14,6 +16,7 @@ from typing import Any, Optional, Union
 
 from torch import Tensor
 
+from trainer import cloud_io
 from trainer.loggers.logger import Logger
 from trainer.loggers.utilities import (_add_prefix, _convert_params, _next_version, rank_zero_experiment, rank_zero_only,
                                        save_hparams_to_yaml)
@@ -31,8 +34,9 @@ class ExperimentWriter:
         self.metrics_keys: list[str] = []
         self.log_dir = log_dir
         self.metrics_file_path = os.path.join(log_dir, self.NAME_METRICS_FILE)
+        self._local = cloud_io.is_local_path(log_dir)
         self._check_log_dir_exists()
-        os.makedirs(log_dir, exist_ok=True)
+        cloud_io.makedirs(log_dir)
 
     def log_hparams(self, params: dict[str, Any]) -> None:
         self.hparams.update(params)
@@ -49,6 +53,9 @@ class ExperimentWriter:
         if not self.metrics:
             return
         new_keys = self._record_new_keys()
+        if not self._local:
+            self._save_remote()
+            return
         file_exists = os.path.isfile(self.metrics_file_path)
         if new_keys and file_exists:
             self._rewrite_with_new_header(self.metrics_keys)
@@ -57,6 +64,18 @@ class ExperimentWriter:
             if not file_exists:
                 writer.writeheader()
             writer.writerows(self.metrics)
+        self.metrics = []
+
+    def _save_remote(self) -> None:
+        """Rows on disk plus the buffered ones, under the current header, written as one file."""
+        rows: list[dict[str, Any]] = []
+        if cloud_io.exists(self.metrics_file_path):
+            rows = list(csv.DictReader(io.StringIO(cloud_io.read_bytes(self.metrics_file_path).decode())))
+        out = io.StringIO(newline="")
+        writer = csv.DictWriter(out, fieldnames=self.metrics_keys)
+        writer.writeheader()
+        writer.writerows(rows + self.metrics)
+        cloud_io.write_bytes_remote(out.getvalue().encode(), self.metrics_file_path)
         self.metrics = []
 
     def _record_new_keys(self) -> set[str]:
@@ -77,13 +96,13 @@ class ExperimentWriter:
         os.replace(tmp_path, self.metrics_file_path)
 
     def _check_log_dir_exists(self) -> None:
-        if os.path.exists(self.log_dir) and os.listdir(self.log_dir):
+        if cloud_io.list_dir(self.log_dir):
             warnings.warn(
                 f"Experiment logs directory {self.log_dir} exists and is not empty."
                 " Previous log files in this directory will be deleted when the new ones are saved!"
             )
-            if os.path.isfile(self.metrics_file_path):
-                os.remove(self.metrics_file_path)
+            if cloud_io.exists(self.metrics_file_path):
+                cloud_io.remove(self.metrics_file_path)
 
 
 class CSVLogger(Logger):
@@ -142,7 +161,7 @@ class CSVLogger(Logger):
     def experiment(self) -> ExperimentWriter:  # type: ignore[override]
         """The ``ExperimentWriter``, created (with its folder) on first use."""
         if self._experiment is None:
-            os.makedirs(self.root_dir, exist_ok=True)
+            cloud_io.makedirs(self.root_dir)
             self._experiment = ExperimentWriter(log_dir=self.log_dir)
         return self._experiment
 

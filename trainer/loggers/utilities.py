@@ -128,8 +128,11 @@ def save_hparams_to_yaml(config_yaml: str, hparams: Union[Mapping[str, Any], Nam
     The file is written to a temporary file in the same folder and moved into place with ``os.replace``, so a
     crash mid-write never leaves a truncated ``hparams.yaml`` behind.
     """
+    from trainer import cloud_io
+
+    local = cloud_io.is_local_path(config_yaml)
     folder = os.path.dirname(config_yaml)
-    if not os.path.isdir(folder):
+    if not cloud_io.is_dir(folder):
         raise RuntimeError(f"Missing folder: {folder}.")
     if isinstance(hparams, Namespace):
         hparams = vars(hparams)
@@ -146,6 +149,9 @@ def save_hparams_to_yaml(config_yaml: str, hparams: Union[Mapping[str, Any], Nam
         else:
             allowed[key] = value
 
+    if not local:  # an fsspec URL: one write in a transaction
+        cloud_io.write_bytes_remote(yaml.dump(allowed).encode(), config_yaml)
+        return
     fd, tmp_path = tempfile.mkstemp(prefix=".hparams-", suffix=".yaml.tmp", dir=folder)
     try:
         with os.fdopen(fd, "w", newline="") as fp:
@@ -161,13 +167,15 @@ def save_hparams_to_yaml(config_yaml: str, hparams: Union[Mapping[str, Any], Nam
 
 def _next_version(versions_root: str) -> int:
     """``max(N) + 1`` over the ``version_N`` folders under ``versions_root`` (0 when there are none)."""
+    from trainer import cloud_io
+
     try:
-        entries = os.listdir(versions_root)
+        entries = cloud_io.list_dir(versions_root)
     except OSError:
         return 0
     existing = []
     for entry in entries:
-        if entry.startswith("version_") and os.path.isdir(os.path.join(versions_root, entry)):
+        if entry.startswith("version_") and cloud_io.is_dir(os.path.join(versions_root, entry)):
             suffix = entry.split("_")[1]
             if suffix.isdigit():
                 existing.append(int(suffix))

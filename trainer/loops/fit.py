@@ -22,6 +22,8 @@ from trainer.loops.progress import BatchProgress, Progress
 from trainer.seed import collect_rng_states, set_rng_states
 from trainer.utilities import is_param_in_signature
 from trainer.utilities.combined_loader import _SUPPORTED_MODES, CombinedLoader
+from trainer.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from trainer.utilities.warnings import PossibleUserWarning
 
 if TYPE_CHECKING:  # pragma: no cover
     from trainer.trainer import Trainer
@@ -281,7 +283,8 @@ class TrainingEpochLoop:
                         )
                     trainer._warn_once(
                         f"ReduceLROnPlateau conditioned on metric {monitor_key} which is not available but strict"
-                        " is set to `False`. Skipping learning rate update."
+                        " is set to `False`. Skipping learning rate update.",
+                        category=RuntimeWarning,  # Lightning's class
                     )
                     continue
             self.scheduler_progress.increment_ready()
@@ -375,8 +378,8 @@ class FitLoop:
         return bool(n) and self.trainer.current_epoch - self._last_train_dl_reload_epoch >= n
 
     def _info(self, message: str) -> None:
-        if self.trainer.is_global_zero:  # as Lightning's rank_zero_info: one line per run, not per process
-            log.info(message)
+        if self.trainer.is_global_zero:  # as Lightning's rank_zero_info: one line per run, on its channel
+            rank_zero_info(message, stacklevel=3)
 
     @property
     def done(self) -> bool:
@@ -460,6 +463,13 @@ class FitLoop:
                     )
             else:
                 trainer.val_check_batch = max(1, int(self.max_batches * trainer.val_check_interval))
+        if trainer.loggers and self.max_batches < trainer.log_every_n_steps and not trainer.fast_dev_run:
+            trainer._warn_once(
+                f"The number of training batches ({self.max_batches}) is smaller than the logging interval"
+                f" Trainer(log_every_n_steps={trainer.log_every_n_steps}). Set a lower value for log_every_n_steps if"
+                " you want to see logs for the training epoch.",
+                category=PossibleUserWarning,
+            )
 
     def _new_epoch_iterator(self) -> None:
         """Creates the epoch's data iterator, remembering the RNG state it was drawn from.
@@ -469,6 +479,36 @@ class FitLoop:
         assert self._fetcher is not None
         self._epoch_start_rng = collect_rng_states()
         self._fetcher.reset_iterator()
+
+    def _warn_resume_mid_epoch(self, has_position: bool) -> None:
+        """Lightning's warning (its condition and wording) when a run resumes inside an epoch and the train loader
+        cannot restore its position itself (no ``state_dict``/``load_state_dict``); what this Trainer does instead
+        follows Lightning's words."""
+        trainer = self.trainer
+        if math.isinf(self.max_batches) or self.max_batches <= 0:
+            return
+        expected_steps = math.ceil(self.max_batches / trainer.accumulate_grad_batches)
+        assert self._combined_loader is not None
+        stateful = all(
+            callable(getattr(dl, "state_dict", None)) and callable(getattr(dl, "load_state_dict", None))
+            for dl in self._combined_loader.flattened
+        )
+        if trainer.global_step % expected_steps == 0 or (stateful and has_position):
+            return
+        if has_position:
+            ours = (" This Trainer continues at the same sample by replaying the epoch's first"
+                    f" {self.epoch_loop.batch_progress.current.ready} batch(es) from the saved random state, which is"
+                    " exact only if the loader's order depends on nothing else.")
+        else:
+            ours = (" The checkpoint holds no data position (it was not written by this Trainer): the dataloader"
+                    " restarts from its first sample.")
+        rank_zero_warn(
+            "You're resuming from a checkpoint that ended before the epoch ended and your dataloader is"
+            " not resumable. This can cause unreliable results if further training is done."
+            " Consider using an end-of-epoch checkpoint or make your dataloader resumable by implementing"
+            " the `state_dict` / `load_state_dict` interface." + ours,
+            category=PossibleUserWarning,
+        )
 
     def _apply_resume_state(self) -> None:
         """Mid-epoch: rebuild the epoch's iterator from its RNG state and skip the batches already
@@ -570,6 +610,8 @@ class FitLoop:
         assert self._combined_loader is not None
         for dl in self._combined_loader.flattened:
             set_sampler_epoch(dl, self.epoch_progress.current.processed)
+        if self._resuming_mid_epoch:
+            self._warn_resume_mid_epoch(has_position=self._resume_state is not None)
         if self._resume_state is not None:
             self._apply_resume_state()
         if self._resuming_mid_epoch:
@@ -651,15 +693,7 @@ class FitLoop:
                 self._resume_tail = "batch_end"
             elif bp.current.completed == b and b > 0:
                 self._resume_tail = "advance_end"
-            if resume_state is None:
-                import warnings
-
-                warnings.warn(
-                    "You're resuming from a checkpoint that ended before the epoch ended and holds no data position"
-                    " (it was not written by this Trainer). The dataloader restarts from its first sample. This can"
-                    " cause unreliable results if further training is done.",
-                    stacklevel=2,
-                )
+            if resume_state is None:  # the loader restarts from its first sample (warned in on_advance_start)
                 bp.reset_on_restart()
                 self._resume_tail = None
         else:

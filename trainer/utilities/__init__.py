@@ -14,7 +14,6 @@ from typing import Any, Callable, Dict, Optional, Tuple, Type, Union
 
 import torch
 
-
 class AttributeDict(dict):
     """A dict whose keys read and write as attributes (Lightning's ``hparams`` type)."""
 

@@ -13,7 +13,9 @@ from typing import Any, Callable, Optional, TypeVar, Union
 
 _T = TypeVar("_T")
 
-log = logging.getLogger("trainer")
+# info lines go to ``trainer.utilities.rank_zero`` as Lightning's go to ``...pytorch.utilities.rank_zero``: an
+# application (or ``caplog``) that listens to one listens to the other by swapping the package name
+log = logging.getLogger(__name__)
 
 
 def _rank_from_env() -> int:
