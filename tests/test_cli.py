@@ -360,3 +360,21 @@ def test_example_script_trains_with_its_config(tmp_path):
     saved = list(tmp_path.rglob("config.yaml"))
     assert len(saved) == 1 and yaml.safe_load(saved[0].read_text())["trainer"]["max_epochs"] == 1
     assert list(tmp_path.rglob("*.ckpt"))
+
+
+def test_ckpt_path_hyperparameters_update_the_model_config(tmp_path):
+    hidden = {}
+    for name in ("lightning", "trainer"):
+        root = tmp_path / name
+        L = import_framework(name)
+        fit_args = ["fit", "--trainer.max_epochs=1", "--model.hidden=11", f"--trainer.default_root_dir={root}",
+                    "--trainer.logger=false"]
+        fitted = make_cli(L, fit_args, root, trainer_defaults=QUIET)
+        ckpt = fitted.trainer.checkpoint_callback.best_model_path
+        assert os.path.isfile(ckpt)
+        # validate with the checkpoint: the hyperparameters saved in it win over the default (hidden=4)
+        cli = make_cli(L, ["validate", f"--ckpt_path={ckpt}", f"--trainer.default_root_dir={root / 'v'}",
+                           "--trainer.logger=false"], root, trainer_defaults=QUIET)
+        hidden[name] = (cli.config.validate.model.hidden, cli.model.hparams.hidden)
+    assert hidden["lightning"] == (11, 11)
+    assert hidden["trainer"] == hidden["lightning"]

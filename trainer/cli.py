@@ -328,6 +328,7 @@ class LightningCLI:
         main_kwargs, subcommand_kwargs = self._setup_parser_kwargs(self.parser_kwargs)
         self.setup_parser(run, main_kwargs, subcommand_kwargs)
         self.parse_arguments(self.parser, args)
+        self._parse_ckpt_path()
 
         self.subcommand = self.config["subcommand"] if run else None
         self._set_seed()
@@ -461,6 +462,28 @@ class LightningCLI:
             self.config = parser.parse_object(args)
         else:
             self.config = parser.parse_args(args)
+
+    def _parse_ckpt_path(self) -> None:
+        """With ``--ckpt_path`` of an existing file, the model's hyperparameters saved in it update the config (so
+        the model is rebuilt as it was trained)."""
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        ckpt_path = self.config[subcommand].get("ckpt_path")
+        if not ckpt_path or not os.path.isfile(ckpt_path):
+            return
+        checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+        hparams = dict(checkpoint.get(LightningModule.CHECKPOINT_HYPER_PARAMS_KEY) or {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:  # saved by a subclass-mode CLI
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            raise
 
     # ------------------------------------------------------------------ instantiation
     def before_instantiate_classes(self) -> None:
