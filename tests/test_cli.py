@@ -378,3 +378,51 @@ def test_ckpt_path_hyperparameters_update_the_model_config(tmp_path):
         hidden[name] = (cli.config.validate.model.hidden, cli.model.hparams.hidden)
     assert hidden["lightning"] == (11, 11)
     assert hidden["trainer"] == hidden["lightning"]
+
+
+def test_per_subcommand_parser_kwargs_and_env(tmp_path, monkeypatch):
+    (tmp_path / "fit_defaults.yaml").write_text("trainer:\n  max_epochs: 6\nmodel:\n  hidden: 5\n")
+    monkeypatch.setenv("PL_FIT__MODEL__LR", "0.25")
+    seen = {}
+    for name in ("lightning", "trainer"):
+        L = import_framework(name)
+        mod = cli_module(L)
+
+        class NoRunCLI(mod.LightningCLI):
+            def fit(self, **kwargs):  # the subcommand runs this instead of trainer.fit
+                self.fit_kwargs = kwargs
+
+        parser_kwargs = {"default_env": True, "fit": {"default_config_files": [str(tmp_path / "fit_defaults.yaml")]}}
+        cli = make_cli(L, ["fit"], tmp_path, cli_class=NoRunCLI, parser_kwargs=parser_kwargs)
+        seen[name] = (cli.trainer.max_epochs, cli.model.hparams.hidden, cli.model.hparams.lr,
+                      sorted(cli.fit_kwargs), type(cli.fit_kwargs["model"]).__name__)
+    assert seen["lightning"] == (6, 5, 0.25, ["ckpt_path", "datamodule", "model", "weights_only"], "CLIModel")
+    assert seen["trainer"] == seen["lightning"]
+
+
+def test_instantiate_class():
+    from trainer.cli import instantiate_class
+
+    layer = torch.nn.Linear(2, 2)
+    optimizer = instantiate_class(layer.parameters(), {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.3}})
+    assert type(optimizer) is torch.optim.SGD and optimizer.defaults["lr"] == 0.3
+    with pytest.raises(ValueError, match="dotted import path like 'torch.optim.SGD', got 'SGD'"):
+        instantiate_class(layer.parameters(), {"class_path": "SGD"})
+    with pytest.raises(ValueError, match="must be a dict with a 'class_path' key"):
+        instantiate_class(layer.parameters(), {"init_args": {}})
+
+
+def test_more_than_one_automatic_optimizer_is_refused_like_lightning(tmp_path):
+    results = []
+    for name in ("lightning", "trainer"):
+        L = import_framework(name)
+        mod = cli_module(L)
+
+        class TwoOptimizersCLI(mod.LightningCLI):
+            def add_arguments_to_parser(self, parser):
+                parser.add_optimizer_args(torch.optim.SGD, nested_key="opt1")
+                parser.add_optimizer_args(torch.optim.Adam, nested_key="opt2")
+
+        results.append(outcome(lambda: make_cli(L, [], tmp_path, cli_class=TwoOptimizersCLI, run=False)))
+    assert results[0][0] == "MisconfigurationException" and "expects at most one optimizer" in results[0][1]
+    assert results[1][:2] == results[0][:2]
