@@ -426,3 +426,14 @@ def test_more_than_one_automatic_optimizer_is_refused_like_lightning(tmp_path):
         results.append(outcome(lambda: make_cli(L, [], tmp_path, cli_class=TwoOptimizersCLI, run=False)))
     assert results[0][0] == "MisconfigurationException" and "expects at most one optimizer" in results[0][1]
     assert results[1][:2] == results[0][:2]
+
+
+def test_config_lands_in_the_default_loggers_version_folder(tmp_path):
+    found = {}
+    for name in ("lightning", "trainer"):
+        root = tmp_path / name
+        make_cli(import_framework(name), ["fit", "--trainer.max_epochs=1", f"--trainer.default_root_dir={root}"],
+                 root, trainer_defaults=QUIET)
+        found[name] = sorted(str(p.relative_to(root)) for p in root.rglob("config.yaml"))
+    assert found["lightning"] == ["lightning_logs/version_0/config.yaml"]
+    assert found["trainer"] == found["lightning"]
