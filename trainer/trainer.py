@@ -36,6 +36,7 @@ from trainer.checkpoint import CheckpointConnector, dump_checkpoint
 from trainer.datamodule import LightningDataModule
 from trainer.exceptions import MisconfigurationException
 from trainer.hooks import HookDispatcher, is_overridden
+from trainer.loggers.logger import Logger
 from trainer.logging import LoggerConnector
 from trainer.loops.evaluation import EvaluationLoop, PredictionLoop
 from trainer.loops.fit import FitLoop
@@ -333,12 +334,12 @@ class Trainer:
     def __init__(
         self,
         *,
-        accelerator: Union[str, Any] = "auto",
+        accelerator: Union[str, Accelerator] = "auto",
         strategy: Union[str, Strategy] = "auto",
         devices: Union[List[int], str, int] = "auto",
         num_nodes: int = 1,
         precision: Optional[Union[int, str]] = None,
-        logger: Optional[Union[Any, Iterable[Any], bool]] = None,
+        logger: Optional[Union[Logger, Iterable[Logger], bool]] = None,
         callbacks: Optional[Union[List[Callback], Callback]] = None,
         fast_dev_run: Union[int, bool] = False,
         max_epochs: Optional[int] = None,

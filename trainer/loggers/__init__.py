@@ -5,9 +5,19 @@ import os
 
 from trainer.loggers.csv_logs import CSVLogger
 from trainer.loggers.logger import DummyLogger, Logger
+from trainer.loggers.mlflow import MLFlowLogger
 from trainer.loggers.tensorboard import _TENSORBOARD_AVAILABLE, TensorBoardLogger
+from trainer.loggers.wandb import WandbLogger
 
-__all__ = ["CSVLogger", "DummyLogger", "Logger", "TensorBoardLogger", "default_logger"]
+__all__ = [
+    "CSVLogger",
+    "DummyLogger",
+    "Logger",
+    "MLFlowLogger",
+    "TensorBoardLogger",
+    "WandbLogger",
+    "default_logger",
+]
 
 
 def _slurm_job_id() -> int | None:

@@ -180,3 +180,54 @@ def _next_version(versions_root: str) -> int:
             if suffix.isdigit():
                 existing.append(int(suffix))
     return max(existing) + 1 if existing else 0
+
+
+def _convert_json_serializable(params: dict[str, Any]) -> dict[str, Any]:
+    """Values ``json`` cannot encode become their ``str`` (what W&B's config accepts)."""
+    import json
+
+    def serializable(value: Any) -> bool:
+        if value is None or isinstance(value, (bool, int, float, str, list, dict)):
+            return True
+        try:
+            json.dumps(value)
+            return True
+        except (TypeError, OverflowError):
+            return False
+
+    return {k: v if serializable(v) else str(v) for k, v in params.items()}
+
+
+def _scan_checkpoints(checkpoint_callback: Any, logged_model_time: dict[str, float]) -> list[tuple[float, str, Any, str]]:
+    """The checkpoint files of ``checkpoint_callback`` not logged yet (or rewritten since), oldest first, as
+    ``(mtime, path, score, tag)``; tags are Lightning's ``latest`` / ``best`` / ``best_k``."""
+    candidates: dict[str, tuple[Any, str]] = {}
+    if hasattr(checkpoint_callback, "last_model_path") and hasattr(checkpoint_callback, "current_score"):
+        candidates[checkpoint_callback.last_model_path] = (checkpoint_callback.current_score, "latest")
+    if hasattr(checkpoint_callback, "best_model_path") and hasattr(checkpoint_callback, "best_model_score"):
+        candidates[checkpoint_callback.best_model_path] = (checkpoint_callback.best_model_score, "best")
+    for path, score in getattr(checkpoint_callback, "best_k_models", {}).items():
+        candidates[path] = (score, "best_k")
+    found = sorted(
+        (os.stat(path).st_mtime, path, score, tag)
+        for path, (score, tag) in candidates.items()
+        if path and os.path.isfile(path)
+    )
+    return [c for c in found if c[1] not in logged_model_time or logged_model_time[c[1]] < c[0]]
+
+
+# The settings of a ModelCheckpoint recorded in a logged checkpoint's metadata (Lightning's list).
+_CHECKPOINT_METADATA_KEYS = ("monitor", "mode", "save_last", "save_top_k", "save_weights_only", "_every_n_train_steps")
+
+
+def _checkpoint_metadata(checkpoint_callback: Any, path: str, score: Any, section: str, extra_keys: tuple = ()) -> dict:
+    """What a logger records with an uploaded checkpoint file: score, file name, and the callback's settings."""
+    return {
+        "score": score.item() if isinstance(score, torch.Tensor) else score,
+        "original_filename": os.path.basename(path),
+        section: {
+            k: getattr(checkpoint_callback, k)
+            for k in _CHECKPOINT_METADATA_KEYS + extra_keys
+            if hasattr(checkpoint_callback, k)
+        },
+    }
