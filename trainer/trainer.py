@@ -34,7 +34,7 @@ from trainer.accelerators import Accelerator, DeviceSpec, build_accelerator, res
 from trainer.callbacks.callback import Callback, Checkpoint
 from trainer.checkpoint import CheckpointConnector, dump_checkpoint
 from trainer.datamodule import LightningDataModule
-from trainer.exceptions import MisconfigurationException
+from trainer.exceptions import MisconfigurationException, _TunerExitException
 from trainer.hooks import HookDispatcher, is_overridden
 from trainer.logging import LoggerConnector
 from trainer.loops.evaluation import EvaluationLoop, PredictionLoop
@@ -486,7 +486,7 @@ class Trainer:
         self.loggers = self._configure_loggers(logger)
 
         # callbacks (Lightning's defaults and order)
-        self.callbacks: List[Callback] = self._configure_callbacks(callbacks)
+        self.callbacks = self._configure_callbacks(callbacks)
 
         # debugging flags
         self.limit_train_batches = limits["limit_train_batches"]
@@ -637,6 +637,19 @@ class Trainer:
     @property
     def default_root_dir(self) -> str:
         return self._default_root_dir if self._default_root_dir is not None else os.getcwd()
+
+    @property
+    def callbacks(self) -> List[Callback]:
+        return self._callbacks
+
+    @callbacks.setter
+    def callbacks(self, callbacks: List[Callback]) -> None:
+        """A new list (Lightning's tuner swaps it mid-fit) takes effect at the next hook: the dispatcher's
+        per-hook cache of overriding callbacks is read again."""
+        self._callbacks = callbacks
+        hooks = self.__dict__.get("_hooks")
+        if hooks is not None:
+            hooks.reset()
 
     @property
     def lightning_module(self) -> Optional[LightningModule]:
@@ -1083,6 +1096,12 @@ class Trainer:
     def _call_and_handle_interrupt_local(self, fn: Any, *args: Any) -> Any:
         try:
             return fn(*args)
+        except _TunerExitException:  # the tuner's search is done: end this call as a finished one (Lightning's)
+            self._call_teardown_hook()
+            self._teardown()
+            self.state.status = TrainerStatus.FINISHED
+            self.state.stage = None
+            return None
         except KeyboardInterrupt as exc:
             # Lightning's behaviour: graceful shutdown, then exit(1); a second Ctrl+C is ignored meanwhile
             log.info("\nDetected KeyboardInterrupt, attempting graceful shutdown ...")

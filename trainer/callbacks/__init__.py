@@ -1,8 +1,10 @@
 """Built-in callbacks with Lightning 2.x's names, arguments and behaviour."""
+from trainer.callbacks.batch_size_finder import BatchSizeFinder
 from trainer.callbacks.callback import Callback, Checkpoint
 from trainer.callbacks.early_stopping import EarlyStopping, EarlyStoppingReason
 from trainer.callbacks.gradient_accumulation_scheduler import GradientAccumulationScheduler
 from trainer.callbacks.lambda_function import LambdaCallback
+from trainer.callbacks.lr_finder import LearningRateFinder
 from trainer.callbacks.lr_monitor import LearningRateMonitor
 from trainer.callbacks.model_checkpoint import ModelCheckpoint
 from trainer.callbacks.model_summary import ModelSummary, summarize
@@ -13,12 +15,14 @@ from trainer.callbacks.throughput_monitor import ThroughputMonitor
 from trainer.callbacks.timer import Timer
 
 __all__ = [
+    "BatchSizeFinder",
     "Callback",
     "Checkpoint",
     "EarlyStopping",
     "EarlyStoppingReason",
     "GradientAccumulationScheduler",
     "LambdaCallback",
+    "LearningRateFinder",
     "LearningRateMonitor",
     "ModelCheckpoint",
     "ModelSummary",

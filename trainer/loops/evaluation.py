@@ -98,6 +98,10 @@ class EvaluationLoop:
         return bool(n) and self.trainer.current_epoch - self._last_val_dl_reload_epoch >= n
 
     # ---------------------------------------------------------------- data
+    def reset_data(self) -> None:
+        """The next ``setup_data`` requests the dataloaders again (the tuner changed the batch size)."""
+        self._loaders = None
+
     def setup_data(self) -> None:
         trainer = self.trainer
         if self._loaders is not None and self._trainer_fn == "fit" and not self._should_reload_val_dl:
@@ -329,6 +333,10 @@ class PredictionLoop:
         self._loaders: List[Any] = []
         self._max_batches: List[Number] = []
         self._module_mode = _ModuleMode()
+
+    def reset_data(self) -> None:
+        """Nothing to forget: ``setup_data`` requests the predict dataloaders at every run."""
+        self._loaders = []
 
     def setup_data(self) -> None:
         trainer = self.trainer

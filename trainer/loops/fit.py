@@ -457,6 +457,13 @@ class FitLoop:
             else:
                 trainer.val_check_batch = max(1, int(self.max_batches * trainer.val_check_interval))
 
+    def reset_data(self) -> None:
+        """Forgets the train and validation dataloaders: the next ``setup_data`` asks the module or datamodule
+        for them again (the tuner changed the batch size, or put the run back as it was)."""
+        self._loader = None
+        self._fetcher = None
+        self.epoch_loop.val_loop.reset_data()
+
     def _new_epoch_iterator(self) -> None:
         """Creates the epoch's data iterator, remembering the RNG state it was drawn from.
 

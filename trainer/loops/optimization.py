@@ -130,6 +130,11 @@ class AutomaticOptimization:
             state["compile_report"] = report
         return state
 
+    def drop_compiled_engine(self) -> None:
+        """The optimizer's state tensors were replaced mid-fit (a checkpoint restored by the tuner): the compiled
+        engine, which updates the tensors it found at set-up, is built again at the next step."""
+        self._engine = self._engine_key = None
+
     def prepare(self) -> None:
         """Decides once per fit which per-step dispatch can be skipped because nothing hooks it.
 
