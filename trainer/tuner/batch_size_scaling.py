@@ -43,6 +43,14 @@ def garbage_collection_cuda() -> None:
                 raise
 
 
+def _free_after_oom(trainer: "Trainer") -> None:
+    """After a trial ran out of memory: the compiled step of that size is dropped with everything it holds (its
+    capture may have seen the step raise and fallen back to eager; the next size sets up afresh), then the
+    caches are emptied."""
+    trainer.fit_loop.epoch_loop.automatic_optimization.drop_compiled_engine()
+    garbage_collection_cuda()
+
+
 def _scale_batch_size(
     trainer: "Trainer",
     mode: str = "power",
@@ -162,7 +170,7 @@ def _run_power_scaling(trainer: "Trainer", new_size: int, batch_arg_name: str, m
         except RuntimeError as exception:
             if not is_oom_error(exception):
                 raise
-            garbage_collection_cuda()
+            _free_after_oom(trainer)
             new_size, _ = _adjust_batch_size(trainer, batch_arg_name, factor=0.5, desc="failed")
             _reset_dataloaders(trainer)
             if any_success:
@@ -204,7 +212,7 @@ def _run_binsearch_scaling(trainer: "Trainer", new_size: int, batch_arg_name: st
         except RuntimeError as exception:
             if not is_oom_error(exception):
                 raise
-            garbage_collection_cuda()
+            _free_after_oom(trainer)
             high = new_size
             new_size, _ = _adjust_batch_size(trainer, batch_arg_name, value=(high + low) // 2, desc="failed")
             _reset_dataloaders(trainer)
