@@ -23,6 +23,7 @@ import signal
 import sys
 import threading
 import warnings
+import weakref
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
@@ -1188,7 +1189,7 @@ class Trainer:
             is_overridden(h, model) or (self.datamodule is not None and is_overridden(h, self.datamodule))
             for h in ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
         )
-        self.profiler.setup(stage=fn.value if fn else "", local_rank=self.local_rank, log_dir=self.log_dir)
+        self._setup_profiler(model)
         self._prepare_data()
         for logger in self.loggers:  # create experiment folders/files before the setup hooks
             if hasattr(logger, "experiment"):
@@ -1218,6 +1219,16 @@ class Trainer:
         self.state.status = TrainerStatus.FINISHED
         self.state.stage = None
         return results
+
+    def _setup_profiler(self, model: LightningModule) -> None:
+        """As Lightning: the profiler sees the module (a weak proxy: PyTorchProfiler names its submodules' regions),
+        the stage names its report, the rank only in a multi-process run, ``log_dir`` is its default folder."""
+        if not self.profiler.enabled:
+            return
+        fn = self.state.fn
+        self.profiler._lightning_module = weakref.proxy(model)
+        self.profiler.setup(stage=fn.value if fn else "", local_rank=self.local_rank if self.world_size > 1 else None,
+                            log_dir=self.log_dir)
 
     def _loop_limits(self) -> tuple:
         max_epochs = self._max_epochs_arg
@@ -1337,7 +1348,6 @@ class Trainer:
         from trainer.compile import allocator
 
         allocator.empty_cache()  # the compiled step's cached CPU blocks (no-op when never used)
-        self.profiler.teardown(self.state.fn.value if self.state.fn else None)
         status = "success" if self.state.status != TrainerStatus.INTERRUPTED else "failed"
         for logger in self.loggers:
             if status == "success":
