@@ -15,6 +15,7 @@ Run order (``_run``), each step's constraint noted where it matters:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -27,7 +28,7 @@ import weakref
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any, Dict, Generator, Iterable, List, Optional, Union
 
 import torch
 
@@ -399,14 +400,17 @@ class Trainer:
         from trainer.compile import resolve_compile
 
         self._compile_config = resolve_compile(compile)
-        if plugins is not None:
-            raise _bad("plugins", plugins, "custom plugins are not supported; use `precision=` instead")
+        from trainer.plugins._resolve import resolve_plugins
+
+        plugin_flags = resolve_plugins(plugins, precision)
+        if plugin_flags.precision is not None:
+            precision_flag = normalize_precision(plugin_flags.precision.precision)
 
         # accelerator / devices / strategy (trainer.strategies.resolve_strategy checks every combination)
         acc = resolve_accelerator(accelerator)
         self._device_spec: DeviceSpec = resolve_devices(devices, acc)
         self.strategy: Strategy = resolve_strategy(strategy, acc, self._device_spec, num_nodes)
-        if precision_flag == "16-mixed" and acc == "cpu":
+        if precision_flag == "16-mixed" and acc == "cpu" and plugin_flags.precision is None:
             warnings.warn(
                 "You passed `Trainer(accelerator='cpu', precision='16-mixed')` but AMP with fp16 is not supported on"
                 " CPU. Using `precision='bf16-mixed'` instead."
@@ -421,7 +425,11 @@ class Trainer:
         self._precision_flag = precision_flag
         root_device = self._device_spec.root_device()
         self.strategy._root_device = root_device
-        self.strategy.precision_plugin = build_precision(precision_flag, root_device.type)
+        self.strategy.precision_plugin = plugin_flags.precision or build_precision(precision_flag, root_device.type)
+        if plugin_flags.checkpoint_io is not None:
+            self.strategy.checkpoint_io = plugin_flags.checkpoint_io
+        if plugin_flags.cluster_environment is not None and hasattr(self.strategy, "cluster_environment"):
+            self.strategy.cluster_environment = plugin_flags.cluster_environment
         self.strategy.precision_plugin.trainer = self
         self.strategy.trainer = self
 
@@ -617,6 +625,17 @@ class Trainer:
         self.callbacks = _reorder_callbacks(kept + model_cbs)
         self._hooks.reset()
         del module
+
+    @contextlib.contextmanager
+    def init_module(self, empty_init: Optional[bool] = None) -> Generator[None, None, None]:
+        """Lightning's: modules built inside are created on the strategy's root device, in the precision's dtype
+        for the "-true" precisions (float64, float16, bfloat16), and with ``empty_init=True`` without running
+        their initialisation (the weights come from a checkpoint next)."""
+        from trainer._empty_init import EmptyInit
+
+        with EmptyInit(enabled=bool(empty_init)), self.strategy.root_device, \
+                self.strategy.precision_plugin.tensor_init_context():
+            yield
 
     # ================================================================ public properties
     @property

@@ -23,8 +23,7 @@ def restore_initial_state(trainer: "Trainer", path: str) -> None:
     try:
         trainer._checkpoint_connector.restore(path)
     finally:
-        if trainer.is_global_zero and os.path.exists(path):
-            os.remove(path)
+        trainer.strategy.remove_checkpoint(path)
 
 
 def mute_outputs(trainer: "Trainer") -> Dict[str, Any]:
