@@ -33,9 +33,10 @@ class AsyncCheckpointIO(CheckpointIO):
         self._pending.append(self._executor.submit(self.checkpoint_io.save_checkpoint, snapshot, path,
                                                    storage_options))
 
-    def load_checkpoint(self, path: Any, map_location: Optional[Any] = None) -> Dict[str, Any]:
+    def load_checkpoint(self, path: Any, map_location: Optional[Any] = None,
+                        weights_only: Optional[bool] = None) -> Dict[str, Any]:
         self._wait()
-        return self.checkpoint_io.load_checkpoint(path, map_location=map_location)
+        return self.checkpoint_io.load_checkpoint(path, map_location=map_location, weights_only=weights_only)
 
     def remove_checkpoint(self, path: Any) -> None:
         self._wait()

@@ -13,7 +13,8 @@ class CheckpointIO(ABC):
         """Writes ``checkpoint`` to ``path``."""
 
     @abstractmethod
-    def load_checkpoint(self, path: Any, map_location: Optional[Any] = None) -> Dict[str, Any]:
+    def load_checkpoint(self, path: Any, map_location: Optional[Any] = None,
+                        weights_only: Optional[bool] = None) -> Dict[str, Any]:
         """Reads the checkpoint at ``path``."""
 
     @abstractmethod

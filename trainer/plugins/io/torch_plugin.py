@@ -25,7 +25,8 @@ class TorchCheckpointIO(CheckpointIO):
             os.makedirs(directory, exist_ok=True)
         atomic_save(checkpoint, path)
 
-    def load_checkpoint(self, path: Any, map_location: Optional[Any] = None) -> Dict[str, Any]:
+    def load_checkpoint(self, path: Any, map_location: Optional[Any] = None,
+                        weights_only: Optional[bool] = None) -> Dict[str, Any]:
         from trainer.checkpoint import load_checkpoint_file
 
         return load_checkpoint_file(path, map_location=map_location if map_location is not None else "cpu")
