@@ -236,6 +236,8 @@ class CheckpointConnector:
             self.resume_end()
         self.trainer._resumed_from_loops = False
         self.trainer.fit_loop.epoch_loop.automatic_optimization.drop_compiled_engine()
+        if self.trainer.is_global_zero:
+            log.info(f"Restored all states from the checkpoint at {ckpt_path}")
 
     def restore_training_state(self, resume_extras: bool = True) -> None:
         ckpt = self._loaded
