@@ -184,6 +184,38 @@ def test_lr_finder_and_batch_size_finder_callbacks_inside_fit(tmp_path):
     torch.testing.assert_close(ours["weight"], pl["weight"], rtol=1e-5, atol=1e-6)
 
 
+def test_lr_finder_callback_then_training_restores_adam_state(tmp_path):
+    """The finder's trial steps fill Adam's state; the run then trains from the restored (empty) state with the
+    suggested lr: Lightning's weights and step counts. Under the compiled engine the step set up before the restore
+    is dropped (its optimizer state tensors were replaced) and the training still runs compiled."""
+    results = {}
+    for name in ("lightning", "trainer"):
+        L = import_framework(name)
+
+        class AdamModel(boring_model_class(L)):
+            def configure_optimizers(self):
+                return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+        model = AdamModel(lr=0.1, n=64, batch_size=4)
+        finder = L.callbacks.LearningRateFinder(num_training_steps=12, min_lr=1e-4, max_lr=0.5,
+                                                early_stop_threshold=None)
+        trainer = L.Trainer(max_epochs=2, callbacks=[finder], **quiet_trainer_kwargs(tmp_path / name))
+        trainer.fit(model)
+        opt = trainer.optimizers[0]
+        results[name] = {
+            "lr": model.lr, "global_step": trainer.global_step, "weight": model.layer.weight.detach().clone(),
+            "adam_steps": sorted(float(st["step"]) for st in opt.state.values()),
+            "report": getattr(trainer, "compile_report", None),
+        }
+    pl, ours = results["lightning"], results["trainer"]
+    assert pl["global_step"] == 32 and pl["adam_steps"] == [32.0, 32.0]
+    assert ours["lr"] == pytest.approx(pl["lr"], rel=1e-6)
+    assert ours["global_step"] == pl["global_step"] and ours["adam_steps"] == pl["adam_steps"]
+    torch.testing.assert_close(ours["weight"], pl["weight"], rtol=1e-5, atol=1e-6)
+    if compiled_engine():
+        assert ours["report"].mode == "full" and ours["report"].steps_run == 32, str(ours["report"])
+
+
 # --------------------------------------------------------------------------------------------
 # scale_batch_size
 # --------------------------------------------------------------------------------------------
