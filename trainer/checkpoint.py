@@ -268,7 +268,23 @@ class CheckpointConnector:
             if state:
                 cb.load_state_dict(dict(state))
 
-    def restore_training_state(self) -> None:
+    def restore(self, ckpt_path: PathLike) -> None:
+        """Lightning's ``restore``: puts everything ``ckpt_path`` holds back now, in the middle of a call (the
+        tuner returns the run to where it was before its trials). The loop counters are restored; this
+        Trainer's own resume extras (RNG states, data position) are not, as Lightning restores neither; and
+        the compiled step sets up again, since the optimizer's state tensors were replaced."""
+        self.resume_start(os.fspath(ckpt_path))
+        try:
+            self.restore_modules_and_callbacks()
+            self.restore_training_state(resume_extras=False)
+        finally:
+            self.resume_end()
+        self.trainer._resumed_from_loops = False
+        self.trainer.fit_loop.epoch_loop.automatic_optimization.drop_compiled_engine()
+        if self.trainer.is_global_zero:
+            log.info(f"Restored all states from the checkpoint at {ckpt_path}")
+
+    def restore_training_state(self, resume_extras: bool = True) -> None:
         ckpt = self._loaded
         if ckpt is None:
             return
@@ -301,7 +317,7 @@ class CheckpointConnector:
         # loops last: finishing an interrupted epoch may step a plateau scheduler
         loops = ckpt.get("loops")
         if loops is not None and "fit_loop" in loops:
-            resume = ckpt.get(RESUME_KEY)
+            resume = ckpt.get(RESUME_KEY) if resume_extras else None
             if resume is not None and resume.get("callback_metrics"):
                 trainer._logger_connector._callback_metrics.update(resume["callback_metrics"])
             trainer.fit_loop.load_state_dict(loops["fit_loop"])

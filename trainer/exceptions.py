@@ -6,3 +6,8 @@ class MisconfigurationException(ValueError):
 
     A ``ValueError`` subclass (as in Lightning), so ``except ValueError`` catches it too.
     """
+
+
+class _TunerExitException(Exception):
+    """Raised by the tuner's callbacks (``Tuner.lr_find``/``scale_batch_size``) to end the ``fit``/``validate``/...
+    call that ran them once the search is done (Lightning's name; the Trainer finishes the call normally)."""

@@ -67,6 +67,10 @@ class Precision:
     def forward_context(self) -> ContextManager:
         return _NULL_CONTEXT
 
+    def tensor_init_context(self) -> ContextManager:
+        """Where ``Trainer.init_module()`` creates parameters: in the default dtype (the "-true" precisions: theirs)."""
+        return _NULL_CONTEXT
+
     # Lightning's names for the step contexts
     def train_step_context(self) -> ContextManager:
         return self.forward_context()
@@ -180,6 +184,9 @@ class _CastingPrecision(Precision):
     def forward_context(self) -> ContextManager:
         return _default_dtype(self.dtype)
 
+    def tensor_init_context(self) -> ContextManager:
+        return _default_dtype(self.dtype)
+
 
 class DoublePrecision(_CastingPrecision):
     precision = "64-true"
@@ -187,8 +194,10 @@ class DoublePrecision(_CastingPrecision):
 
 
 class HalfPrecision(_CastingPrecision):
-    def __init__(self, precision: str) -> None:
+    def __init__(self, precision: str = "16-true") -> None:
         super().__init__()
+        if precision not in ("16-true", "bf16-true"):
+            raise ValueError(f"`HalfPrecision(precision={precision!r})`: precision must be '16-true' or 'bf16-true'.")
         self.precision = precision
         self.dtype = torch.float16 if precision == "16-true" else torch.bfloat16
 

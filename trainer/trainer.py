@@ -15,6 +15,7 @@ Run order (``_run``), each step's constraint noted where it matters:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -23,10 +24,11 @@ import signal
 import sys
 import threading
 import warnings
+import weakref
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any, Dict, Generator, Iterable, List, Optional, Union
 
 import torch
 
@@ -34,7 +36,7 @@ from trainer.accelerators import Accelerator, DeviceSpec, build_accelerator, res
 from trainer.callbacks.callback import Callback, Checkpoint
 from trainer.checkpoint import CheckpointConnector, dump_checkpoint
 from trainer.datamodule import LightningDataModule
-from trainer.exceptions import MisconfigurationException
+from trainer.exceptions import MisconfigurationException, _TunerExitException
 from trainer.hooks import HookDispatcher, is_overridden
 from trainer.loggers.logger import Logger
 from trainer.logging import LoggerConnector
@@ -449,14 +451,17 @@ class Trainer:
         from trainer.compile import resolve_compile
 
         self._compile_config = resolve_compile(compile)
-        if plugins is not None:
-            raise _bad("plugins", plugins, "custom plugins are not supported; use `precision=` instead")
+        from trainer.plugins._resolve import resolve_plugins
+
+        plugin_flags = resolve_plugins(plugins, precision)
+        if plugin_flags.precision is not None:
+            precision_flag = normalize_precision(plugin_flags.precision.precision)
 
         # accelerator / devices / strategy (trainer.strategies.resolve_strategy checks every combination)
         acc = resolve_accelerator(accelerator)
         self._device_spec: DeviceSpec = resolve_devices(devices, acc)
         self.strategy: Strategy = resolve_strategy(strategy, acc, self._device_spec, num_nodes)
-        if precision_flag == "16-mixed" and acc == "cpu":
+        if precision_flag == "16-mixed" and acc == "cpu" and plugin_flags.precision is None:
             warnings.warn(
                 "You passed `Trainer(accelerator='cpu', precision='16-mixed')` but AMP with fp16 is not supported on"
                 " CPU. Using `precision='bf16-mixed'` instead."
@@ -471,7 +476,11 @@ class Trainer:
         self._precision_flag = precision_flag
         root_device = self._device_spec.root_device()
         self.strategy._root_device = root_device
-        self.strategy.precision_plugin = build_precision(precision_flag, root_device.type)
+        self.strategy.precision_plugin = plugin_flags.precision or build_precision(precision_flag, root_device.type)
+        if plugin_flags.checkpoint_io is not None:
+            self.strategy.checkpoint_io = plugin_flags.checkpoint_io
+        if plugin_flags.cluster_environment is not None and hasattr(self.strategy, "cluster_environment"):
+            self.strategy.cluster_environment = plugin_flags.cluster_environment
         self.strategy.precision_plugin.trainer = self
         self.strategy.trainer = self
 
@@ -537,7 +546,7 @@ class Trainer:
         self.loggers = self._configure_loggers(logger)
 
         # callbacks (Lightning's defaults and order)
-        self.callbacks: List[Callback] = self._configure_callbacks(callbacks)
+        self.callbacks = self._configure_callbacks(callbacks)
 
         _log_device_info(acc)
 
@@ -685,6 +694,17 @@ class Trainer:
             cb.log = module.log
             cb.log_dict = module.log_dict
 
+    @contextlib.contextmanager
+    def init_module(self, empty_init: Optional[bool] = None) -> Generator[None, None, None]:
+        """Lightning's: modules built inside are created on the strategy's root device, in the precision's dtype
+        for the "-true" precisions (float64, float16, bfloat16), and with ``empty_init=True`` without running
+        their initialisation (the weights come from a checkpoint next)."""
+        from trainer._empty_init import EmptyInit
+
+        with EmptyInit(enabled=bool(empty_init)), self.strategy.root_device, \
+                self.strategy.precision_plugin.tensor_init_context():
+            yield
+
     # ================================================================ public properties
     @property
     def compile_report(self) -> Any:
@@ -712,6 +732,19 @@ class Trainer:
         if path is None:
             return os.getcwd()
         return os.path.normpath(os.path.expanduser(path)) if is_local_path(path) else path
+
+    @property
+    def callbacks(self) -> List[Callback]:
+        return self._callbacks
+
+    @callbacks.setter
+    def callbacks(self, callbacks: List[Callback]) -> None:
+        """A new list (Lightning's tuner swaps it mid-fit) takes effect at the next hook: the dispatcher's
+        per-hook cache of overriding callbacks is read again."""
+        self._callbacks = callbacks
+        hooks = self.__dict__.get("_hooks")
+        if hooks is not None:
+            hooks.reset()
 
     @property
     def lightning_module(self) -> Optional[LightningModule]:
@@ -1166,6 +1199,12 @@ class Trainer:
     def _call_and_handle_interrupt_local(self, fn: Any, *args: Any) -> Any:
         try:
             return fn(*args)
+        except _TunerExitException:  # the tuner's search is done: end this call as a finished one (Lightning's)
+            self._call_teardown_hook()
+            self._teardown()
+            self.state.status = TrainerStatus.FINISHED
+            self.state.stage = None
+            return None
         except KeyboardInterrupt as exc:
             # Lightning's behaviour: graceful shutdown, then exit(1); a second Ctrl+C is ignored meanwhile
             log.info("\nDetected KeyboardInterrupt, attempting graceful shutdown ...")
@@ -1254,7 +1293,7 @@ class Trainer:
             is_overridden(h, model) or (self.datamodule is not None and is_overridden(h, self.datamodule))
             for h in ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
         )
-        self.profiler.setup(stage=fn.value if fn else "", local_rank=self.local_rank, log_dir=self.log_dir)
+        self._setup_profiler(model)
         self._prepare_data()
         for logger in self.loggers:  # create experiment folders/files before the setup hooks
             if hasattr(logger, "experiment"):
@@ -1284,6 +1323,16 @@ class Trainer:
         self.state.status = TrainerStatus.FINISHED
         self.state.stage = None
         return results
+
+    def _setup_profiler(self, model: LightningModule) -> None:
+        """As Lightning: the profiler sees the module (a weak proxy: PyTorchProfiler names its submodules' regions),
+        the stage names its report, the rank only in a multi-process run, ``log_dir`` is its default folder."""
+        if not self.profiler.enabled:
+            return
+        fn = self.state.fn
+        self.profiler._lightning_module = weakref.proxy(model)
+        self.profiler.setup(stage=fn.value if fn else "", local_rank=self.local_rank if self.world_size > 1 else None,
+                            log_dir=self.log_dir)
 
     def _loop_limits(self) -> tuple:
         max_epochs = self._max_epochs_arg
@@ -1403,7 +1452,6 @@ class Trainer:
         from trainer.compile import allocator
 
         allocator.empty_cache()  # the compiled step's cached CPU blocks (no-op when never used)
-        self.profiler.teardown(self.state.fn.value if self.state.fn else None)
         status = "success" if self.state.status != TrainerStatus.INTERRUPTED else "failed"
         for logger in self.loggers:
             if status == "success":

@@ -1,10 +1,12 @@
 """Built-in callbacks with Lightning 2.x's names, arguments and behaviour."""
+from trainer.callbacks.batch_size_finder import BatchSizeFinder
 from trainer.callbacks.callback import Callback, Checkpoint
 from trainer.callbacks.device_stats_monitor import DeviceStatsMonitor
 from trainer.callbacks.early_stopping import EarlyStopping, EarlyStoppingReason
 from trainer.callbacks.finetuning import BackboneFinetuning, BaseFinetuning
 from trainer.callbacks.gradient_accumulation_scheduler import GradientAccumulationScheduler
 from trainer.callbacks.lambda_function import LambdaCallback
+from trainer.callbacks.lr_finder import LearningRateFinder
 from trainer.callbacks.lr_monitor import LearningRateMonitor
 from trainer.callbacks.model_checkpoint import ModelCheckpoint
 from trainer.callbacks.model_summary import ModelSummary, summarize
@@ -23,6 +25,7 @@ __all__ = [
     "BackboneFinetuning",
     "BaseFinetuning",
     "BasePredictionWriter",
+    "BatchSizeFinder",
     "Callback",
     "Checkpoint",
     "DeviceStatsMonitor",
@@ -31,6 +34,7 @@ __all__ = [
     "EarlyStoppingReason",
     "GradientAccumulationScheduler",
     "LambdaCallback",
+    "LearningRateFinder",
     "LearningRateMonitor",
     "ModelCheckpoint",
     "ModelPruning",

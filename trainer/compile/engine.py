@@ -78,6 +78,17 @@ class _GuardFailed(Exception):
         self.source = source
 
 
+_NO_REGION = contextlib.nullcontext()
+
+
+def _region(name: str) -> Any:
+    """A ``record_function`` around a compiled graph's call while a profiler records (``Trainer(profiler=
+    "pytorch")``): the trace shows the step as its graphs, ``[trainer][compiled]<variant>``; otherwise nothing."""
+    if torch.autograd._profiler_enabled():
+        return torch.profiler.record_function(f"[trainer][compiled]{name}")
+    return _NO_REGION
+
+
 class _Graph:
     __slots__ = ("fn", "cap", "alloc")
 
@@ -704,7 +715,8 @@ class CompiledEngine:
         if graph is None:
             graph = self._build_update(grads)
         prefix = self._update_prefix
-        graph.fn(*prefix[0], *grads, *prefix[1])
+        with _region("update"):
+            graph.fn(*prefix[0], *grads, *prefix[1])
         opt._opt_called = True  # LR schedulers check that optimizer.step ran
         return loss
 
@@ -882,10 +894,11 @@ class CompiledEngine:
         if self._ddp is not None:
             self._sync_buffers()
         alloc = graph.alloc
-        if alloc is None:
-            outs = graph.fn(*self._prefix, *tensors, *self._lifted_tensors)
-        else:  # the step's buffers from the caching CPU allocator (trainer/compile/allocator.py)
-            outs = allocator.run(alloc, graph.fn, *self._prefix, *tensors, *self._lifted_tensors)
+        with _region(variant):
+            if alloc is None:
+                outs = graph.fn(*self._prefix, *tensors, *self._lifted_tensors)
+            else:  # the step's buffers from the caching CPU allocator (trainer/compile/allocator.py)
+                outs = allocator.run(alloc, graph.fn, *self._prefix, *tensors, *self._lifted_tensors)
         if self._ddp is not None:  # as DDP's forward: buffers are broadcast again after a synchronised step
             self._ddp.require_forward_param_sync = not should_accumulate
         if not should_accumulate:
@@ -942,10 +955,11 @@ class _CompiledClosure(_Closure):
         if ddp is not None:
             engine._sync_buffers()
         alloc = graph.alloc
-        if alloc is None:
-            outs = graph.fn(*engine._prefix, *tensors, *engine._lifted_tensors)
-        else:
-            outs = allocator.run(alloc, graph.fn, *engine._prefix, *tensors, *engine._lifted_tensors)
+        with _region("fwd_bwd"):
+            if alloc is None:
+                outs = graph.fn(*engine._prefix, *tensors, *engine._lifted_tensors)
+            else:
+                outs = allocator.run(alloc, graph.fn, *engine._prefix, *tensors, *engine._lifted_tensors)
         if ddp is not None:
             ddp.require_forward_param_sync = self.sync
         cap = graph.cap

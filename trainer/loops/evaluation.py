@@ -109,6 +109,10 @@ class EvaluationLoop:
         return bool(n) and self.trainer.current_epoch - self._last_val_dl_reload_epoch >= n
 
     # ---------------------------------------------------------------- data
+    def reset_data(self) -> None:
+        """The next ``setup_data`` requests the dataloaders again (the tuner changed the batch size)."""
+        self._combined_loader = None
+
     def setup_data(self) -> None:
         trainer = self.trainer
         if self._combined_loader is not None and self._trainer_fn == "fit" and not self._should_reload_val_dl:
@@ -381,6 +385,10 @@ class PredictionLoop:
     @property
     def _loaders(self) -> List[Any]:
         return self._combined_loader.flattened if self._combined_loader is not None else []
+
+    def reset_data(self) -> None:
+        """Nothing to forget: ``setup_data`` requests the predict dataloaders at every run."""
+        self._combined_loader = None
 
     def setup_data(self) -> None:
         trainer = self.trainer

@@ -471,6 +471,13 @@ class FitLoop:
                 category=PossibleUserWarning,
             )
 
+    def reset_data(self) -> None:
+        """Forgets the train and validation dataloaders: the next ``setup_data`` asks the module or datamodule
+        for them again (the tuner changed the batch size, or put the run back as it was)."""
+        self._combined_loader = None
+        self._fetcher = None
+        self.epoch_loop.val_loop.reset_data()
+
     def _new_epoch_iterator(self) -> None:
         """Creates the epoch's data iterator, remembering the RNG state it was drawn from.
 

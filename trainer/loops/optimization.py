@@ -130,6 +130,11 @@ class AutomaticOptimization:
             state["compile_report"] = report
         return state
 
+    def drop_compiled_engine(self) -> None:
+        """The optimizer's state tensors were replaced mid-fit (a checkpoint restored by the tuner): the compiled
+        engine, which updates the tensors it found at set-up, is built again at the next step."""
+        self._engine = self._engine_key = None
+
     def prepare(self) -> None:
         """Decides once per fit which per-step dispatch can be skipped because nothing hooks it.
 
@@ -173,6 +178,13 @@ class AutomaticOptimization:
         return self._engine
 
     def run(self, optimizer: Any, batch_idx: int, args: tuple, should_accumulate: bool) -> Dict[str, Any]:
+        profiler = self.trainer.profiler
+        if profiler.enabled:  # Lightning's action for the strategy's step; the compiled step is all of it
+            with profiler.profile(f"[Strategy]{type(self.trainer.strategy).__name__}.training_step"):
+                return self._run(optimizer, batch_idx, args, should_accumulate)
+        return self._run(optimizer, batch_idx, args, should_accumulate)
+
+    def _run(self, optimizer: Any, batch_idx: int, args: tuple, should_accumulate: bool) -> Dict[str, Any]:
         trainer = self.trainer
         engine = None
         if trainer._compile_config.enabled:

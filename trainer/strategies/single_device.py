@@ -174,19 +174,36 @@ class Strategy:
         assert self._lightning_module is not None
         self._lightning_module.load_state_dict(state_dict, strict=strict)
 
+    @property
+    def checkpoint_io(self) -> Any:
+        """How checkpoint files are written and read: ``Trainer(plugins=[CheckpointIO])``, else torch files."""
+        io = self.__dict__.get("_checkpoint_io")
+        if io is None:
+            from trainer.plugins.io import TorchCheckpointIO
+
+            io = self._checkpoint_io = TorchCheckpointIO()
+        return io
+
+    @checkpoint_io.setter
+    def checkpoint_io(self, io: Any) -> None:
+        self._checkpoint_io = io
+
     def save_checkpoint(self, checkpoint: Dict[str, Any], filepath: Any) -> None:
         """Writes ``checkpoint`` (global rank 0 only; sharded strategies write from every rank)."""
         if self.is_global_zero:
-            from trainer.checkpoint import atomic_save
-
-            atomic_save(checkpoint, filepath)
+            self.checkpoint_io.save_checkpoint(checkpoint, filepath)
 
     def load_checkpoint(self, checkpoint_path: Any) -> Dict[str, Any]:
-        from trainer.checkpoint import load_checkpoint_file
+        return self.checkpoint_io.load_checkpoint(checkpoint_path)
 
-        return load_checkpoint_file(checkpoint_path)
+    def remove_checkpoint(self, filepath: Any) -> None:
+        if self.is_global_zero:
+            self.checkpoint_io.remove_checkpoint(filepath)
 
     def teardown(self) -> None:
+        io = self.__dict__.get("_checkpoint_io")
+        if io is not None:
+            io.teardown()
         if self._lightning_module is not None and self.root_device.type != "cpu":
             self._lightning_module.cpu()
 
