@@ -46,6 +46,7 @@ from trainer.module import LightningModule
 from trainer.precision import Precision, build_precision, normalize_precision
 from trainer.profiler import Profiler, resolve_profiler
 from trainer.seed import isolate_rng
+from trainer.signals import SignalConnector
 from trainer.strategies import resolve_strategy
 from trainer.strategies.single_device import Strategy
 from trainer.utilities import move_data_to_device
@@ -225,6 +226,31 @@ def _check_max_steps(value: Any) -> None:
         )
 
 
+def _parse_time_interval_seconds(value: Union[str, timedelta, Dict[str, Any]]) -> float:
+    """Seconds of a time-based ``val_check_interval`` (Lightning's formats and errors): a ``timedelta``, a dict of
+    ``timedelta`` keyword arguments, or a string ``'DD:HH:MM:SS'`` of integers."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, dict):
+        try:
+            seconds = timedelta(**value).total_seconds()
+        except TypeError as e:  # Lightning lets timedelta's TypeError through; ours then names the argument
+            raise TypeError(f"{e}. Got `Trainer(val_check_interval={value!r})`: a dict holds datetime.timedelta's"
+                            " keyword arguments (days, hours, minutes, seconds, ...).") from None
+    else:
+        parts = value.split(":")
+        if len(parts) != 4:
+            raise MisconfigurationException(
+                f"Invalid time format for `val_check_interval`: {value!r}. Expected 'DD:HH:MM:SS'.")
+        try:
+            days, hours, minutes, secs = (int(p) for p in parts)
+        except ValueError:
+            raise MisconfigurationException(
+                f"Non-integer component in `val_check_interval` string: {value!r}. Use 'DD:HH:MM:SS'.") from None
+        seconds = timedelta(days=days, hours=hours, minutes=minutes, seconds=secs).total_seconds()
+    return seconds
+
+
 def _check_val_schedule(check_val_every_n_epoch: Any, val_check_interval: Any, reload_every_n: Any) -> None:
     """Lightning's _DataConnector.on_trainer_init checks, in its order and wording."""
     if check_val_every_n_epoch is not None:
@@ -239,8 +265,8 @@ def _check_val_schedule(check_val_every_n_epoch: Any, val_check_interval: Any, r
             "`val_check_interval` should be an integer or a time-based duration (str 'DD:HH:MM:SS', "
             "datetime.timedelta, or dict kwargs for timedelta) when `check_val_every_n_epoch=None`."
             f" Got `Trainer(val_check_interval={val_check_interval!r}, check_val_every_n_epoch=None)`:"
-            " with no epoch schedule a fraction of an epoch has no meaning; pass an int number of batches (this"
-            " Trainer does not take time-based durations)."
+            " with no epoch schedule a fraction of an epoch has no meaning; pass an int number of batches or a"
+            " duration."
         )
     if not _is_int(reload_every_n) or reload_every_n < 0:
         raise MisconfigurationException(
@@ -354,7 +380,7 @@ class Trainer:
         limit_test_batches: Optional[Union[int, float]] = None,
         limit_predict_batches: Optional[Union[int, float]] = None,
         overfit_batches: Union[int, float] = 0.0,
-        val_check_interval: Optional[Union[int, float]] = None,
+        val_check_interval: Optional[Union[int, float, str, timedelta, Dict[str, int]]] = None,
         check_val_every_n_epoch: Optional[int] = 1,
         num_sanity_val_steps: Optional[int] = None,
         log_every_n_steps: Optional[int] = None,
@@ -418,10 +444,13 @@ class Trainer:
             gradient_clip_algorithm = gradient_clip_algorithm.lower()
         if deterministic not in (None, True, False, "warn"):
             raise _bad("deterministic", deterministic, "allowed values are True, False, 'warn' and None")
-        if val_check_interval is not None:
+        time_interval = (_parse_time_interval_seconds(val_check_interval)
+                         if isinstance(val_check_interval, (str, dict, timedelta)) else None)
+        if val_check_interval is not None and time_interval is None:
             if isinstance(val_check_interval, bool) or not isinstance(val_check_interval, (int, float)):
                 raise _bad("val_check_interval", val_check_interval,
-                           "expected a float in (0.0, 1.0] (a fraction of the epoch) or an int > 0 (batches)")
+                           "expected a float in (0.0, 1.0] (a fraction of the epoch), an int > 0 (batches) or a"
+                           " duration (str 'DD:HH:MM:SS', datetime.timedelta, or a dict of timedelta kwargs)")
             if val_check_interval <= 0 or (isinstance(val_check_interval, float) and val_check_interval > 1.0
                                            and val_check_interval % 1.0 != 0):
                 raise _bad("val_check_interval", val_check_interval,
@@ -496,7 +525,7 @@ class Trainer:
         # ------------------------------------------------------------ state
         self.state = TrainerState()
         self.should_stop = False
-        self.received_sigterm = False
+        self._signal_connector = SignalConnector(self)
         self._default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else None
         self.accumulate_grad_batches = accumulate_grad_batches
         self.gradient_clip_val = gradient_clip_val
@@ -538,7 +567,8 @@ class Trainer:
         self._resumed_from_loops = False
         self.ckpt_path: Optional[str] = None
         self.val_check_batch: Optional[Union[int, float]] = None
-        self._val_check_time_interval: Optional[float] = None
+        # a time-based val_check_interval: seconds of training between validations (fit.py, Lightning's attribute)
+        self._val_check_time_interval: Optional[float] = time_interval
         self._last_val_time = 0.0
         self._train_start_time = 0.0
 
@@ -578,6 +608,7 @@ class Trainer:
             self.fit_loop.max_epochs = 1
             self._max_epochs_arg = 1
             self.val_check_interval = 1.0
+            self._val_check_time_interval = None  # time does not apply to fast_dev_run (Lightning's)
             self.check_val_every_n_epoch = 1
             # Lightning's: a user's logger is swapped for one that accepts every call and writes nothing
             from trainer.loggers import DummyLogger
@@ -1308,6 +1339,7 @@ class Trainer:
         self._logger_connector.reset_results()
         self._logger_connector.reset_metrics()
         self.strategy.setup(self)
+        self._signal_connector.register()
         if fn == TrainerFn.FITTING:
             self._hooks.call_callbacks("on_fit_start")
             self._hooks.call_module("on_fit_start")
@@ -1446,9 +1478,15 @@ class Trainer:
         val_loop.batch_progress.reset()
         self.state.stage = stage
 
+    @property
+    def received_sigterm(self) -> bool:
+        """Whether this process received SIGTERM during the current call (the loops then stop, as Lightning's)."""
+        return self._signal_connector.received_sigterm
+
     def _teardown(self) -> None:
         self.strategy.teardown()
         self.fit_loop.teardown()
+        self._signal_connector.teardown()
         from trainer.compile import allocator
 
         allocator.empty_cache()  # the compiled step's cached CPU blocks (no-op when never used)

@@ -68,6 +68,11 @@ CONSTRUCTOR_ERRORS = [
      "MisconfigurationException", "when `check_val_every_n_epoch=None`"),
     ("float_1_0_interval_no_epoch_schedule", dict(val_check_interval=1.0, check_val_every_n_epoch=None),
      "MisconfigurationException", "when `check_val_every_n_epoch=None`"),
+    ("time_interval_three_parts", dict(val_check_interval="00:01:00"), "MisconfigurationException",
+     "Invalid time format for `val_check_interval`: '00:01:00'. Expected 'DD:HH:MM:SS'."),
+    ("time_interval_not_int", dict(val_check_interval="00:00:0a:00"), "MisconfigurationException",
+     "Non-integer component in `val_check_interval` string: '00:00:0a:00'. Use 'DD:HH:MM:SS'."),
+    ("time_interval_bad_dict_key", dict(val_check_interval={"minute": 1}), "TypeError", "minute"),
 ]
 
 _BAREBONES = dict(accelerator="cpu", devices=1)  # not quiet_trainer_kwargs: barebones decides those itself
@@ -367,3 +372,33 @@ def test_callbacks_deepcopy_after_compiled_fit(TL, tmp_path):
     compiled graphs and dynamo guards, which do not copy: copies leave these caches behind."""
     obs = _callbacks_state_fit_ckpt_path(TL, tmp_path, compile=True)
     assert obs["copied_trainer"]
+
+
+# --------------------------------------------------------------------------------------------
+# Time-based val_check_interval (Lightning 2.6: str 'DD:HH:MM:SS', timedelta or a dict of its kwargs)
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("interval, per_epoch", [
+    ("00:00:00:00", 4), ({"seconds": 0}, 4), (__import__("datetime").timedelta(0), 4),  # due after every batch
+    ("01:00:00:00", 0), ({"days": 1}, 0),  # never due within the run: no validation at all, as in Lightning
+])
+def test_time_based_val_check_interval(tmp_path, interval, per_epoch):
+    """Validation runs whenever the interval has passed since the last one (or the start of training), checked
+    after each training batch; the number of validation runs equals Lightning's."""
+    counts = {}
+    for name in ("lightning", "trainer"):
+        L = import_framework(name)
+
+        class Counting(boring_model_class(L)):
+            runs = 0
+
+            def on_validation_epoch_end(self):
+                Counting.runs += 1
+
+        model = Counting(n=16, batch_size=4)
+        trainer = _trainer(L, tmp_path / name, max_epochs=2, num_sanity_val_steps=0, val_check_interval=interval)
+        assert trainer._val_check_time_interval == pytest.approx(
+            0.0 if per_epoch else 86400.0)  # Lightning's attribute, read by callbacks such as ModelCheckpoint
+        trainer.fit(model)
+        counts[name] = Counting.runs
+    assert counts["lightning"] == 2 * per_epoch
+    assert counts["trainer"] == counts["lightning"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import inspect
 import shutil
+import time
 import warnings
 from collections import ChainMap, defaultdict
 from typing import TYPE_CHECKING, Any, ContextManager, Dict, List, Optional, Union
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ContextManager, Dict, List, Optional, Uni
 import torch
 
 from trainer.compile.eval import eval_step
-from trainer.exceptions import MisconfigurationException
+from trainer.exceptions import MisconfigurationException, SIGTERMException
 from trainer.hooks import is_overridden
 from trainer.logging import ResultCollection
 from trainer.loops.data import Fetcher, combine, parse_num_batches, request_dataloader, resolve_overfit_batches, \
@@ -193,6 +194,8 @@ class EvaluationLoop:
             previous_idx = dataloader_idx
             self.batch_progress.is_last_batch = fetcher.done
             self._evaluation_step(batch, batch_idx, dataloader_idx, takes_batch_idx)
+            if not self.batch_progress.is_last_batch and self.trainer.received_sigterm:
+                raise SIGTERMException
         self._store_dataloader_outputs()
         return self._on_run_end()
 
@@ -253,6 +256,7 @@ class EvaluationLoop:
         results = [to_float_dict(d) for d in logged_outputs]
         if self.verbose and trainer.is_global_zero and not trainer.sanity_checking:
             _print_results(results, self._stage)
+        trainer._last_val_time = time.monotonic()  # a time-based val_check_interval counts from here
         return results
 
     def _verify_dataloader_idx_requirement(self) -> None:

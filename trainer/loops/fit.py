@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Union
 
 import torch
 
-from trainer.exceptions import MisconfigurationException
+from trainer.exceptions import MisconfigurationException, SIGTERMException
 from trainer.logging import ResultCollection
 from trainer.loops.data import Fetcher, combine, parse_num_batches, request_dataloader, resolve_overfit_batches, \
     seed_workers, set_sampler_epoch, sized_len
@@ -218,6 +218,10 @@ class TrainingEpochLoop:
         if trainer.should_stop:
             for logger in trainer.loggers:
                 logger.save()
+        # preempted: stop at this batch boundary, unless the epoch or the run ends here anyway (the fit loop's
+        # check at the epoch end then raises, after the epoch-end hooks, as Lightning's does)
+        if not self._is_training_done and trainer.received_sigterm:
+            raise SIGTERMException
 
     # ---------------------------------------------------------------- validation placement
     def _should_check_val_epoch(self) -> bool:
@@ -656,6 +660,8 @@ class FitLoop:
         trainer._logger_connector.update_train_epoch_metrics()
         self.epoch_loop._batches_that_stepped += 1
         self.epoch_progress.increment_completed()
+        if trainer.received_sigterm:
+            raise SIGTERMException
 
     def on_run_end(self) -> None:
         trainer = self.trainer
