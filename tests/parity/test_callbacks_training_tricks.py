@@ -868,7 +868,12 @@ def test_spike_detection_cases_match_lightning(tmp_path, spike_value, finite_onl
     assert ours["last"] == pytest.approx(pl["last"])
 
 
-def test_model_pruning_verbose_logs_match_lightning(tmp_path, caplog):
+def test_model_pruning_verbose_logs_match_lightning(tmp_path, caplog, monkeypatch):
+    import logging
+
+    # importing mlflow (another test) runs logging.config.dictConfig, which disables every existing logger
+    for logger_name in ("pytorch_lightning.callbacks.pruning", "trainer.callbacks.pruning"):
+        monkeypatch.setattr(logging.getLogger(logger_name), "disabled", False)
     seen = {}
     for name in FRAMEWORKS:
         L = _fw(name)
