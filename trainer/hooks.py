@@ -154,8 +154,9 @@ def is_overridden(method_name: str, instance: Any, parent: Optional[type] = None
                 break
         else:
             raise ValueError(f"Expected a LightningModule, LightningDataModule or Callback, got {type(instance)}")
-    if method_name in getattr(instance, "__dict__", {}):  # patched on the instance (e.g. mocks, LambdaCallback)
-        return True
+    patched = getattr(instance, "__dict__", {})
+    if method_name in patched:  # patched on the instance (e.g. mocks, LambdaCallback); None unsets it (Lightning)
+        return patched[method_name] is not None
     instance_attr = getattr(type(instance), method_name, None)
     parent_attr = getattr(parent, method_name, None)
     if instance_attr is None:
