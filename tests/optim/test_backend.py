@@ -40,3 +40,22 @@ def test_normal_choice_is_info_only(monkeypatch, caplog):
     assert choice == _backend.available_backends("cpu")[0]
     if _backend.HAS_CPP:
         assert [r.levelno for r in caplog.records] == [logging.INFO]
+
+
+def test_compiled_update_uses_the_cuda_kernels_when_built(monkeypatch):
+    """The compiled step's optimizer goes to torch.ops.trainer.* on CUDA when the CUDA kernels are built
+    (it used to be CPU-only, leaving a GPU with inductor's per-parameter update)."""
+    from trainer.optim import _backend as b
+
+    monkeypatch.setattr(b, "HAS_CPP", True)
+    monkeypatch.setattr(b, "HAS_CUDA_EXT", True)
+    assert b.compiled_update_uses_ext({"cuda"})
+    assert b.compiled_update_uses_ext({"cpu"})
+    assert not b.compiled_update_uses_ext({"cpu", "cuda"})  # one kernel call cannot span devices
+    assert not b.compiled_update_uses_ext({"mps"})
+    assert not b.compiled_update_uses_ext(set())
+    monkeypatch.setattr(b, "HAS_CUDA_EXT", False)  # a CPU-only build of trainer._C
+    assert not b.compiled_update_uses_ext({"cuda"})
+    assert b.compiled_update_uses_ext({"cpu"})
+    monkeypatch.setattr(b, "HAS_CPP", False)
+    assert not b.compiled_update_uses_ext({"cpu"})

@@ -414,10 +414,10 @@ class CompiledEngine:
             if cause is not None:
                 self._cudagraphs = False
                 self.report.cudagraph_reason = cause
-        from trainer.optim import HAS_CPP
+        from trainer.optim import compiled_update_uses_ext
 
         dev = trainable[0].device.type if trainable else "cpu"
-        self._use_cpp = bool(HAS_CPP) and dev == "cpu"
+        self._use_cpp = compiled_update_uses_ext({p.device.type for p in trainable} or {"cpu"})
         self._alloc = None
         if dev == "cpu" and self.config.cpu_caching_allocator:
             self._alloc = allocator.module()

@@ -277,14 +277,14 @@ class ShardedStep:
         from trainer.compile.capture import capture_update
         from trainer.compile.engine import _inductor_compile
         from trainer.compile.passes import StepConfig, run_passes
-        from trainer.optim import HAS_CPP
+        from trainer.optim import compiled_update_uses_ext
 
         layout = self.layout
         assert layout is not None
         layout.params, layout.states = params, states
         t0 = time.perf_counter()
         gm, example = capture_update(layout, grads)
-        use_cpp = bool(HAS_CPP) and all(p.device.type == "cpu" for p in params)
+        use_cpp = compiled_update_uses_ext({p.device.type for p in params})
         config = self.engine.config
         names = tuple(p for p in config.active_passes if p == "optimizer_fusion")
         applied: List[str] = []
