@@ -6,6 +6,7 @@ import logging
 import os
 
 import pytest
+import torch
 
 from trainer.optim import _backend
 
@@ -59,3 +60,22 @@ def test_compiled_update_uses_the_cuda_kernels_when_built(monkeypatch):
     assert b.compiled_update_uses_ext({"cpu"})
     monkeypatch.setattr(b, "HAS_CPP", False)
     assert not b.compiled_update_uses_ext({"cpu"})
+
+
+def test_float_lr_stays_on_the_parameters_device_for_triton_and_torch_kernels():
+    """A float lr must not become a new CPU tensor copied to the GPU every step (a blocking copy):
+    the Triton/torch kernels get one device scalar per device, refreshed in place with fill_.
+    The 'meta' device stands in for a GPU here."""
+    from trainer.optim import functional as F
+
+    meta = torch.device("meta")
+    for backend in ("triton", "torch"):
+        t1 = F._lr_tensor(0.1, meta, backend)
+        t2 = F._lr_tensor(0.2, meta, backend)
+        assert t1.device == meta and t1.dtype == torch.float32 and t1.dim() == 0
+        assert t2 is t1  # refreshed in place, never re-created
+    for backend in ("cpp", "cuda"):  # these read the scalar on the host: a CPU tensor costs no copy
+        assert F._lr_tensor(0.1, meta, backend).device.type == "cpu"
+    assert F._lr_tensor(0.1, torch.device("cpu"), "torch").item() == pytest.approx(0.1)
+    given = torch.tensor(0.3, device=meta)
+    assert F._lr_tensor(given, meta, "triton") is given  # a user's tensor lr (e.g. in a CUDA graph) as is

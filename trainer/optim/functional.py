@@ -24,11 +24,26 @@ from ._backend import resolve_backend
 TensorList = Sequence[Tensor]
 
 
-def _as_tensor(x: float | Tensor, like: Tensor) -> Tensor:
-    if isinstance(x, Tensor):
-        return x
-    # CPU scalar tensors cost no host<->device copy: the C++/CUDA kernels read them on the host.
-    return torch.tensor(float(x), dtype=torch.float32)
+_DEVICE_LR: dict[torch.device, Tensor] = {}
+
+
+def _lr_tensor(lr: float | Tensor, device: torch.device, backend: str) -> Tensor:
+    """``lr`` as the tensor the backend reads.
+
+    A tensor is used as given (the way to change ``lr`` inside a user's CUDA graph). A float goes
+    into a CPU scalar for the C++/CUDA kernels, which read it on the host (no copy), and into one
+    device scalar per device, refreshed with ``fill_``, for the Triton and torch kernels: a kernel
+    launch with the value as argument, where a new CPU tensor would cost a blocking host-to-device
+    copy every step. The fill and the kernels that read it are ordered on the same stream.
+    """
+    if isinstance(lr, Tensor):
+        return lr
+    if backend in ("cpp", "cuda") or device.type == "cpu":
+        return torch.tensor(float(lr), dtype=torch.float32)
+    t = _DEVICE_LR.get(device)
+    if t is None:
+        t = _DEVICE_LR[device] = torch.empty((), dtype=torch.float32, device=device)
+    return t.fill_(float(lr))
 
 
 def _steps_list(step: Tensor | TensorList) -> list[Tensor]:
@@ -69,7 +84,7 @@ def fused_adamw_(
     if len(params) == 0:
         return
     be = resolve_backend(_device_of(params), backend)
-    lr_t = _as_tensor(lr, params[0])
+    lr_t = _lr_tensor(lr, params[0].device, be)
     steps = _steps_list(step)
     masters = list(master_params) if master_params is not None else []
     maxs = list(max_exp_avg_sqs) if amsgrad else []
@@ -110,7 +125,7 @@ def fused_sgd_(
     if len(params) == 0:
         return
     be = resolve_backend(_device_of(params), backend)
-    lr_t = _as_tensor(lr, params[0])
+    lr_t = _lr_tensor(lr, params[0].device, be)
     masters = list(master_params) if master_params is not None else []
     bufs = list(momentum_buffers) if momentum != 0 else []
     if be == "torch":
@@ -141,7 +156,7 @@ def fused_lion_(
     if len(params) == 0:
         return
     be = resolve_backend(_device_of(params), backend)
-    lr_t = _as_tensor(lr, params[0])
+    lr_t = _lr_tensor(lr, params[0].device, be)
     masters = list(master_params) if master_params is not None else []
     if be == "torch":
         _torch_lion(params, grads, exp_avgs, masters, lr_t, beta1, beta2, weight_decay, maximize, grad_scale,
