@@ -270,6 +270,7 @@ class CompiledEngine:
         self._lr_cache: List[Any] = []
         self._hp_cache: List[Tuple] = []
         self._use_cpp = False
+        self._graph_backend = None  # cudagraphs' capture backend, made on the first recorded graph
         self._opt: Any = None
         self._groups_sig: Tuple[int, ...] = ()
         self._scaler_cfg: Optional[Tuple[float, float, int]] = None
@@ -613,8 +614,10 @@ class CompiledEngine:
             def failed(reason: str) -> None:
                 report.cudagraph_reason = reason
 
+            if self._graph_backend is None:  # one per engine: its graphs share one memory pool
+                self._graph_backend = cudagraphs.make_backend()
             fn = cudagraphs.GraphReplay(fn, len(self._prefix), warmup=self.config.cudagraph_warmup,
-                                        on_capture=captured, on_failure=failed)
+                                        backend=self._graph_backend, on_capture=captured, on_failure=failed)
         if variant != "fwd_bwd" and cap.unused:
             self._drop_unused_state(cap)
         self.report.compile_seconds += time.perf_counter() - t0
