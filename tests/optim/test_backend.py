@@ -79,3 +79,25 @@ def test_float_lr_stays_on_the_parameters_device_for_triton_and_torch_kernels():
     assert F._lr_tensor(0.1, torch.device("cpu"), "torch").item() == pytest.approx(0.1)
     given = torch.tensor(0.3, device=meta)
     assert F._lr_tensor(given, meta, "triton") is given  # a user's tensor lr (e.g. in a CUDA graph) as is
+
+
+def test_compiled_adam_step_counter_lives_on_the_parameters_device():
+    """The compiled engine keeps Adam's step on the parameter's device always (not only under CUDA
+    graphs or 16-mixed), as torch's fused/capturable Adam does; 'meta' stands in for a GPU."""
+    from trainer.compile.engine import init_adam_state, place_adam_step
+
+    group = {"amsgrad": False}
+    p = torch.zeros(3, device="meta")
+    st: dict = {}
+    init_adam_state(st, p, group)
+    assert st["step"].device.type == "cpu"  # torch.optim's own initial placement, kept for the state_dict
+    place_adam_step(st, p)
+    assert st["step"].device == p.device and st["step"].dim() == 0
+    on_device = st["step"]
+    place_adam_step(st, p)
+    assert st["step"] is on_device  # moved once, then left alone
+    cpu_p, cpu_st = torch.zeros(3), {}
+    init_adam_state(cpu_st, cpu_p, group)
+    before = cpu_st["step"]
+    place_adam_step(cpu_st, cpu_p)
+    assert cpu_st["step"] is before

@@ -535,12 +535,7 @@ class CompiledEngine:
             if adam:
                 st = opt.state[p]  # a defaultdict: touching it creates the entry, as Adam's step does
                 init_adam_state(st, p, group)
-                if st["step"].device != p.device and (self._cudagraphs or self.trainer.precision == "16-mixed"):
-                    # a CUDA graph records GPU work only, and under 16-mixed the step is counted only
-                    # when the device-side inf check passes (no host sync): the step counter lives on
-                    # the device, as torch.optim keeps it with capturable=True or fused=True (same
-                    # value, same state_dict key)
-                    st["step"] = st["step"].to(p.device)
+                place_adam_step(st, p)
                 for key in layout.state_keys:
                     layout.states[key].append(st.get(key) if (key != "max_exp_avg_sq" or group["amsgrad"]) else None)
             elif group["momentum"] != 0:
@@ -1009,6 +1004,18 @@ def init_adam_state(st: Dict[str, Any], p: Tensor, group: Dict[str, Any]) -> Non
             st["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
     if not isinstance(st["step"], Tensor):
         st["step"] = torch.tensor(float(st["step"]), dtype=_get_scalar_dtype())
+
+
+def place_adam_step(st: Dict[str, Any], p: Tensor) -> None:
+    """Moves a parameter's Adam ``step`` counter to the parameter's device (once; kept there).
+
+    A CPU counter for a GPU parameter costs host work and a copy every compiled step, cannot be
+    recorded in a CUDA graph, and under 16-mixed cannot follow the device-side inf check without
+    a host sync. torch.optim keeps it on the device with capturable=True or fused=True: same
+    value, same state_dict key.
+    """
+    if st["step"].device != p.device:
+        st["step"] = st["step"].to(p.device)
 
 
 def optimizer_step_with(loop: "AutomaticOptimization", batch_idx: int, closure: Any, opt: Any,

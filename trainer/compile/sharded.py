@@ -213,7 +213,7 @@ class ShardedStep:
         """torch.optim's state tensors (created as its first ``step()`` would), each DTensor as its local shard.
 
         Read every step: ``load_state_dict`` (resume) and FSDP2's state-dict hooks replace these tensors."""
-        from trainer.compile.engine import init_adam_state
+        from trainer.compile.engine import init_adam_state, place_adam_step
 
         opt = self.opt
         layout = self.layout
@@ -225,6 +225,7 @@ class ShardedStep:
             st = opt.state[p]
             if adam:
                 init_adam_state(st, p, group)
+                place_adam_step(st, p)
                 for key in layout.state_keys:
                     t = st.get(key) if (key != "max_exp_avg_sq" or group["amsgrad"]) else None
                     states[key].append(None if t is None else _local(t))
