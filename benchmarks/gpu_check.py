@@ -51,8 +51,7 @@ def gpt_flops_per_token(cfg: Dict[str, int]) -> float:
 
 
 def make_batches(cfg: Dict[str, int], n: int, batch: int, seed: int) -> List[tuple]:
-    """(inputs, next tokens) pairs. A single tensor sliced inside training_step failed the compiled
-    capture on the CPU (a real tensor reached a fake-tensor embedding): noted in benchmarks/RESULTS.md."""
+    """(inputs, next tokens) pairs."""
     g = torch.Generator().manual_seed(seed)
     seqs = [torch.randint(0, cfg["vocab"], (batch, cfg["context"] + 1), generator=g) for _ in range(n)]
     return [(s[:, :-1].contiguous(), s[:, 1:].contiguous()) for s in seqs]
@@ -64,7 +63,7 @@ def module_class(fw: Any, compile_inner: bool = False) -> type:
             super().__init__()
             torch.manual_seed(0)
             self.model = GPT(**cfg)
-            # not a submodule: the model's parameters are registered once, under "model"
+            # not a submodule: registered twice, the compiled capture failed (benchmarks/RESULTS.md)
             object.__setattr__(self, "fwd", torch.compile(self.model) if compile_inner else self.model)
 
         def training_step(self, batch, batch_idx):
