@@ -207,8 +207,10 @@ def _fp32_views(params: TensorList, grads: TensorList, masters: list[Tensor], mu
     """fp32 working params (the params, the masters, or upcast copies) and fp32 gradients."""
     lowp = any(p.dtype != torch.float32 for p in params)
     work = list(masters) if masters else ([p.float() for p in params] if lowp else list(params))
-    # torch's fused kernels assume grads laid out like their params (wrong results otherwise)
-    g32 = [g.float().contiguous() if g.dtype != torch.float32 or not g.is_contiguous() else g for g in grads]
+    # torch's fused kernels walk grads in their params' memory order (wrong results otherwise): a
+    # contiguous copy was wrong for channels_last params, so copy into the working param's layout
+    g32 = [g if g.dtype == torch.float32 and (g.stride() == w.stride() or g.numel() <= 1)
+           else torch.empty_like(w, dtype=torch.float32).copy_(g) for g, w in zip(grads, work)]
     if mult is not None:
         g32 = torch._foreach_mul(g32, mult.to(g32[0].device))
     copy_back = lowp or bool(masters)
