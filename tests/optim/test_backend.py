@@ -101,3 +101,29 @@ def test_compiled_adam_step_counter_lives_on_the_parameters_device():
     before = cpu_st["step"]
     place_adam_step(cpu_st, cpu_p)
     assert cpu_st["step"] is before
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_unfused_update_ops_take_device_lr_and_step_without_host_reads(monkeypatch, amsgrad):
+    """The per-parameter ops of the compiled step read lr/step with float() only when they are CPU
+    tensors; for device tensors (a GPU) they compute the same update as tensor arithmetic. The
+    device path is forced on CPU tensors here and must match the host path."""
+    from trainer.compile import ops
+
+    assert ops._on_host(torch.zeros(()), torch.zeros(()))
+    assert not ops._on_host(torch.zeros(()), torch.zeros((), device="meta"))
+
+    def run(host: bool):
+        monkeypatch.setattr(ops, "_on_host", lambda *ts: host)
+        g = torch.Generator().manual_seed(0)
+        p, b = torch.randn(5, 3, generator=g), torch.zeros(5, 3)
+        m, v, vmax, step = torch.zeros(5, 3), torch.zeros(5, 3), torch.zeros(5, 3), torch.tensor(0.0)
+        for _ in range(3):
+            grad = torch.randn(5, 3, generator=g)
+            ops.adam_param_(p, grad, m, v, vmax if amsgrad else None, step, torch.tensor(1e-2), 0.9, 0.99, 1e-8,
+                            0.1, amsgrad, False, True)
+            ops.sgd_param_(p, grad, b, torch.tensor(0.1), 0.9, 0.0, 0.01, True, False)
+        return p, m, v, b, step
+
+    for a, h in zip(run(False), run(True)):
+        torch.testing.assert_close(a, h, rtol=1e-5, atol=1e-6)
