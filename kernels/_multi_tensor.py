@@ -102,3 +102,44 @@ def grad_multiplier(like: torch.Tensor, maximize: bool, grad_scale, clip_coef) -
     if grad_scale is not None:
         g = g / grad_scale.to(device=like.device, dtype=torch.float32).reshape(1)
     return g
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """Non-overlapping and dense: the elements fill one block of memory, in some dimension order."""
+    if t.numel() <= 1:
+        return True
+    expected = 1
+    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def same_layout(t: torch.Tensor, like: torch.Tensor) -> bool:
+    """``t`` covers one dense block in the same element order as ``like`` (a flat walk pairs them)."""
+    return _dense(t) and t.shape == like.shape and (t.numel() <= 1 or t.stride() == like.stride())
+
+
+def flat_operands(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+                  states: dict[str, Sequence[torch.Tensor]]) -> list[torch.Tensor]:
+    """Checks the kernels' layout contract and returns the grads in it.
+
+    The kernels walk each tensor's memory as one flat array, as the C++ ``prepare()`` does: a
+    parameter may be in any dense layout (channels_last included), and its gradient and states
+    must walk in the same order. A gradient in another layout is copied into the parameter's
+    (``empty_like`` keeps a dense layout); a state in another layout is an error naming it, since
+    a copy would not be written back.
+    """
+    out = []
+    for i, (p, g) in enumerate(zip(params, grads)):
+        if not _dense(p):
+            raise ValueError(f"trainer_triton: params[{i}] (shape {tuple(p.shape)}, stride {p.stride()}) is not "
+                             "dense: expected a contiguous or channels_last (non-overlapping, dense) tensor")
+        for name, ts in states.items():
+            if len(ts) and not same_layout(ts[i], p):
+                raise ValueError(f"trainer_triton: {name}[{i}] (stride {ts[i].stride()}) is not laid out like "
+                                 f"params[{i}] (stride {p.stride()}): create it with "
+                                 "torch.zeros_like(param, memory_format=torch.preserve_format)")
+        out.append(g if same_layout(g, p) else torch.empty_like(p, dtype=g.dtype).copy_(g))
+    return out

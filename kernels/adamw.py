@@ -66,12 +66,6 @@ _COMMON = ("TAB", "SC", "FI", "omb1", "beta2", "omb2", "eps", "wd")
 _CONSTS = ("BLOCK", "AMSGRAD", "MASTER", "DECOUPLED", "HAS_FI")
 
 
-def _check_contiguous(name: str, ts: list[Tensor]) -> None:
-    for i, t in enumerate(ts):
-        if not t.is_contiguous():
-            raise ValueError(f"trainer_triton: {name}[{i}] must be contiguous")
-
-
 @triton_op("trainer_triton::fused_adamw_",
            mutates_args={"params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "master_params"})
 def fused_adamw_(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
@@ -84,8 +78,9 @@ def fused_adamw_(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tenso
         return
     dev = params[0].device
     master = len(master_params) > 0
-    _check_contiguous("params", params)
-    grads = [g.contiguous() for g in grads]
+    grads = mt.flat_operands(params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs,
+                                             "max_exp_avg_sqs": max_exp_avg_sqs if amsgrad else [],
+                                             "master_params": master_params})
     lr64 = lr.to(device=dev, dtype=torch.float64).reshape(1)
     st = torch.stack([s.to(device=dev, dtype=torch.float64).reshape(()) for s in steps])
     if st.numel() == 1:

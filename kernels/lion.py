@@ -58,10 +58,7 @@ def fused_lion_(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor
         return
     dev = params[0].device
     master = len(master_params) > 0
-    for i, p in enumerate(params):
-        if not p.is_contiguous():
-            raise ValueError(f"trainer_triton: params[{i}] must be contiguous")
-    grads = [g.contiguous() for g in grads]
+    grads = mt.flat_operands(params, grads, {"exp_avgs": exp_avgs, "master_params": master_params})
     sc = torch.cat([mt.grad_multiplier(params[0], maximize, grad_scale, clip_coef),
                     lr.to(device=dev, dtype=torch.float32).reshape(1)])
     fi = found_inf.to(device=dev, dtype=torch.float32).reshape(1) if found_inf is not None else sc

@@ -64,10 +64,8 @@ def fused_sgd_(params: list[Tensor], grads: list[Tensor], momentum_buffers: list
     dev = params[0].device
     mom = momentum != 0.0
     master = len(master_params) > 0
-    for i, p in enumerate(params):
-        if not p.is_contiguous():
-            raise ValueError(f"trainer_triton: params[{i}] must be contiguous")
-    grads = [g.contiguous() for g in grads]
+    grads = mt.flat_operands(params, grads, {"momentum_buffers": momentum_buffers if mom else [],
+                                             "master_params": master_params})
     sc = torch.cat([mt.grad_multiplier(params[0], maximize, grad_scale, clip_coef),
                     lr.to(device=dev, dtype=torch.float32).reshape(1)])
     fi = found_inf.to(device=dev, dtype=torch.float32).reshape(1) if found_inf is not None else sc

@@ -128,7 +128,8 @@ def rerun_graphs(monkeypatch):
 
 def _fit_graphed(model, cudagraphs_on: bool, **kw):
     # the construction check (accelerator must be CUDA) is what the test bypasses: set after it
-    trainer = L.Trainer(max_epochs=2, compile=True, logger=False, enable_checkpointing=False,
+    # accelerator pinned: on a GPU machine "auto" would run these CPU-meant tests on the GPU
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", compile=True, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, **kw)
     trainer._compile_config = CompileConfig(cudagraphs=cudagraphs_on, cudagraph_warmup=1)
     trainer.fit(model)
@@ -147,6 +148,7 @@ def test_engine_replays_every_step_variant_and_matches_the_compiled_step(rerun_g
     assert report.mode == "full" and report.cudagraph_reason is None
     # 90 samples / 16: 5 full batches + one of 10; k=3: micro (16), final (16), final (10), each
     # called at least twice in 2 epochs: one warm-up call, then recorded
+    assert len(rerun_graphs) == 1  # one capture backend (one memory pool) for all the engine's graphs
     graphs = [g for b in rerun_graphs for g in b.graphs]
     assert report.cudagraph_captures == len(graphs) == 3
     assert sum(g.replays for g in graphs) > 0
@@ -176,7 +178,15 @@ def test_split_step_runs_without_graphs_and_says_why(rerun_graphs):
     assert "no CUDA graphs" in str(report)
 
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_capture_is_thread_local_and_shares_the_engines_pool():
+    kw = cudagraphs.capture_kwargs(None)
+    assert kw == {"pool": None, "capture_error_mode": "thread_local"}  # a pinned-memory loader thread is fine
+    handle = (0, 1)
+    assert cudagraphs.capture_kwargs(handle)["pool"] is handle
+
+
+def needs_cuda(fn):
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(fn))
 
 
 @needs_cuda
@@ -185,12 +195,14 @@ def test_cuda_graphs_on_a_gpu_match_the_compiled_step(opt):
     def run(on):
         model = MLP(opt=opt, sched="step", n=90)
         trainer = L.Trainer(max_epochs=2, accelerator="cuda", devices=1, accumulate_grad_batches=3,
-                            compile=CompileConfig(cudagraphs=on), logger=False, enable_checkpointing=False,
+                            compile=CompileConfig(cudagraphs=on, cudagraph_warmup=1), logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
         trainer.fit(model)
         return model.cpu(), trainer
 
     ref, _ = run(False)
     model, trainer = run(True)
-    assert trainer.compile_report.cudagraph_captures >= 2, str(trainer.compile_report)
+    # micro, final and short-batch final graphs, each called at least twice: one warm-up call, then
+    # recorded (with the default cudagraph_warmup=2 only the micro graph would ever be captured)
+    assert trainer.compile_report.cudagraph_captures == 3, str(trainer.compile_report)
     assert max_rel_diff(model, ref) < 1e-6

@@ -186,3 +186,51 @@ TRACE_SCRIPT = textwrap.dedent(r"""
 def test_triton_ops_trace_as_single_nodes():
     r = _run(TRACE_SCRIPT, {})
     assert "TRITON-TRACE-OK" in r.stdout, r.stdout[-3000:] + r.stderr[-5000:]
+
+
+CHANNELS_LAST_SCRIPT = textwrap.dedent(r"""
+    # channels_last parameters (conv weights under memory_format=channels_last): the kernels walk
+    # each tensor's memory flat, as trainer._C's prepare() does; they used to reject them.
+    import os
+    assert os.environ["TRITON_INTERPRET"] == "1"
+    import torch
+    import kernels
+    assert kernels.HAS_TRITON, kernels.TRITON_ERROR
+    from trainer.optim import functional as F
+
+    cl = torch.channels_last
+    def mk(seed):
+        return [torch.randn(3, 4, 5, 6, generator=torch.Generator().manual_seed(seed)).to(memory_format=cl),
+                torch.randn(7, generator=torch.Generator().manual_seed(seed + 1))]
+    out = {}
+    for be in ("triton", "torch"):
+        p = mk(0)
+        # the first gradient in the other (contiguous) layout: copied into the param's
+        g = [mk(1)[0].contiguous(), mk(1)[1]]
+        m = [torch.zeros_like(x, memory_format=torch.preserve_format) for x in p]
+        v = [torch.zeros_like(x, memory_format=torch.preserve_format) for x in p]
+        b = [torch.zeros_like(x, memory_format=torch.preserve_format) for x in p]
+        F.fused_adamw_(p, g, m, v, [], torch.tensor(1.0), torch.tensor(1e-2), 0.9, 0.99, 1e-8, 0.1, False, False,
+                       backend=be)
+        F.fused_sgd_(p, g, b, torch.tensor(0.1), 0.9, 0.0, 0.0, False, False, True, backend=be)
+        F.fused_lion_(p, g, m, torch.tensor(1e-2), 0.9, 0.99, 0.1, False, backend=be)
+        out[be] = p + m + v + b
+    assert out["triton"][0].is_contiguous(memory_format=cl)
+    for a, r in zip(out["triton"], out["torch"]):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-6)
+    # a state in another layout than its param: a clear error, never a silently mispaired update
+    p = mk(0)
+    try:
+        F.fused_adamw_(p, mk(1), [torch.zeros(3, 4, 5, 6), torch.zeros(7)], [torch.zeros_like(x) for x in p], [],
+                       torch.tensor(1.0), torch.tensor(1e-2), 0.9, 0.99, 1e-8, 0.0, False, False, backend="triton")
+    except ValueError as e:
+        assert "exp_avgs[0]" in str(e) and "preserve_format" in str(e), e
+    else:
+        raise AssertionError("no error for a state laid out unlike its param")
+    print("TRITON-CHANNELS-LAST-OK")
+""")
+
+
+def test_triton_kernels_take_channels_last_params():
+    r = _run(CHANNELS_LAST_SCRIPT, {"TRITON_INTERPRET": "1"})
+    assert "TRITON-CHANNELS-LAST-OK" in r.stdout, r.stdout[-3000:] + r.stderr[-5000:]

@@ -515,7 +515,9 @@ def test_setup_cuda_decision_table(toolkit, tmp_path):
     d = s.cuda_build_decision
     assert d(cu, "13.0", None, toolkit, "13.0", env={})[0]
     assert d(cu, "12.8", None, toolkit, "12.6", env={})[0]  # minor mismatch: torch only warns
-    assert not d(cu, "12.8", None, toolkit, "13.0", env={})[0]  # major mismatch: torch would refuse
+    with pytest.raises(s.CudaBuildError, match=r"nvcc 13.0 .* torch's CUDA 12.8 .*TRAINER_CUDA=0"):
+        d(cu, "12.8", None, toolkit, "13.0", env={})  # major mismatch: torch would refuse; say so, no silent CPU build
+    assert not d(cu, "12.8", None, toolkit, "13.0", env={"TRAINER_CUDA": "0"})[0]  # CPU-only asked for
     assert d(cu, "12.8", None, toolkit, "13.0", env={"TRAINER_CUDA": "1"})[0]  # ... unless forced
     assert not d(cu, "13.0", None, toolkit, "13.0", env={"TRAINER_CUDA": "0"})[0]
     assert not d([], "13.0", None, toolkit, "13.0", env={})[0]  # nothing to compile
@@ -524,6 +526,24 @@ def test_setup_cuda_decision_table(toolkit, tmp_path):
     assert not d(cu, None, "6.2", toolkit, None, env={})[0]  # ROCm torch: not hipified
     assert s.nvcc_version(None) is None and s.nvcc_version(str(tmp_path / "nothing")) is None
     assert s.toolkit_root(toolkit) == toolkit and s.toolkit_root(None) is None
+
+
+def test_setup_arch_list_defaults_to_ampere_and_hopper_without_a_gpu():
+    s = _load_setup()
+    assert s.cuda_arch_list({}, visible_gpus=0) == "8.0;9.0+PTX"
+    assert s.cuda_arch_list({}, visible_gpus=1) is None  # torch targets the visible GPUs
+    assert s.cuda_arch_list({"TORCH_CUDA_ARCH_LIST": "8.6"}, visible_gpus=0) == "8.6"  # the user's choice wins
+    assert s.cuda_arch_list({"TORCH_CUDA_ARCH_LIST": "8.6"}, visible_gpus=2) == "8.6"
+
+
+def test_setup_march_native_is_opt_in():
+    s = _load_setup()
+    assert not any("march" in f for f in s.cxx_flags({}))
+    assert not any("march" in f for f in s.cxx_flags({"TRAINER_NATIVE": "0"}))
+    assert "-march=native" in s.cxx_flags({"TRAINER_NATIVE": "1"})
+    assert "-fno-math-errno" in s.cxx_flags({})
+    with pytest.raises(ValueError, match=r"TRAINER_NATIVE='yes'.*'0'.*'1'"):
+        s.cxx_flags({"TRAINER_NATIVE": "yes"})
 
 
 def test_backend_order_prefers_cuda_kernels(monkeypatch):

@@ -316,3 +316,45 @@ def test_adamw_cuda_backends_match_torch(backend):
         ref.step()
         ours.step()
     assert_state_close(ref, ours, ref_p, our_p)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sgd_skipped_first_step_creates_no_momentum_buffer(backend):
+    """GradScaler skips torch.optim.SGD's step() on inf/NaN; the first real step then sets the buffer to
+    its gradient. A buffer created on the skipped step would make it momentum * 0 + (1 - dampening) * g."""
+    ref_p, our_p = make_params(), make_params()
+    ref = torch.optim.SGD(ref_p, lr=0.1, momentum=0.9, dampening=0.5, foreach=False)
+    ours = FusedSGD(our_p, lr=0.1, momentum=0.9, dampening=0.5, backend=backend)
+    set_grads(our_p, 0)
+    ours.step(found_inf=torch.ones(()))  # skipped; torch's step() would not run at all
+    assert all("momentum_buffer" not in ours.state[p] for p in our_p)
+    for s in (1, 2):
+        set_grads(ref_p, s)
+        set_grads(our_p, s)
+        ref.step()
+        ours.step(found_inf=torch.zeros(()))
+    for r, o in zip(ref_p, our_p):
+        torch.testing.assert_close(o.detach(), r.detach())
+        torch.testing.assert_close(ours.state[o]["momentum_buffer"], ref.state[r]["momentum_buffer"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("grad_format", [torch.channels_last, torch.contiguous_format], ids=["cl_grad", "nchw_grad"])
+def test_channels_last_params_match_torch(backend, grad_format):
+    """A channels_last conv weight: the torch fallback made its grads contiguous, pairing elements of
+    different positions (0.4 off after one SGD step)."""
+    def make():
+        torch.manual_seed(0)
+        return [torch.randn(3, 4, 5, 6).to(memory_format=torch.channels_last).requires_grad_()]
+
+    ref_p, our_p = make(), make()
+    ref = torch.optim.AdamW(ref_p, lr=1e-2, foreach=False)
+    ours = FusedAdamW(our_p, lr=1e-2, backend=backend)
+    for s in range(2):
+        g = torch.randn(3, 4, 5, 6, generator=torch.Generator().manual_seed(s))
+        ref_p[0].grad = g.clone()
+        our_p[0].grad = g.clone().to(memory_format=grad_format)
+        ref.step()
+        ours.step()
+    torch.testing.assert_close(our_p[0].detach(), ref_p[0].detach())
+    assert our_p[0].is_contiguous(memory_format=torch.channels_last)

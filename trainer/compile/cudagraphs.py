@@ -57,11 +57,26 @@ class _Recorded:
         self.graph.replay()
 
 
+def capture_kwargs(pool: Any) -> dict:
+    """Arguments of ``torch.cuda.graph`` for a step graph.
+
+    ``capture_error_mode="thread_local"``: the default "global" mode makes any CUDA call from
+    another thread during capture an error, and a pinned-memory DataLoader's thread makes such
+    calls. ``pool``: the memory pool of the engine's first graph (None for the first), so the
+    micro/final/short-batch graphs share one pool instead of each reserving its own activations.
+    They replay one after another on one stream and their outputs are cloned out at once, so
+    the memory one graph frees is dead when another reuses it.
+    """
+    return {"pool": pool, "capture_error_mode": "thread_local"}
+
+
 class CudaBackend:
-    """The CUDA primitives: the side stream for warm-up, and capture into a private memory pool."""
+    """The CUDA primitives: the side stream for warm-up, and capture into one memory pool shared by
+    every graph this backend records (one backend per engine)."""
 
     def __init__(self) -> None:
         self.side = torch.cuda.Stream()
+        self.pool: Any = None
 
     def warmup(self, fn: Callable[[], Any]) -> Any:
         current = torch.cuda.current_stream()
@@ -74,8 +89,10 @@ class CudaBackend:
     def capture(self, fn: Callable[[], Any]) -> _Recorded:
         """Records ``fn`` (nothing runs until ``replay``)."""
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, **capture_kwargs(self.pool)):
             out = fn()
+        if self.pool is None:
+            self.pool = graph.pool()
         return _Recorded(graph, out)
 
 
@@ -169,4 +186,4 @@ class GraphReplay:
         return True
 
 
-__all__ = ["CudaBackend", "GraphReplay", "cuda_graph_reason", "make_backend"]
+__all__ = ["CudaBackend", "GraphReplay", "capture_kwargs", "cuda_graph_reason", "make_backend"]

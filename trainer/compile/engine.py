@@ -270,6 +270,7 @@ class CompiledEngine:
         self._lr_cache: List[Any] = []
         self._hp_cache: List[Tuple] = []
         self._use_cpp = False
+        self._graph_backend = None  # cudagraphs' capture backend, made on the first recorded graph
         self._opt: Any = None
         self._groups_sig: Tuple[int, ...] = ()
         self._scaler_cfg: Optional[Tuple[float, float, int]] = None
@@ -414,10 +415,10 @@ class CompiledEngine:
             if cause is not None:
                 self._cudagraphs = False
                 self.report.cudagraph_reason = cause
-        from trainer.optim import HAS_CPP
+        from trainer.optim import compiled_update_uses_ext
 
         dev = trainable[0].device.type if trainable else "cpu"
-        self._use_cpp = bool(HAS_CPP) and dev == "cpu"
+        self._use_cpp = compiled_update_uses_ext({p.device.type for p in trainable} or {"cpu"})
         self._alloc = None
         if dev == "cpu" and self.config.cpu_caching_allocator:
             self._alloc = allocator.module()
@@ -534,12 +535,7 @@ class CompiledEngine:
             if adam:
                 st = opt.state[p]  # a defaultdict: touching it creates the entry, as Adam's step does
                 init_adam_state(st, p, group)
-                if st["step"].device != p.device and (self._cudagraphs or self.trainer.precision == "16-mixed"):
-                    # a CUDA graph records GPU work only, and under 16-mixed the step is counted only
-                    # when the device-side inf check passes (no host sync): the step counter lives on
-                    # the device, as torch.optim keeps it with capturable=True or fused=True (same
-                    # value, same state_dict key)
-                    st["step"] = st["step"].to(p.device)
+                place_adam_step(st, p)
                 for key in layout.state_keys:
                     layout.states[key].append(st.get(key) if (key != "max_exp_avg_sq" or group["amsgrad"]) else None)
             elif group["momentum"] != 0:
@@ -613,8 +609,10 @@ class CompiledEngine:
             def failed(reason: str) -> None:
                 report.cudagraph_reason = reason
 
+            if self._graph_backend is None:  # one per engine: its graphs share one memory pool
+                self._graph_backend = cudagraphs.make_backend()
             fn = cudagraphs.GraphReplay(fn, len(self._prefix), warmup=self.config.cudagraph_warmup,
-                                        on_capture=captured, on_failure=failed)
+                                        backend=self._graph_backend, on_capture=captured, on_failure=failed)
         if variant != "fwd_bwd" and cap.unused:
             self._drop_unused_state(cap)
         self.report.compile_seconds += time.perf_counter() - t0
@@ -1006,6 +1004,18 @@ def init_adam_state(st: Dict[str, Any], p: Tensor, group: Dict[str, Any]) -> Non
             st["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
     if not isinstance(st["step"], Tensor):
         st["step"] = torch.tensor(float(st["step"]), dtype=_get_scalar_dtype())
+
+
+def place_adam_step(st: Dict[str, Any], p: Tensor) -> None:
+    """Moves a parameter's Adam ``step`` counter to the parameter's device (once; kept there).
+
+    A CPU counter for a GPU parameter costs host work and a copy every compiled step, cannot be
+    recorded in a CUDA graph, and under 16-mixed cannot follow the device-side inf check without
+    a host sync. torch.optim keeps it on the device with capturable=True or fused=True: same
+    value, same state_dict key.
+    """
+    if st["step"].device != p.device:
+        st["step"] = st["step"].to(p.device)
 
 
 def optimizer_step_with(loop: "AutomaticOptimization", batch_idx: int, closure: Any, opt: Any,

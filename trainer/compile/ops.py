@@ -16,6 +16,11 @@ import torch
 from torch import Tensor
 
 
+def _on_host(*ts: Tensor) -> bool:
+    """Reading these with float() costs no device sync (CPU tensors)."""
+    return all(t.device.type == "cpu" for t in ts)
+
+
 @torch.library.custom_op(
     "trainer_compile::adam_param_", mutates_args=("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step")
 )
@@ -31,6 +36,12 @@ def adam_param_(
     if found_inf is not None:
         return _fp16_adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
                           weight_decay, amsgrad, maximize, decoupled, clip_coef, grad_scale, found_inf)
+    if not _on_host(lr, step):
+        # lr/step on the GPU: float() would be two host syncs per parameter per step; the same
+        # update as tensor arithmetic, as torch's capturable Adam computes it
+        step.add_(1)
+        return foreach_adam_([param], [grad], [exp_avg], [exp_avg_sq], [max_exp_avg_sq] if amsgrad else [], [step],
+                             lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled, clip_coef, grad_scale)
     if grad_scale is not None:
         grad = grad / grad_scale
     if clip_coef is not None:
@@ -74,6 +85,9 @@ def sgd_param_(
     if found_inf is not None:
         return foreach_sgd_([param], [grad], [momentum_buffer] if momentum != 0 else [], lr, momentum, dampening,
                             weight_decay, nesterov, maximize, clip_coef, grad_scale, found_inf)
+    if not _on_host(lr):  # a device lr: tensor arithmetic rather than a host sync per parameter
+        return foreach_sgd_([param], [grad], [momentum_buffer] if momentum != 0 else [], lr, momentum, dampening,
+                            weight_decay, nesterov, maximize, clip_coef, grad_scale)
     if grad_scale is not None:
         grad = grad / grad_scale
     if clip_coef is not None:

@@ -213,7 +213,7 @@ class ShardedStep:
         """torch.optim's state tensors (created as its first ``step()`` would), each DTensor as its local shard.
 
         Read every step: ``load_state_dict`` (resume) and FSDP2's state-dict hooks replace these tensors."""
-        from trainer.compile.engine import init_adam_state
+        from trainer.compile.engine import init_adam_state, place_adam_step
 
         opt = self.opt
         layout = self.layout
@@ -225,6 +225,7 @@ class ShardedStep:
             st = opt.state[p]
             if adam:
                 init_adam_state(st, p, group)
+                place_adam_step(st, p)
                 for key in layout.state_keys:
                     t = st.get(key) if (key != "max_exp_avg_sq" or group["amsgrad"]) else None
                     states[key].append(None if t is None else _local(t))
@@ -277,14 +278,14 @@ class ShardedStep:
         from trainer.compile.capture import capture_update
         from trainer.compile.engine import _inductor_compile
         from trainer.compile.passes import StepConfig, run_passes
-        from trainer.optim import HAS_CPP
+        from trainer.optim import compiled_update_uses_ext
 
         layout = self.layout
         assert layout is not None
         layout.params, layout.states = params, states
         t0 = time.perf_counter()
         gm, example = capture_update(layout, grads)
-        use_cpp = bool(HAS_CPP) and all(p.device.type == "cpu" for p in params)
+        use_cpp = compiled_update_uses_ext({p.device.type for p in params})
         config = self.engine.config
         names = tuple(p for p in config.active_passes if p == "optimizer_fusion")
         applied: List[str] = []

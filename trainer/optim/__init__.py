@@ -13,6 +13,7 @@ from ._backend import (
     HAS_TRITON,
     BackendUnavailable,
     available_backends,
+    compiled_update_uses_ext,
     resolve_backend,
 )
 from .functional import clip_coef_from_norm, found_inf_from_norm, grad_norm
@@ -29,6 +30,7 @@ __all__ = [
     "FusedLion",
     "FusedSGD",
     "available_backends",
+    "compiled_update_uses_ext",
     "clip_coef_from_norm",
     "found_inf_from_norm",
     "functional",

@@ -146,6 +146,24 @@ def resolve_backend(device: torch.device | str, requested: str | None = None) ->
     return choice
 
 
+def compiled_update_uses_ext(device_types: set[str] | frozenset[str]) -> bool:
+    """Whether a compiled step updating parameters on ``device_types`` lowers its optimizer to
+    ``torch.ops.trainer.*`` (one multi-tensor kernel per group) rather than inductor's foreach code.
+
+    CPU needs ``trainer._C``; CUDA needs it built with its CUDA kernels (on a GPU the inductor
+    update is about one kernel per parameter). A mix of devices, or any other device, uses the
+    inductor path, which handles every device.
+    """
+    if len(device_types) != 1:
+        return False
+    (dev,) = device_types
+    if dev == "cpu":
+        return HAS_CPP
+    if dev == "cuda":
+        return HAS_CUDA_EXT
+    return False
+
+
 def _missing_native(device_type: str) -> str | None:
     """The compiled backend that should serve ``device_type`` but did not load, if any."""
     if device_type == "cpu" and not HAS_CPP:

@@ -24,11 +24,26 @@ from ._backend import resolve_backend
 TensorList = Sequence[Tensor]
 
 
-def _as_tensor(x: float | Tensor, like: Tensor) -> Tensor:
-    if isinstance(x, Tensor):
-        return x
-    # CPU scalar tensors cost no host<->device copy: the C++/CUDA kernels read them on the host.
-    return torch.tensor(float(x), dtype=torch.float32)
+_DEVICE_LR: dict[torch.device, Tensor] = {}
+
+
+def _lr_tensor(lr: float | Tensor, device: torch.device, backend: str) -> Tensor:
+    """``lr`` as the tensor the backend reads.
+
+    A tensor is used as given (the way to change ``lr`` inside a user's CUDA graph). A float goes
+    into a CPU scalar for the C++/CUDA kernels, which read it on the host (no copy), and into one
+    device scalar per device, refreshed with ``fill_``, for the Triton and torch kernels: a kernel
+    launch with the value as argument, where a new CPU tensor would cost a blocking host-to-device
+    copy every step. The fill and the kernels that read it are ordered on the same stream.
+    """
+    if isinstance(lr, Tensor):
+        return lr
+    if backend in ("cpp", "cuda") or device.type == "cpu":
+        return torch.tensor(float(lr), dtype=torch.float32)
+    t = _DEVICE_LR.get(device)
+    if t is None:
+        t = _DEVICE_LR[device] = torch.empty((), dtype=torch.float32, device=device)
+    return t.fill_(float(lr))
 
 
 def _steps_list(step: Tensor | TensorList) -> list[Tensor]:
@@ -69,7 +84,7 @@ def fused_adamw_(
     if len(params) == 0:
         return
     be = resolve_backend(_device_of(params), backend)
-    lr_t = _as_tensor(lr, params[0])
+    lr_t = _lr_tensor(lr, params[0].device, be)
     steps = _steps_list(step)
     masters = list(master_params) if master_params is not None else []
     maxs = list(max_exp_avg_sqs) if amsgrad else []
@@ -110,7 +125,7 @@ def fused_sgd_(
     if len(params) == 0:
         return
     be = resolve_backend(_device_of(params), backend)
-    lr_t = _as_tensor(lr, params[0])
+    lr_t = _lr_tensor(lr, params[0].device, be)
     masters = list(master_params) if master_params is not None else []
     bufs = list(momentum_buffers) if momentum != 0 else []
     if be == "torch":
@@ -141,7 +156,7 @@ def fused_lion_(
     if len(params) == 0:
         return
     be = resolve_backend(_device_of(params), backend)
-    lr_t = _as_tensor(lr, params[0])
+    lr_t = _lr_tensor(lr, params[0].device, be)
     masters = list(master_params) if master_params is not None else []
     if be == "torch":
         _torch_lion(params, grads, exp_avgs, masters, lr_t, beta1, beta2, weight_decay, maximize, grad_scale,
@@ -192,8 +207,10 @@ def _fp32_views(params: TensorList, grads: TensorList, masters: list[Tensor], mu
     """fp32 working params (the params, the masters, or upcast copies) and fp32 gradients."""
     lowp = any(p.dtype != torch.float32 for p in params)
     work = list(masters) if masters else ([p.float() for p in params] if lowp else list(params))
-    # torch's fused kernels assume grads laid out like their params (wrong results otherwise)
-    g32 = [g.float().contiguous() if g.dtype != torch.float32 or not g.is_contiguous() else g for g in grads]
+    # torch's fused kernels walk grads in their params' memory order (wrong results otherwise): a
+    # contiguous copy was wrong for channels_last params, so copy into the working param's layout
+    g32 = [g if g.dtype == torch.float32 and (g.stride() == w.stride() or g.numel() <= 1)
+           else torch.empty_like(w, dtype=torch.float32).copy_(g) for g, w in zip(grads, work)]
     if mult is not None:
         g32 = torch._foreach_mul(g32, mult.to(g32[0].device))
     copy_back = lowp or bool(masters)

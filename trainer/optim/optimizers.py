@@ -207,6 +207,11 @@ class FusedSGD(_FusedOptimizer):
             with torch.enable_grad():
                 loss = closure()
         grad_scale, found_inf = self._amp_args(grad_scale, found_inf)
+        if found_inf is not None and self._would_create_buffers() and bool(found_inf.item()):
+            # A step that GradScaler skips must not create momentum buffers: torch.optim.SGD never
+            # runs on it, so its first real step sets the buffer to that step's gradient. The host
+            # read happens only while some buffer is still missing (the first steps), never after.
+            return loss
         for group in self.param_groups:
             ps, gs = self._grads(group)
             if not ps:
@@ -234,6 +239,12 @@ class FusedSGD(_FusedOptimizer):
                              group["nesterov"], group["maximize"], first, grad_scale, found_inf, clip_coef,
                              master_params=w_l or None, backend=group["backend"])
         return loss
+
+
+    def _would_create_buffers(self) -> bool:
+        """Some parameter with a gradient in a momentum group has no momentum buffer yet."""
+        return any(group["momentum"] != 0 and p.grad is not None and self.state[p].get("momentum_buffer") is None
+                   for group in self.param_groups for p in group["params"])
 
 
 class FusedLion(_FusedOptimizer):
