@@ -253,6 +253,21 @@ def case_reads_weight_in_outputs(L):
     return M(), []
 
 
+def case_aliased_submodule(L):
+    """The same submodule under two attribute names (``self.fwd = self.net``): the capture's stand-in tensors
+    must leave both names (it left plain tensors under one, and the next step trained those)."""
+    class M(_base(L)):
+        def __init__(self):
+            super().__init__()
+            self.fwd = self.net
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return F.mse_loss(self.fwd(x), y)
+
+    return M(), []
+
+
 # What the compiled engine must report for each case: ("recompiles", n) = captured again n times and
 # stayed compiled; ("eager", text) = fell back with one CompileWarning containing text.
 CASES = {
@@ -270,6 +285,7 @@ CASES = {
     "submodule_mode": (case_submodule_mode, ("recompiles", 2)),
     "dropout_p": (case_dropout_p, ("recompiles", 1)),
     "reads_weight_in_outputs": (case_reads_weight_in_outputs, ("recompiles", 0)),
+    "aliased_submodule": (case_aliased_submodule, ("recompiles", 0)),
 }
 
 

@@ -47,7 +47,7 @@ import contextlib
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, fx
@@ -125,6 +125,30 @@ class Captured:
     n_outputs: int
     unused: List[int]  # trainable params with no gradient (eager: .grad stays None, no update)
     guard: Any = None  # trainer.compile.guards.StepGuard: the Python state the graph depends on
+
+
+@contextlib.contextmanager
+def reparametrized(module: torch.nn.Module, tensors: Dict[str, Tensor]) -> Iterator[None]:
+    """``_reparametrize_module(module, tensors, tie_weights=True)`` that leaves every parameter and buffer as it
+    found it, under every name: with a submodule registered twice (``self.fwd = self.model``) torch's restore
+    put the traced stand-ins back under one of its names only, and the next step trained plain tensors."""
+    before = [(owner, kind, leaf, value) for owner, kind, leaf, value in _tensor_slots(module)]
+    try:
+        with _reparametrize_module(module, tensors, tie_weights=True):
+            yield
+    finally:
+        for owner, kind, leaf, value in before:
+            slots = getattr(owner, kind)
+            if slots.get(leaf) is not value:
+                slots[leaf] = value
+
+
+def _tensor_slots(module: torch.nn.Module) -> Iterator[Tuple[torch.nn.Module, str, str, Any]]:
+    """(owner module, "_parameters"/"_buffers", name, tensor) of every registration, aliases included."""
+    for owner in module.modules():  # modules() visits each module object once, aliases or not
+        for kind in ("_parameters", "_buffers"):
+            for leaf, value in getattr(owner, kind).items():
+                yield owner, kind, leaf, value
 
 
 def _user_frame(exc: BaseException) -> str:
@@ -231,7 +255,7 @@ def capture(
             tensors = {**dict(zip(layout.param_names, params)), **dict(zip(layout.other_names, others)),
                        **dict(zip(layout.buffer_names, bufs))}
             records.clear()
-            with _reparametrize_module(module, tensors, tie_weights=True), step_context(), attention_mode(), \
+            with reparametrized(module, tensors), step_context(), attention_mode(), \
                     _Substituted(lifted, lifted_in):
                 out = module.training_step(b, *step_args)
             for r, (name, value, args, kwargs) in enumerate(records):

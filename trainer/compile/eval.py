@@ -174,7 +174,7 @@ class EvalEngine:
     def _build(self, name: str, module: Any, batch: Any, rest: tuple, pnames: List[str], bnames: List[str],
                prefix: List[Tensor]) -> _EvalGraph:
         from torch.fx.experimental.proxy_tensor import make_fx
-        from torch.nn.utils.stateless import _reparametrize_module
+        from trainer.compile.capture import reparametrized
 
         from trainer.compile.capture import CaptureError, _user_frame
         from trainer.compile.engine import _inductor_compile
@@ -201,7 +201,7 @@ class EvalEngine:
                 lv[i] = t
             tensors = {**dict(zip(pnames, flat[:n_p])), **dict(zip(bnames, flat[n_p:n_p + n_b]))}
             records.clear()
-            with _reparametrize_module(module, tensors, tie_weights=True), context():
+            with reparametrized(module, tensors), context():
                 out = getattr(module, name)(tree_unflatten(lv, spec), *rest)
             out_leaves, out_spec = tree_flatten(out)
             for v in out_leaves:
