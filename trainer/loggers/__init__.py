@@ -8,8 +8,14 @@ from trainer.loggers.logger import DummyLogger, Logger
 from trainer.loggers.mlflow import MLFlowLogger
 from trainer.loggers.tensorboard import _TENSORBOARD_AVAILABLE, TensorBoardLogger
 from trainer.loggers.wandb import WandbLogger
+from trainer._unavailable import requires
+
+CometLogger = requires("CometLogger", "comet_ml", "pip install comet-ml", "Comet experiment tracking")
+LitLogger = requires("LitLogger", "litlogger", "pip install litlogger", "Lightning AI's hosted logger")
 
 __all__ = [
+    "CometLogger",
+    "LitLogger",
     "CSVLogger",
     "DummyLogger",
     "Logger",

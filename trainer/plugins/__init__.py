@@ -2,10 +2,17 @@
 environment and a checkpoint IO plugin (at most one of each)."""
 from trainer.plugins.environments import ClusterEnvironment
 from trainer.plugins.io import AsyncCheckpointIO, CheckpointIO, TorchCheckpointIO
-from trainer.plugins.precision import DoublePrecision, HalfPrecision, MixedPrecision, Precision
+from trainer._unavailable import requires
+from trainer.plugins.precision import (
+    BitsandbytesPrecision, DoublePrecision, HalfPrecision, MixedPrecision, Precision, TransformerEnginePrecision,
+    XLAPrecision,
+)
+
+XLACheckpointIO = requires("XLACheckpointIO", "torch_xla", "pip install torch_xla", "TPU checkpoint IO")
 
 __all__ = [
     "AsyncCheckpointIO",
+    "BitsandbytesPrecision",
     "CheckpointIO",
     "ClusterEnvironment",
     "DoublePrecision",
@@ -13,4 +20,7 @@ __all__ = [
     "MixedPrecision",
     "Precision",
     "TorchCheckpointIO",
+    "TransformerEnginePrecision",
+    "XLACheckpointIO",
+    "XLAPrecision",
 ]
