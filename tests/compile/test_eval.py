@@ -202,3 +202,38 @@ def test_eval_step_without_tensor_ops_runs_its_python_once_per_batch():
         out = _trainer(True).validate(model, verbose=False)
     assert model.events == [0, 1, 2]  # not run a second time by the capture
     assert out[0]["n"] == pytest.approx((0 * 16 + 1 * 16 + 2 * 8) / 40)  # batch-size-weighted mean
+
+
+CLASS_WEIGHTS = torch.ones(4)  # read by WeightedEval.validation_step; the test rebinds and scales it
+
+
+class WeightedEval(EvalMLP):
+    """A validation step reading tensors that are neither parameters, buffers nor the batch: a module-level
+    tensor and a plain tensor attribute (graph inputs looked up at every call, not constants)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shift = torch.zeros(4)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self.net(x) + self.shift, y, weight=CLASS_WEIGHTS))
+
+
+def test_eval_step_reads_free_tensors_as_they_are_now():
+    global CLASS_WEIGHTS
+    results = {}
+    for compile_on in (False, True):
+        CLASS_WEIGHTS = torch.ones(4)
+        model, trainer = WeightedEval(), _trainer(compile_on)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", CompileWarning)  # no fallback
+            first = trainer.validate(model, verbose=False)
+            CLASS_WEIGHTS = torch.tensor([0.1, 1.0, 3.0, 0.5])  # rebound
+            model.shift.add_(torch.tensor([2.0, 0.0, -1.0, 0.0]))  # changed in place
+            second = trainer.validate(model, verbose=False)
+        results[compile_on] = (first, second)
+        if compile_on:
+            assert trainer._eval_engine.recompile_reasons == []
+    assert results[True] == results[False]
+    assert results[True][0] != results[True][1]

@@ -26,6 +26,7 @@ from trainer.compile.engine import CompileWarning
 
 EPOCHS = 3  # 4 batches each: 12 optimizer steps
 SCALE = 1.0  # read by a training_step, changed by a callback (case "module_global")
+WEIGHTS = torch.ones(4)  # per-output loss weights read by a training_step (case "global_tensor")
 
 
 def _data():
@@ -268,6 +269,70 @@ def case_aliased_submodule(L):
     return M(), []
 
 
+def case_global_tensor(L):
+    """Loss weights in a module-level tensor: a callback rebinds the global every epoch and scales it in
+    place after every batch; each step must read the tensor there now (a graph input, not a constant)."""
+    class M(_base(L)):
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return ((self.net(x) - y) ** 2 * WEIGHTS).mean()
+
+    class Reweigh(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            sys.modules[__name__].WEIGHTS = torch.linspace(0.5, 2.0, 4) * (1 + trainer.current_epoch)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            WEIGHTS.mul_(0.9)
+
+    return M(), [Reweigh()]
+
+
+def case_attribute_closure_and_list_tensors(L):
+    """Tensors in a plain attribute (not a buffer), a closure and a list, one of them counted up in place by
+    the step itself and one replaced by a callback: all read as they are at each step."""
+    offset = torch.full((4,), 0.1)
+
+    class M(_base(L)):
+        def __init__(self):
+            super().__init__()
+            self.temperature = torch.tensor(2.0)
+            self.table = [torch.zeros(4)]
+            self.calls = torch.zeros((), dtype=torch.int64)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            self.calls.add_(1)
+            out = self.net(x) / self.temperature + offset + self.table[0]
+            self.log("calls", self.calls.float())
+            return F.mse_loss(out, y)
+
+    class Cool(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            pl_module.temperature = torch.tensor(2.0 / (1 + trainer.current_epoch))
+            pl_module.table[0] = torch.full((4,), 0.05 * trainer.current_epoch)
+
+    return M(), [Cool()]
+
+
+def case_tensor_needing_grad(L):
+    """A tensor that needs a gradient but is no parameter: eager accumulates its ``.grad``, which a graph
+    input would not: the step runs eagerly, saying why."""
+    class M(_base(L)):
+        def __init__(self):
+            super().__init__()
+            self.__dict__["gain"] = torch.ones(4, requires_grad=True)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return F.mse_loss(self.net(x) * self.gain, y)
+
+        def on_train_batch_end(self, outputs, batch, batch_idx):
+            self.history = getattr(self, "history", [])
+            self.history.append(tuple(self.gain.grad.tolist()))
+
+    return M(), []
+
+
 # What the compiled engine must report for each case: ("recompiles", n) = captured again n times and
 # stayed compiled; ("eager", text) = fell back with one CompileWarning containing text.
 CASES = {
@@ -286,12 +351,16 @@ CASES = {
     "dropout_p": (case_dropout_p, ("recompiles", 1)),
     "reads_weight_in_outputs": (case_reads_weight_in_outputs, ("recompiles", 0)),
     "aliased_submodule": (case_aliased_submodule, ("recompiles", 0)),
+    "global_tensor": (case_global_tensor, ("recompiles", 0)),
+    "attribute_closure_and_list_tensors": (case_attribute_closure_and_list_tensors, ("recompiles", 0)),
+    "tensor_needing_grad": (case_tensor_needing_grad, ("eager", "`self.gain`, a tensor that needs a gradient")),
 }
 
 
 def _fit(name: str, framework: str, compile_on=None):
-    global SCALE
+    global SCALE, WEIGHTS
     SCALE = 1.0
+    WEIGHTS = torch.ones(4)
     L = import_framework(framework)
     model, callbacks = CASES[name][0](L)
     kwargs = dict(max_epochs=EPOCHS, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
@@ -310,6 +379,8 @@ def _fit(name: str, framework: str, compile_on=None):
 def _observed(model, trainer):
     """What a user can see besides the weights: side effects, logged values, the metric."""
     out = {"SCALE": SCALE, "global_step": trainer.global_step}
+    for i, w in enumerate(WEIGHTS.tolist()):
+        out[f"WEIGHTS[{i}]"] = w
     if hasattr(model, "seen"):
         out["seen"] = len(model.seen)
     for i, step in enumerate(getattr(model, "history", ())):

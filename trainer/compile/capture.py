@@ -245,9 +245,11 @@ def capture(
             scale = flat[pos]
             pos += 2
         batch_tensors = flat[pos:pos + n_batch]
-        lifted_in = flat[pos + n_batch:]
+        lifted_in = flat[pos + n_batch:pos + n_batch + len(lifted)]
+        free_in = flat[pos + n_batch + len(lifted):]
 
-        def step_loss(params: List[Tensor], others: List[Tensor], bufs: List[Tensor], batch_tensors: List[Tensor]):
+        def step_loss(params: List[Tensor], others: List[Tensor], bufs: List[Tensor], batch_tensors: List[Tensor],
+                      free_in: List[Tensor]):
             lv = list(const_leaves)
             for i, t in zip(t_pos, batch_tensors):
                 lv[i] = t
@@ -256,7 +258,7 @@ def capture(
                        **dict(zip(layout.buffer_names, bufs))}
             records.clear()
             with reparametrized(module, tensors), step_context(), attention_mode(), \
-                    _Substituted(lifted, lifted_in):
+                    _Substituted(lifted, lifted_in), _Placed(guard.free, free_in):
                 out = module.training_step(b, *step_args)
             for r, (name, value, args, kwargs) in enumerate(records):
                 j = next((j for j, t in enumerate(lifted_in) if value is t), None)
@@ -284,7 +286,7 @@ def capture(
             return target, (loss.detach(), [t.detach() for t in log_tensors], [t.detach() for t in extra_tensors])
 
         grads, (_, (loss, logs, extras)) = torch.func.grad_and_value(step_loss, has_aux=True)(
-            params, others, bufs, batch_tensors)
+            params, others, bufs, batch_tensors, list(free_in))
         # the outputs were detached inside step_loss, before any update: nothing may read them after the
         # updates (inductor realizes an output where its last op is; a view traced after the in-place update
         # of a parameter made a loss or logged value computed lazily from that parameter read the new value)
@@ -297,12 +299,12 @@ def capture(
         from trainer.compile.attention import SmallAttention as attention_mode
     else:
         attention_mode = contextlib.nullcontext
-    from trainer.compile.guards import StepGuard, _Substituted
+    from trainer.compile.guards import StepGuard, _Placed, _Substituted
 
     # first: whether the step is one graph without Python side effects, and what Python state it reads
     guard = StepGuard.trace(module, "training_step", batch, step_args, step_context, lifted)
     n_batch = len(t_pos)
-    example = prefix + [leaves[i] for i in t_pos] + [x.tensor for x in lifted]
+    example = prefix + [leaves[i] for i in t_pos] + [x.tensor for x in lifted] + guard.free_inputs()
     module.__dict__["log"] = recorder
     prev_fx = module.__dict__.get("_current_fx_name")
     object.__setattr__(module, "_current_fx_name", "training_step")
@@ -318,6 +320,7 @@ def capture(
         object.__setattr__(module, "_current_fx_name", prev_fx)
 
     roles = layout.roles() + [("batch", i) for i in range(len(t_pos))] + [("lifted", i) for i in range(len(lifted))]
+    roles += [("free", i) for i in range(len(guard.free))]
     phs = [n for n in gm.graph.nodes if n.op == "placeholder"]
     for node, r in zip(phs, roles):
         node.meta["role"] = r

@@ -90,12 +90,20 @@ def _region(name: str) -> Any:
 
 
 class _Graph:
-    __slots__ = ("fn", "cap", "alloc")
+    __slots__ = ("fn", "cap", "alloc", "free")
 
     def __init__(self, fn: Callable, cap: Captured, alloc: Any = None) -> None:
         self.fn = fn
         self.cap = cap
         self.alloc = alloc  # trainer._C when the graph's buffers come from the step allocator
+        guard = cap.guard if cap is not None else None
+        self.free = guard.free if guard is not None else []  # tensors read outside params/buffers/batch
+
+    def tail(self, lifted: List[Tensor]) -> List[Tensor]:
+        """The graph's last inputs: the lifted floats' tensors, then the free tensors found now."""
+        if not self.free:
+            return lifted
+        return [*lifted, *[f.get() for f in self.free]]
 
 
 def _inductor_compile(gm: Any, example_inputs: List[Any]) -> Callable:
@@ -894,9 +902,9 @@ class CompiledEngine:
         alloc = graph.alloc
         with _region(variant):
             if alloc is None:
-                outs = graph.fn(*self._prefix, *tensors, *self._lifted_tensors)
+                outs = graph.fn(*self._prefix, *tensors, *graph.tail(self._lifted_tensors))
             else:  # the step's buffers from the caching CPU allocator (trainer/compile/allocator.py)
-                outs = allocator.run(alloc, graph.fn, *self._prefix, *tensors, *self._lifted_tensors)
+                outs = allocator.run(alloc, graph.fn, *self._prefix, *tensors, *graph.tail(self._lifted_tensors))
         if self._ddp is not None:  # as DDP's forward: buffers are broadcast again after a synchronised step
             self._ddp.require_forward_param_sync = not should_accumulate
         if not should_accumulate:
@@ -955,9 +963,9 @@ class _CompiledClosure(_Closure):
         alloc = graph.alloc
         with _region("fwd_bwd"):
             if alloc is None:
-                outs = graph.fn(*engine._prefix, *tensors, *engine._lifted_tensors)
+                outs = graph.fn(*engine._prefix, *tensors, *graph.tail(engine._lifted_tensors))
             else:
-                outs = allocator.run(alloc, graph.fn, *engine._prefix, *tensors, *engine._lifted_tensors)
+                outs = allocator.run(alloc, graph.fn, *engine._prefix, *tensors, *graph.tail(engine._lifted_tensors))
         if ddp is not None:
             ddp.require_forward_param_sync = self.sync
         cap = graph.cap

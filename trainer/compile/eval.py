@@ -47,6 +47,12 @@ class _EvalGraph:
         self.out_spec = out_spec
         self.out_leaves = out_leaves  # output index or ("const", v) per leaf of the step's return value
 
+    def free_inputs(self) -> List[Tensor]:
+        """The tensors the step reads outside its parameters, buffers and batch, found now (detached:
+        the eval step needs no gradient)."""
+        free = self.guard.free
+        return [f.get().detach() for f in free] if free else []
+
 
 class EvalEngine:
     """Per Trainer: compiled eval steps, keyed by step name, module and batch signature."""
@@ -154,9 +160,9 @@ class EvalEngine:
             profiler = trainer.profiler
             if profiler.enabled:
                 with profiler.profile(f"[LightningModule]{type(module).__name__}.{name}"):
-                    outs = graph.fn(*prefix, *tensors)
+                    outs = graph.fn(*prefix, *tensors, *graph.free_inputs())
             else:
-                outs = graph.fn(*prefix, *tensors)
+                outs = graph.fn(*prefix, *tensors, *graph.free_inputs())
             for log_name, src, args, kwargs in graph.log_calls:
                 module.log(log_name, src[1] if isinstance(src, tuple) else outs[src], *args, **kwargs)
         finally:
@@ -178,7 +184,7 @@ class EvalEngine:
 
         from trainer.compile.capture import CaptureError, _user_frame
         from trainer.compile.engine import _inductor_compile
-        from trainer.compile.guards import StepGuard
+        from trainer.compile.guards import StepGuard, _Placed
 
         t0 = time.perf_counter()
         trainer = self.trainer
@@ -197,11 +203,12 @@ class EvalEngine:
 
         def step(*flat: Tensor) -> tuple:
             lv = list(leaves)
-            for i, t in zip(t_pos, flat[n_p + n_b:]):
+            n_in = n_p + n_b + len(t_pos)
+            for i, t in zip(t_pos, flat[n_p + n_b:n_in]):
                 lv[i] = t
             tensors = {**dict(zip(pnames, flat[:n_p])), **dict(zip(bnames, flat[n_p:n_p + n_b]))}
             records.clear()
-            with reparametrized(module, tensors), context():
+            with reparametrized(module, tensors), context(), _Placed(guard.free, flat[n_in:]):
                 out = getattr(module, name)(tree_unflatten(lv, spec), *rest)
             out_leaves, out_spec = tree_flatten(out)
             for v in out_leaves:
@@ -212,9 +219,9 @@ class EvalEngine:
             info["records"], info["out"] = list(records), (out_leaves, out_spec, out is None)
             return (*[v for v in out_leaves if isinstance(v, Tensor)], *logged)
 
-        example = prefix + [leaves[i] for i in t_pos]
         # first: one graph without Python side effects, and the Python state it reads (guarded each call)
         guard = StepGuard.trace(module, name, batch, rest, context)
+        example = prefix + [leaves[i] for i in t_pos] + [t.detach() for t in guard.free_inputs()]
         module.__dict__["log"] = recorder
         try:
             with torch.inference_mode(False), torch.no_grad():

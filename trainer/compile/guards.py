@@ -18,9 +18,14 @@ with the source line at anything it cannot represent as one graph (data-dependen
 what ``make_fx`` froze is what dynamo guarded. The backend given to dynamo never lets the traced
 frame run: it raises before the first operation, so the step's Python runs once (in the capture),
 not twice. The guards are dynamo's compiled guard manager (C++), kept and called directly with the
-frame's locals each step: about 2 us for a small module. Tensors are not guarded by value: any
-tensor the step reads must be a parameter, a buffer or part of the batch (graph inputs); ``make_fx``
-refuses any other real tensor (``_allow_non_fake_inputs=False``).
+frame's locals each step: about 2 us for a small module. Tensors are not guarded by value: the
+parameters, buffers and the batch are graph inputs, and so is every other tensor the step reads
+(class weights in a global, a tensor in a closure or a plain attribute, one in a list): dynamo names
+where it was read (its source), the capture traces it as an input (:class:`FreeTensor`), and each
+call passes the tensor found there now, so a callback that rebinds or changes it in place is seen,
+as in eager (its shape, dtype and device are guarded). A tensor that needs a gradient, or sits where
+it cannot be swapped for the tracer's stand-in (a tuple), refuses the capture; ``make_fx`` refuses
+any real tensor it was not told of (``_allow_non_fake_inputs=False``).
 
 What follows for the engine (:mod:`trainer.compile.engine`, :mod:`trainer.compile.eval`): a step
 with a side effect or a graph break is not captured (eager, one warning naming it); a failed guard
@@ -34,6 +39,7 @@ import re
 from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from torch.utils._pytree import tree_leaves
 
 from trainer.compile.capture import CaptureError
 
@@ -136,15 +142,100 @@ class _Substituted:
                 d[attr] = old
 
 
+class FreeTensor:
+    """A tensor the step reads that is neither a parameter, a buffer nor part of the batch, found by
+    dynamo at ``source`` (``G['WEIGHTS']``, ``L['module'].table``, a closure cell): a graph input whose
+    value is looked up at ``source`` again at every call (:meth:`get`), so a rebinding is seen. ``put``
+    puts the tracer's stand-in there while the capture traces."""
+
+    __slots__ = ("source", "name", "_get", "_owner", "_key", "_is_attr")
+
+    def __init__(self, source: str, scope: Dict[str, Any]) -> None:
+        import ast
+
+        self.source = source
+        self.name = _readable(source)
+        tree = ast.parse(source, mode="eval").body
+        if isinstance(tree, ast.Attribute):
+            base, self._key, self._is_attr = tree.value, tree.attr, True
+        elif isinstance(tree, ast.Subscript) and isinstance(tree.slice, ast.Constant):
+            base, self._key, self._is_attr = tree.value, tree.slice.value, False
+        else:
+            raise CaptureError(f"the step reads the tensor `{self.name}`, which is not a parameter, a buffer or"
+                               " part of the batch, from a place the capture cannot give an input")
+        env = {"__builtins__": __builtins__, **scope}
+
+        def function(expr: ast.expr) -> Callable[[], Any]:
+            lam = ast.Expression(ast.Lambda(ast.arguments([], [], None, [], [], None, []), expr))
+            return eval(compile(ast.fix_missing_locations(lam), "<trainer.compile.guards>", "eval"), env)
+
+        self._get = function(tree)
+        self._owner = function(base)
+        if isinstance(self._owner(), tuple):
+            raise CaptureError(f"the step reads the tensor `{self.name}` from a tuple, where the capture cannot"
+                               " give it as a graph input")
+
+    def get(self) -> Any:
+        return self._get()
+
+    def put(self, value: Any) -> None:
+        owner, key = self._owner(), self._key
+        if not self._is_attr:
+            owner[key] = value
+        elif key in getattr(owner, "__dict__", ()):
+            owner.__dict__[key] = value  # no nn.Module.__setattr__ bookkeeping
+        else:
+            setattr(owner, key, value)
+
+
+class _Placed:
+    """Puts each free tensor's stand-in where the step reads it while the capture traces, and back."""
+
+    __slots__ = ("_free", "_values", "_saved")
+
+    def __init__(self, free: Sequence[FreeTensor], values: Sequence[Any]) -> None:
+        self._free, self._values, self._saved = list(free), list(values), []
+
+    def __enter__(self) -> None:
+        self._saved = [f.get() for f in self._free]
+        for f, v in zip(self._free, self._values):
+            f.put(v)
+
+    def __exit__(self, *exc: Any) -> None:
+        for f, old in zip(self._free, self._saved):
+            f.put(old)
+
+
+def _free_tensors(name: str, module: Any, fn: Callable[..., Any],
+                  sources: Sequence[Tuple[str, torch.Tensor]]) -> List[FreeTensor]:
+    """The tensors the traced step read besides its parameters, buffers and batch, as graph inputs;
+    one that needs a gradient refuses the capture (eager accumulates its ``.grad``, a graph input
+    would not)."""
+    scope = {"L": {"module": module}, "G": fn.__globals__}
+    free = []
+    for source, value in sources:
+        if not source.startswith(("L['module']", "G[", "dict(type(L['module'])")):
+            raise CaptureError(f"`{name}` reads the tensor `{_readable(source)}`, which the capture cannot give"
+                               " as a graph input")
+        if value.requires_grad and torch.is_grad_enabled():
+            kind = "a parameter of another module" if isinstance(value, torch.nn.Parameter) else "a tensor"
+            raise CaptureError(f"`{name}` reads `{_readable(source)}`, {kind} that needs a gradient but is not a"
+                               " parameter of the LightningModule: a graph input would get no gradient")
+        free.append(FreeTensor(source, scope))
+    return free
+
+
 class StepGuard:
     """The guards of one captured step call. Build with :meth:`trace`; :meth:`check` each call."""
 
-    __slots__ = ("_manager", "_name", "_fn", "lifted")
+    __slots__ = ("_manager", "_name", "_fn", "lifted", "free")
 
-    def __init__(self, manager: Any, name: str, fn: Callable[..., Any], lifted: Sequence[Lifted] = ()) -> None:
+    def __init__(self, manager: Any, name: str, fn: Callable[..., Any], lifted: Sequence[Lifted] = (),
+                 free: Sequence[FreeTensor] = ()) -> None:
         self._manager = manager
         self._name = name
         self.lifted = list(lifted)
+        self.free = list(free)  # graph inputs after the lifted floats, looked up at every call
         # the traced entry function owns dynamo's cache entry, and with it the globals dynamo installed
         # for its guards (e.g. the builtins dict): freeing the entry removes them and every check fails
         self._fn = fn
@@ -163,6 +254,9 @@ class StepGuard:
 
         fn = _entry(name)
         problem: List[str] = []
+        free_sources: List[Tuple[str, torch.Tensor]] = []  # tensors read that are not params, buffers, batch
+        known = {id(t) for t in tree_leaves((batch, rest))} | {id(x.tensor) for x in lifted} | {id(_PROBE)}
+        known |= {id(t) for t in module.parameters()} | {id(t) for t in module.buffers()}
 
         def backend(gm: torch.fx.GraphModule, example_inputs: List[Any]) -> Callable[..., Any]:
             output = InstructionTranslator.current_tx().output
@@ -180,6 +274,10 @@ class StepGuard:
                     if not isinstance(value, torch.Tensor):
                         problem.append(f"`{name}` reads a Python number that is not specialised ({ph.name})")
                         break
+                    arg = ph.meta.get("grapharg")
+                    source = getattr(arg, "source", None)
+                    if source is not None and id(value) not in known:
+                        free_sources.append((source.name, value))
 
             def never_run(*args: Any) -> Any:
                 raise _Traced()
@@ -215,7 +313,7 @@ class StepGuard:
         entries = _debug_get_cache_entry_list(fn.__code__)
         if len(entries) != 1:
             raise CaptureError(f"`{name}`: dynamo produced {len(entries)} guarded entries, expected one")
-        return cls(entries[0].guard_manager, name, fn, lifted)
+        return cls(entries[0].guard_manager, name, fn, lifted, _free_tensors(name, module, fn, free_sources))
 
     def check(self, module: Any, batch: Any, rest: tuple) -> bool:
         """Whether the graph still computes what ``module.<name>(batch, *rest)`` would, after binding
@@ -228,6 +326,11 @@ class StepGuard:
             with _Substituted(lifted):
                 return self._check(module, batch, rest)
         return self._check(module, batch, rest)
+
+    def free_inputs(self) -> List[Any]:
+        """The free tensors' current values, in graph-input order (after the lifted floats). Call it
+        after :meth:`check` passed: their shapes, dtypes and devices are what the graph was built for."""
+        return [f.get() for f in self.free]
 
     def _check(self, module: Any, batch: Any, rest: tuple) -> bool:
         d = module.__dict__
@@ -283,4 +386,4 @@ class StepGuard:
         return owner, attr, _readable(f"{match['base']}.{attr}")
 
 
-__all__ = ["Lifted", "StepGuard"]
+__all__ = ["FreeTensor", "Lifted", "StepGuard"]
