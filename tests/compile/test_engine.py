@@ -169,12 +169,28 @@ class BranchyMLP(MLP):
         return loss
 
 
-def test_fallback_data_dependent_branch_one_warning():
+def test_data_dependent_branch_runs_as_regions():
+    """A data-dependent Python branch splits the step into compiled regions (no warning: the run is the
+    eager one's) and the report names the break's source line."""
     eager_m, comp_m = BranchyMLP(), BranchyMLP()
     fit(eager_m, False)
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         compiled = fit(comp_m, True)
+    assert not [w for w in rec if issubclass(w.category, CompileWarning)]
+    report = compiled.compile_report
+    assert report.mode == "regions" and "if loss > 100" in report.fallback_reason, report
+    assert len(report.graph_breaks) == 1 and "test_engine.py:167" in report.graph_breaks[0], report.graph_breaks
+    assert report.regions and report.update_compiled, report  # after the break: `return loss`, no ops
+    assert max_rel_diff(comp_m, eager_m) < FP32_TOL
+
+
+def test_fallback_data_dependent_branch_one_warning_without_regions():
+    eager_m, comp_m = BranchyMLP(), BranchyMLP()
+    fit(eager_m, False)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        compiled = fit(comp_m, CompileConfig(regions=False))
     ours = [w for w in rec if issubclass(w.category, CompileWarning)]
     assert len(ours) == 1, [str(w.message) for w in ours]
     assert "if loss > 100" in str(ours[0].message)
@@ -273,15 +289,22 @@ def test_fusion_disabled_runs_the_per_parameter_ops_and_still_matches():
     _assert_same(eager, compiled)
 
 
-def test_too_many_shapes_fall_back_once():
-    """The short last batch is a second shape; with max_graphs=1 it runs eagerly (one warning) and the
-    result is still the eager engine's."""
+@pytest.mark.parametrize("regions", [True, False])
+def test_too_many_shapes_leave_the_whole_graph_tier_once(regions):
+    """The short last batch is a second shape; with max_graphs=1 the step goes to compiled regions (dynamo
+    makes the shape dynamic) or, without them, runs eagerly with one warning; the result is still the
+    eager engine's."""
     eager_m, comp_m = MLP(), MLP()
     fit(eager_m, False, epochs=1)
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        compiled = fit(comp_m, CompileConfig(max_graphs=1), epochs=1)
+        compiled = fit(comp_m, CompileConfig(max_graphs=1, regions=regions), epochs=1)
     ours = [w for w in rec if issubclass(w.category, CompileWarning)]
-    assert len(ours) == 1 and "max_graphs" in str(ours[0].message)
-    assert compiled.compile_report.mode == "eager" and compiled.compile_report.steps_run == 6
+    report = compiled.compile_report
+    if regions:
+        assert not ours and report.mode == "regions" and "max_graphs" in report.fallback_reason, report
+        assert report.steps_run == 7  # the short last batch too
+    else:
+        assert len(ours) == 1 and "max_graphs" in str(ours[0].message)
+        assert report.mode == "eager" and report.steps_run == 6
     assert max_rel_diff(comp_m, eager_m) < FP32_TOL

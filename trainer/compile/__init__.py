@@ -52,6 +52,11 @@ class CompileConfig:
     max_graphs: graphs per step variant (one per batch shape) before the step falls back to eager
         with a warning: every new shape costs a compile (seconds on CPU); shapes that never repeat
         (variable-length batches) would make the "compiled" run slower than eager.
+    regions: where the step cannot be one graph (a data-dependent branch, ``.item()``, ``print``, a
+        Python side effect, an op the tracer does not know), run ``training_step`` as compiled regions
+        between graph breaks (TorchDynamo without ``fullgraph``; :mod:`trainer.compile.regions`) with
+        the eager loop around it and the compiled update, instead of the eager engine. Single device;
+        ``mode="strict"`` raises instead.
     max_recompiles: captures again in one fit because a Python value the step reads changed (a
         guard failed: ``self.beta`` set by a callback each epoch, a submodule switched to eval, a
         parameter unfrozen) before the step falls back to eager with a warning; a value that changes
@@ -69,6 +74,7 @@ class CompileConfig:
     eval_steps: bool = True
     max_graphs: int = 8
     max_recompiles: int = 8
+    regions: bool = True
     enabled: bool = field(default=True, repr=False)
 
     def __post_init__(self) -> None:
@@ -88,7 +94,7 @@ class CompileConfig:
                     f"`CompileConfig`: unknown pass {name!r}; known passes: {list(PASSES)}."
                 )
         _check_pass_order(tuple(self.passes))
-        for name in ("cudagraphs", "cpu_caching_allocator", "cpu_attention", "eval_steps"):
+        for name in ("cudagraphs", "cpu_caching_allocator", "cpu_attention", "eval_steps", "regions"):
             if not isinstance(getattr(self, name), bool):
                 raise MisconfigurationException(
                     f"`CompileConfig({name}={getattr(self, name)!r})`: allowed True or False.")

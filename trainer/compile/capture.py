@@ -75,9 +75,10 @@ class _LiftedLog:
 class CaptureError(RuntimeError):
     """The step cannot be captured; ``cause`` is the one-line reason shown to the user."""
 
-    def __init__(self, cause: str) -> None:
+    def __init__(self, cause: str, side_effect: bool = False) -> None:
         super().__init__(cause)
         self.cause = cause
+        self.side_effect = side_effect  # the step changes Python state (maybe only at its first call)
 
 
 @dataclass
@@ -149,6 +150,19 @@ def _tensor_slots(module: torch.nn.Module) -> Iterator[Tuple[torch.nn.Module, st
         for kind in ("_parameters", "_buffers"):
             for leaf, value in getattr(owner, kind).items():
                 yield owner, kind, leaf, value
+
+
+@contextlib.contextmanager
+def as_compiling() -> Iterator[None]:
+    """``torch.compiler.is_compiling()`` is True while ``make_fx`` traces, as it is while dynamo traces
+    the same call for the guards: code that branches on it (transformers skips its data-dependent mask
+    checks when compiling) must take the same path in both tracers."""
+    old = torch.compiler._is_compiling_flag
+    torch.compiler._is_compiling_flag = True
+    try:
+        yield
+    finally:
+        torch.compiler._is_compiling_flag = old
 
 
 def _user_frame(exc: BaseException) -> str:
@@ -309,7 +323,8 @@ def capture(
     prev_fx = module.__dict__.get("_current_fx_name")
     object.__setattr__(module, "_current_fx_name", "training_step")
     try:
-        gm = make_fx(step, tracing_mode="fake", _allow_non_fake_inputs=False)(*example)
+        with as_compiling():
+            gm = make_fx(step, tracing_mode="fake", _allow_non_fake_inputs=False)(*example)
     except CaptureError:
         raise
     except Exception as e:  # data-dependent control flow, .item(), unsupported ops, ...

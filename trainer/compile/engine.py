@@ -116,8 +116,13 @@ def _inductor_compile(gm: Any, example_inputs: List[Any]) -> Callable:
         raise
     except Exception as e:
         text = str(e).strip()
-        raise CaptureError(f"the compiler failed on the captured step ({type(e).__name__}:"
-                           f" {text.splitlines()[0] if text else ''})") from e
+        raise CompilerFailed(f"the compiler failed on the captured step ({type(e).__name__}:"
+                             f" {text.splitlines()[0] if text else ''})") from e
+
+
+class CompilerFailed(CaptureError):
+    """Inductor (or its C++/Triton codegen) failed on a captured graph: the regions tier would hand
+    the same code to the same compiler, so the step runs eagerly."""
 
 
 def _compile_graph(gm: Any, example_inputs: List[Any]) -> Callable:
@@ -270,6 +275,7 @@ class CompiledEngine:
         self.report = report
         report.enabled = True
         self.tier: Optional[str] = None
+        self._retried_side_effect = False  # a side effect refused the capture once: the retry was made
         self.layout: Optional[Layout] = None
         self._prefix: List[Tensor] = []
         self._graphs: Dict[Any, _Graph] = {}
@@ -795,6 +801,8 @@ class CompiledEngine:
                     else "FSDP: the step is several graphs around FSDP's collectives")
         if self.tier == "eager":
             return None
+        if self.tier == "regions":
+            return self._run_regions(loop, batch_idx, args, should_accumulate)
         try:
             if self.tier == "full":
                 return self._run_full(loop, batch_idx, args, should_accumulate)
@@ -802,19 +810,76 @@ class CompiledEngine:
                 return self._sharded.run(loop, batch_idx, args, should_accumulate)
             return self._run_split(loop, batch_idx, args, should_accumulate)
         except CaptureError as e:
+            if e.side_effect and not self._retried_side_effect and self.tier in ("full", "fwd_bwd"):
+                # a step that sets state once (transformers' `config.problem_type = ...` at the first call)
+                # is one graph from its second call on: this batch runs eagerly, the next is captured again
+                self._retried_side_effect = True
+                self._restore_grads()
+                self._graphs.clear()
+                self.tier, self.layout, self._ulayout = None, None, None
+                self.report.recompile_reasons.append(f"captured again after one eager step: {e.cause}")
+                return None
+            if not isinstance(e, CompilerFailed) and self._enter_regions(e.cause):
+                return self._run_regions(loop, batch_idx, args, should_accumulate)
             self._fail(e.cause)
             return None
         except _GuardFailed as e:
             if not self._rebuild_after(e.why, e.source):
-                return None
+                return self._run_regions(loop, batch_idx, args, should_accumulate) if self.tier == "regions" else None
             return self.run(loop, optimizer, batch_idx, args, should_accumulate)
+
+    # ------------------------------------------------------------------ regions: partial capture
+    def _enter_regions(self, cause: str) -> bool:
+        """The step is not one graph (``cause``): run it as regions between graph breaks
+        (:mod:`trainer.compile.regions`) when this set-up allows; False: the eager engine instead."""
+        config = self.config
+        if not config.regions or config.strict or self.tier not in ("full", "fwd_bwd") or self._ddp is not None \
+                or self.layout is None:
+            return False
+        from trainer.compile.regions import RegionStep
+
+        self._restore_grads()
+        layout = self.layout
+        layout.accs = []  # the eager closure accumulates into .grad (the window's buffers stay .grad)
+        self._graphs.clear()
+        self._ulayout = None
+        self.tier = "regions"
+        report = self.report
+        report.mode = "regions"
+        report.fallback_reason = f"the step is compiled regions between graph breaks: {cause}"
+        self._regions = RegionStep(self.trainer.lightning_module)
+        report._regions = self._regions
+        trainer = self.trainer
+        self._update_graph = self._update_reason(self._opt, trainer.precision, layout.params) is None
+        from trainer.utilities.rank_zero import rank_zero_info
+
+        rank_zero_info(f"trainer.compile: the training step runs as compiled regions ({cause})")
+        return True
+
+    def _run_regions(self, loop: "AutomaticOptimization", batch_idx: int, args: tuple,
+                     should_accumulate: bool) -> Dict[str, Any]:
+        """The eager engine's batch (hooks, closure, backward, clipping) with ``training_step`` run as
+        compiled regions and, where the optimizer allows, the update as the compiled update graph."""
+        with self._regions.installed():
+            if self._update_graph and not should_accumulate:
+                opt = self._opt
+                opt.step = self._compiled_opt_step  # shadows the class's step() for this batch
+                try:
+                    out = loop.run_eager(batch_idx, args, should_accumulate)
+                finally:
+                    del opt.step
+            else:
+                out = loop.run_eager(batch_idx, args, should_accumulate)
+        self.report.steps_run += 1
+        return out
 
     def _rebuild_after(self, why: str, source: Optional[Tuple[Any, str, str]] = None) -> bool:
         """A guard failed before anything of this step ran: set up and capture again (the layout too: a
         guard on ``requires_grad`` changes which parameters train). A float attribute that changed on
         two steps in a row becomes a graph input (:class:`trainer.compile.guards.Lifted`); any other
         value that changes at every step, or more than ``CompileConfig.max_recompiles`` changes in a
-        fit, sends the step to eager instead (one warning naming the value). False: fell back."""
+        fit, sends the step to compiled regions (or eager, with one warning naming the value). False: the
+        step left the whole-graph tiers."""
         steps = self.report.steps_run
         self._guard_quick = self._guard_quick + 1 if steps - self._guard_fail_step <= 1 else 0
         self._guard_fail_step = steps
@@ -832,8 +897,10 @@ class CompiledEngine:
         if self._guard_quick >= 2 or self._guard_rebuilds > self.config.max_recompiles:
             how = ("at every step" if self._guard_quick >= 2
                    else f"{self._guard_rebuilds} times (limit `CompileConfig.max_recompiles`)")
-            self._fail(f"a Python value the training step reads changed {how}, last `{why}`; each change would"
-                       " capture and compile the step again")
+            cause = (f"a Python value the training step reads changed {how}, last `{why}`; each change would"
+                     " capture and compile the step again")
+            if not self._enter_regions(cause):  # regions: dynamo makes such a value an input of its own
+                self._fail(cause)
             return False
         self.report.recompile_reasons.append(why)
         self._restore_grads()

@@ -180,7 +180,7 @@ class EvalEngine:
     def _build(self, name: str, module: Any, batch: Any, rest: tuple, pnames: List[str], bnames: List[str],
                prefix: List[Tensor]) -> _EvalGraph:
         from torch.fx.experimental.proxy_tensor import make_fx
-        from trainer.compile.capture import reparametrized
+        from trainer.compile.capture import as_compiling, reparametrized
 
         from trainer.compile.capture import CaptureError, _user_frame
         from trainer.compile.engine import _inductor_compile
@@ -224,7 +224,7 @@ class EvalEngine:
         example = prefix + [leaves[i] for i in t_pos] + [t.detach() for t in guard.free_inputs()]
         module.__dict__["log"] = recorder
         try:
-            with torch.inference_mode(False), torch.no_grad():
+            with torch.inference_mode(False), torch.no_grad(), as_compiling():
                 gm = make_fx(step, tracing_mode="fake", _allow_non_fake_inputs=False)(*example)
         except CaptureError:
             raise

@@ -206,6 +206,35 @@ class _Placed:
             f.put(old)
 
 
+def _restored(side_effects: Any, var: Any) -> bool:
+    """Whether every attribute the step writes on ``var`` (an object that existed before the call)
+    ends with the value it has now, so replaying the writes would change nothing: the value is the
+    same Python constant, or the same object read back from the attribute itself."""
+    owner = getattr(var, "value", None)
+    writes = side_effects.store_attr_mutations.get(var)
+    if owner is None or not writes or var.source is None:
+        return False
+    missing = object()
+    for attr, final in writes.items():
+        current = getattr(owner, attr, missing)
+        if current is missing:
+            return False
+        source = getattr(final, "source", None)
+        if source is not None and source.name == f"{var.source.name}.{attr}":
+            continue  # the object that was there, put back
+        try:
+            if not final.is_python_constant():
+                return False
+            constant = final.as_python_constant()
+        except Exception:
+            return False
+        if type(constant) is not type(current):
+            return False
+        if constant is not current and not (type(current) in (int, float, str, bool, bytes) and constant == current):
+            return False
+    return True
+
+
 def _free_tensors(name: str, module: Any, fn: Callable[..., Any],
                   sources: Sequence[Tuple[str, torch.Tensor]]) -> List[FreeTensor]:
     """The tensors the traced step read besides its parameters, buffers and batch, as graph inputs;
@@ -260,9 +289,15 @@ class StepGuard:
 
         def backend(gm: torch.fx.GraphModule, example_inputs: List[Any]) -> Callable[..., Any]:
             output = InstructionTranslator.current_tx().output
-            for var in output.side_effects._get_modified_vars():
+            side_effects = output.side_effects
+            for var in side_effects._get_modified_vars():
+                if isinstance(var.mutation_type, AttributeMutationExisting) and _restored(side_effects, var):
+                    continue  # set and put back within the step (a context manager's global): no net change
                 if isinstance(var.mutation_type, (AttributeMutationExisting, ValueMutationExisting)):
                     where = _readable(var.source.name) if var.source is not None else type(var).__name__
+                    attrs = side_effects.store_attr_mutations.get(var) if var.source is not None else None
+                    if attrs and isinstance(var.mutation_type, AttributeMutationExisting):
+                        where = ", ".join(_readable(f"{var.source.name}.{a}") for a in attrs)
                     problem.append(f"`{name}` changes `{where}` (a Python side effect that a graph would run once,"
                                    " at capture, instead of every step)")
                     break
@@ -308,7 +343,7 @@ class StepGuard:
             else:
                 module.__dict__["log"] = saved
         if problem:
-            raise CaptureError(problem[0])
+            raise CaptureError(problem[0], side_effect="side effect" in problem[0])
         # the entry stays in place (its code object is ours alone and never called again under dynamo)
         entries = _debug_get_cache_entry_list(fn.__code__)
         if len(entries) != 1:

@@ -31,8 +31,10 @@ class CompileReport:
         all-reduce in the graph); ``"fwd_bwd"``: forward+backward compiled, hooks/clipping/
         accumulation/scaler eager, the update a second graph when it can be; ``"fsdp"``: each FSDP
         unit's forward/backward compiled between FSDP2's hooks and the sharded update one graph
-        (trainer/compile/sharded.py); ``"eager"``: fell back (see ``fallback_reason``); None: not
-        run yet.
+        (trainer/compile/sharded.py); ``"regions"``: the step is not one graph, so ``training_step``
+        runs as compiled regions between graph breaks with the eager loop around it and the compiled
+        update (``regions``, ``graph_breaks``; trainer/compile/regions.py); ``"eager"``: fell back
+        (see ``fallback_reason``); None: not run yet.
     graphs_built: every graph compiled in this fit: one per step variant (``step``, ``micro``,
         ``final``, ``fwd_bwd``, ``update``) and batch signature, plus the recompiles.
     recompiles: graphs built again for a key (variant and batch signature) that already had one,
@@ -66,6 +68,18 @@ class CompileReport:
     cudagraph_captures: int = 0  # CompileConfig(cudagraphs=True): step graphs recorded as CUDA graphs
     cudagraph_reason: Optional[str] = None  # cudagraphs asked for but the step runs without: why
     _eval_engine: Any = field(default=None, repr=False, compare=False)
+    _regions: Any = field(default=None, repr=False, compare=False)  # trainer.compile.regions.RegionStep
+
+    @property
+    def regions(self) -> List[str]:
+        """Mode ``"regions"``: each compiled region of ``training_step`` (its ops, source lines, the
+        break that ends it); empty otherwise."""
+        return list(self._regions.regions) if self._regions is not None else []
+
+    @property
+    def graph_breaks(self) -> List[str]:
+        """Mode ``"regions"``: each graph break, ``file:line: reason``; empty otherwise."""
+        return list(self._regions.graph_breaks) if self._regions is not None else []
 
     @property
     def eval(self) -> Optional[EvalReport]:
@@ -84,6 +98,12 @@ class CompileReport:
             return f"compile: no training step run{tail}"
         if self.mode == "eager":
             return f"compile: fell back to eager ({self.fallback_reason}){tail}"
+        if self.mode == "regions":
+            compiles = self._regions.compiles if self._regions is not None else 0
+            return (f"compile: regions, {len(self.regions)} region(s) ({compiles} compile(s)),"
+                    f" {len(self.graph_breaks)} graph break(s)"
+                    f" ({'; '.join(self.graph_breaks)}), {self.steps_run} steps"
+                    + (", compiled update" if self.update_compiled else "") + tail)
         return (
             f"compile: {self.mode}, {self.graphs_built} graph(s), {self.recompiles} recompile(s),"
             f" {self.compile_seconds:.1f}s compiling, passes {self.passes_applied}, {self.steps_run} steps"

@@ -195,6 +195,12 @@ class AutomaticOptimization:
             out = engine.run(self, optimizer, batch_idx, args, should_accumulate)
             if out is not None:
                 return out
+        return self.run_eager(batch_idx, args, should_accumulate)
+
+    def run_eager(self, batch_idx: int, args: tuple, should_accumulate: bool) -> Dict[str, Any]:
+        """The eager engine's batch: the closure (training_step, zero_grad, backward) run by the
+        optimizer step, or directly while accumulating."""
+        trainer = self.trainer
         self._batch_idx = batch_idx
         zero_grad = not self._skip_backward and batch_idx % trainer.accumulate_grad_batches == 0
         closure = _Closure(self, args, trainer.strategy._lightning_optimizers[0], zero_grad)

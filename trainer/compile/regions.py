@@ -1,0 +1,211 @@
+"""Partial capture: ``training_step`` as compiled regions between graph breaks (tier ``"regions"``).
+
+When the whole step cannot be one graph (a data-dependent branch such as ``if mask.all():`` in a
+library, ``.item()``, ``print``, a Python side effect, an op the tracer does not know), the engine
+does not drop the step to eager. ``training_step`` runs under TorchDynamo without ``fullgraph``:
+dynamo compiles each stretch of tensor work it can trace into a region (a graph, compiled by
+inductor together with its backward through AOTAutograd), runs the Python between regions as
+Python, replays the side effects it recorded, and guards every region on the Python state it read.
+That is dynamo's own soundness: what a region computes is what eager would, and a changed value
+compiles the region again. Around the step the loop is the eager engine's (hooks in Lightning's
+order, ``.grad`` accumulation, clipping by the precision plugin), and the optimizer update is the
+engine's compiled update graph where the optimizer allows it.
+
+``self.log`` inside the step is recorded (a list append dynamo replays) and sent to the real
+``LightningModule.log`` when the step returns, so logging does not split a region.
+
+Breaks and regions are reported (``compile_report.graph_breaks``, ``compile_report.regions``) with
+the user's source line: the graph-break log dynamo writes when it is enabled is read by a handler of
+ours while a step compiles, and each region's reason for ending is taken from dynamo's output graph
+in the backend.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+
+_BREAK_LOGGER = "torch._dynamo.symbolic_convert.__graph_breaks"
+_state = threading.local()  # the RegionStep compiling now (the backend is one function: stable guards)
+
+
+def _short(path: str) -> str:
+    parts = path.replace("\\", "/").split("/")
+    for marker in ("site-packages", "dist-packages"):
+        if marker in parts:
+            return "/".join(parts[parts.index(marker) + 1:])
+    return "/".join(parts[-2:]) if len(parts) > 1 else path
+
+
+def _backend(gm: torch.fx.GraphModule, example_inputs: List[Any]) -> Callable[..., Any]:
+    """Dynamo's backend for every region: record it, then inductor (with backward via AOTAutograd)."""
+    owner: Optional[RegionStep] = getattr(_state, "owner", None)
+    if owner is not None:
+        owner._describe(gm)
+    from torch._inductor.compile_fx import compile_fx
+
+    from trainer.compile.engine import isa_probe_memo
+
+    with isa_probe_memo():
+        return compile_fx(gm, example_inputs)
+
+
+class _BreakHandler(logging.Handler):
+    def __init__(self, sink: List[str]) -> None:
+        super().__init__(logging.DEBUG)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except Exception:  # pragma: no cover - a malformed record must not break the step
+            return
+        lines = text.splitlines()
+        where = next((ln for ln in lines if ln.startswith("Graph break in user code at ")), None)
+        why = next((ln for ln in lines if ln.startswith("Graph Break Reason: ")), None)
+        if where is None:
+            return
+        loc = where[len("Graph break in user code at "):]
+        path, _, line = loc.rpartition(":")
+        reason = why[len("Graph Break Reason: "):] if why else ""
+        reason = reason.split("  Explanation:")[0].strip()
+        entry = f"{_short(path)}:{line}: {reason}"
+        if entry not in self.sink:
+            self.sink.append(entry)
+
+
+class _Recorder:
+    """``self.log`` while a region step runs: the calls are kept and replayed after the step."""
+
+    __slots__ = ("calls",)
+
+    def __init__(self) -> None:
+        self.calls: List[Tuple[tuple, Dict[str, Any]]] = []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        self.calls.append((args, kwargs))
+
+
+class RegionStep:
+    """``module.training_step`` compiled into regions; installed on the instance for one call at a time
+    (:meth:`installed`), so the loop, the hooks and the strategy call it as they call the eager one."""
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+        self.graph_breaks: List[str] = []
+        self.regions: List[str] = []
+        self.compiled_calls = 0
+        self.compiles = 0  # regions compiled, recompiles included
+        self._recorder = _Recorder()
+        own = module.__dict__.get("training_step")  # a function set on the instance: called without self
+        self._bound = own is None
+        self._step = torch.compile(type(module).training_step if own is None else own, backend=_backend)
+
+    def _describe(self, gm: torch.fx.GraphModule) -> None:
+        from torch._dynamo.symbolic_convert import InstructionTranslator
+
+        ops = [n for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module")]
+        lines: List[Tuple[str, int]] = []
+        for n in ops:
+            frame = _last_frame(n.meta.get("stack_trace"))
+            if frame is not None:
+                lines.append(frame)
+        where = ""
+        if lines:
+            first, last = lines[0], lines[-1]
+            where = f" {_short(first[0])}:{first[1]}" + (f"-{last[1]}" if last != first and last[0] == first[0] else "")
+        tx = InstructionTranslator.current_tx()
+        reason = getattr(getattr(tx, "output", None), "compile_subgraph_reason", None) if tx is not None else None
+        ends = ""
+        if reason is not None and getattr(reason, "graph_break", False):
+            stack = getattr(reason, "user_stack", None) or []
+            at = f" at {_short(stack[-1].filename)}:{stack[-1].lineno}" if stack else ""
+            ends = f", ends at a break{at}"
+        self.compiles += 1
+        text = f"{len(ops)} ops{where}{ends}"
+        if text not in self.regions:  # compiled again (a guard failed, a new shape): the same region
+            self.regions.append(text)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        module = self.module
+        recorder = self._recorder
+        recorder.calls.clear()
+        d = module.__dict__
+        saved_log = d.get("log", _Recorder)
+        d["log"] = recorder
+        logger = logging.getLogger(_BREAK_LOGGER)
+        handler = _BreakHandler(self.graph_breaks)
+        prev_level, prev_prop = logger.level, logger.propagate
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+        logger.propagate = False
+        _state.owner = self
+        try:
+            from torch._dynamo.symbolic_convert import graph_break_dup_warning_checker
+
+            graph_break_dup_warning_checker.reset()  # this fit's breaks, even where an earlier fit logged them
+        except ImportError:  # pragma: no cover - the break list is informational
+            pass
+        try:
+            with torch._dynamo.config.patch(suppress_errors=True):  # a region that fails to compile runs eagerly
+                out = self._step(module, *args, **kwargs) if self._bound else self._step(*args, **kwargs)
+        finally:
+            _state.owner = None
+            logger.removeHandler(handler)
+            logger.setLevel(prev_level)
+            logger.propagate = prev_prop
+            if saved_log is _Recorder:
+                d.pop("log", None)
+            else:
+                d["log"] = saved_log
+        self.compiled_calls += 1
+        calls = list(recorder.calls)
+        recorder.calls.clear()
+        for call_args, call_kwargs in calls:
+            module.log(*call_args, **call_kwargs)
+        return out
+
+    def installed(self) -> "_Installed":
+        return _Installed(self)
+
+
+class _Installed:
+    """``module.training_step`` is the region step inside the block, the class's method after it."""
+
+    __slots__ = ("_step", "_saved")
+
+    def __init__(self, step: RegionStep) -> None:
+        self._step = step
+        self._saved: Any = None
+
+    def __enter__(self) -> None:
+        d = self._step.module.__dict__
+        self._saved = d.get("training_step", _Installed)
+        d["training_step"] = self._step
+
+    def __exit__(self, *exc: Any) -> None:
+        d = self._step.module.__dict__
+        if self._saved is _Installed:
+            d.pop("training_step", None)
+        else:
+            d["training_step"] = self._saved
+
+
+def _last_frame(stack_trace: Optional[str]) -> Optional[Tuple[str, int]]:
+    """The innermost ``File "...", line N`` of an FX node's stack trace."""
+    if not stack_trace:
+        return None
+    found = None
+    for line in stack_trace.splitlines():
+        line = line.strip()
+        if line.startswith('File "'):
+            path, _, rest = line[len('File "'):].partition('", line ')
+            num = rest.split(",")[0]
+            if num.isdigit():
+                found = (path, int(num))
+    return found
+
+
+__all__ = ["RegionStep"]
