@@ -13,7 +13,7 @@ from typing import Any, Dict
 
 import pytest
 import torch
-from helpers import import_framework, make_loader, mlp_module_class, quiet_trainer_kwargs, state
+from helpers import compiled_engine, import_framework, make_loader, mlp_module_class, quiet_trainer_kwargs, state
 from test_lightning_parity import Runner, assert_same, lrs, metrics_as_floats
 
 pytestmark = [pytest.mark.parity, pytest.mark.filterwarnings("ignore::UserWarning")]
@@ -531,7 +531,7 @@ def scenario_rng(L, root):
 
     class M(Base):
         def training_step(self, batch, batch_idx):
-            seen.append(batch[0].sum())
+            seen.append(batch[0].detach().clone())  # the batch itself: a copy is exact in any engine
             return super().training_step(batch, batch_idx)
 
         def validation_step(self, batch, batch_idx):
@@ -562,7 +562,13 @@ def scenario_rng(L, root):
 def test_rng_consumption_and_shuffling(run):
     expected = run.lightning(scenario_rng)
     got = run.trainer(scenario_rng)
-    assert_same(got, expected, rtol=0, atol=0)
+    # the shuffles and the RNG after each entry point are bit for bit Lightning's; the weights too under
+    # the eager engine (the compiled one's kernels round differently: fp32 tolerance)
+    assert_same({k: got[k] for k in ("seen", "after")}, {k: expected[k] for k in ("seen", "after")}, rtol=0, atol=0)
+    if compiled_engine():
+        assert_same(got["weights"], expected["weights"])
+    else:
+        assert_same(got["weights"], expected["weights"], rtol=0, atol=0)
 
 
 def scenario_configure_callbacks(L, root):
