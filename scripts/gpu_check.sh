@@ -40,7 +40,7 @@ print(f"HAS_CPP={topt.HAS_CPP} HAS_CUDA_EXT={topt.HAS_CUDA_EXT}")
 if not dry:
     assert topt.HAS_CPP, "trainer._C did not load"
     assert topt.HAS_CUDA_EXT, "trainer._C has no CUDA kernels"
-    import kernels  # the Triton backend: registers torch.ops.trainer_triton.*
+    import trainer_kernels as kernels  # the Triton backend: registers torch.ops.trainer_triton.*
     assert kernels.HAS_TRITON, f"the Triton backend did not import: {kernels.TRITON_ERROR}"
     assert topt.compiled_update_uses_ext({"cuda"}), "the compiled step would not use the CUDA kernels"
 EOF

@@ -14,7 +14,7 @@ _ROOT = os.path.dirname(_TESTS)
 # eager unless the environment asks otherwise (`TRAINER_COMPILE=1 pytest ...`). tests/compile
 # tests the compiled engine explicitly, including the compile-on default with this variable unset.
 os.environ.setdefault("TRAINER_COMPILE", "0")
-for _p in (_TESTS, _ROOT):
+for _p in (_TESTS, os.path.join(_ROOT, "kernels"), _ROOT):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 

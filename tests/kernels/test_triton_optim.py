@@ -21,7 +21,7 @@ INTERPRET_SCRIPT = textwrap.dedent(r"""
     import os
     assert os.environ["TRITON_INTERPRET"] == "1"
     import torch
-    import kernels
+    import trainer_kernels as kernels
     assert kernels.HAS_TRITON, kernels.TRITON_ERROR
     import trainer.optim as topt
     from trainer.optim import functional as F
@@ -150,7 +150,7 @@ TRACE_SCRIPT = textwrap.dedent(r"""
     import os
     os.environ.pop("TRITON_INTERPRET", None)
     import torch
-    import kernels
+    import trainer_kernels as kernels
     assert kernels.HAS_TRITON, kernels.TRITON_ERROR
     T = torch.ops.trainer_triton
     graphs = []
@@ -194,7 +194,7 @@ CHANNELS_LAST_SCRIPT = textwrap.dedent(r"""
     import os
     assert os.environ["TRITON_INTERPRET"] == "1"
     import torch
-    import kernels
+    import trainer_kernels as kernels
     assert kernels.HAS_TRITON, kernels.TRITON_ERROR
     from trainer.optim import functional as F
 

@@ -33,8 +33,9 @@ and a Python side effect runs once, at capture. :mod:`trainer.compile.guards` tr
 with TorchDynamo first: a side effect or a graph break refuses the capture (eager, with the cause),
 and every value read becomes a guard checked before each call (``Captured.guard``).
 Randomness (dropout) is captured as RNG
-ops, drawn anew at every call. On the CPU inductor calls ATen's ``bernoulli_`` on torch's default
-generator in the eager order, so a seeded compiled fit draws the eager engine's masks bit for bit;
+ops, drawn anew at every call. On the CPU the engine compiles with inductor's ``fallback_random``:
+random ops call ATen's ``bernoulli_`` on torch's default generator in the eager order, so a seeded
+compiled fit draws the eager engine's masks bit for bit (several dropouts too, e.g. BERT's);
 on CUDA inductor draws with its own kernels, seeded from torch's generator at each call: the same
 distribution, other bits. tests/compile/test_dropout.py has both: the statistical test
 (``test_dropout_statistics``: zeroed fraction within a binomial bound of p, a new independent mask
@@ -220,12 +221,13 @@ def capture_update(layout: Layout, grads: List[Tensor]) -> Tuple[fx.GraphModule,
 
 def capture(
     module: Any, layout: Layout, batch: Any, step_args: tuple, step_context: Callable[[], Any], variant: str,
-    cpu_attention: bool = False, lifted: Sequence[Any] = (),
+    cpu_attention: bool = False, lifted: Sequence[Any] = (), once_done: bool = False,
 ) -> Captured:
     """Traces one step for ``variant`` ("step"/"micro"/"final": with updates; "fwd_bwd": grads out).
     ``cpu_attention``: trace the covered ``F.scaled_dot_product_attention`` calls as trainer's
     short-sequence kernels (:mod:`trainer.compile.attention`). ``lifted``: floats the step reads as
-    graph inputs (:class:`trainer.compile.guards.Lifted`), placed after the batch's tensors."""
+    graph inputs (:class:`trainer.compile.guards.Lifted`), placed after the batch's tensors. ``once_done``:
+    the step ran eagerly before, so its ``*_once`` logging calls are no-ops (:func:`guards.once_logging_ignored`)."""
     leaves, spec = tree_flatten(batch)
     t_pos = [i for i, v in enumerate(leaves) if isinstance(v, Tensor)]
     const_leaves = list(leaves)
@@ -316,7 +318,7 @@ def capture(
     from trainer.compile.guards import StepGuard, _Placed, _Substituted
 
     # first: whether the step is one graph without Python side effects, and what Python state it reads
-    guard = StepGuard.trace(module, "training_step", batch, step_args, step_context, lifted)
+    guard = StepGuard.trace(module, "training_step", batch, step_args, step_context, lifted, once_done=once_done)
     n_batch = len(t_pos)
     example = prefix + [leaves[i] for i in t_pos] + [x.tensor for x in lifted] + guard.free_inputs()
     module.__dict__["log"] = recorder

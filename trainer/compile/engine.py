@@ -154,6 +154,10 @@ def _compile_graph(gm: Any, example_inputs: List[Any]) -> Callable:
         patches["post_grad_custom_post_pass"] = lowering.post_grad_pass()
     if cpu:
         lowering.rewrite(gm)
+        # random ops as ATen calls on torch's default generator, in the graph's order: the eager masks,
+        # bit for bit (inductor's own CPU random draws other bits; with several dropouts, as in BERT, the
+        # compiled run drifted 0.6 % from Lightning's in two steps)
+        patches["fallback_random"] = True
     with torch.no_grad(), tracing(TracingContext(fake_mode)), inductor_config.patch(patches), isa_probe_memo(), \
             realize_reads_before_writes():
         return compile_fx(gm, fakes, decompositions=lowering.decompositions() if cpu else None)
@@ -275,7 +279,7 @@ class CompiledEngine:
         self.report = report
         report.enabled = True
         self.tier: Optional[str] = None
-        self._retried_side_effect = False  # a side effect refused the capture once: the retry was made
+        self._retried_first = False  # the first capture failed, one step ran eagerly, the capture was retried
         self.layout: Optional[Layout] = None
         self._prefix: List[Tensor] = []
         self._graphs: Dict[Any, _Graph] = {}
@@ -584,7 +588,7 @@ class CompiledEngine:
         t0 = time.perf_counter()
         try:
             cap = capture(module, layout, batch, step_args, trainer.precision_plugin.train_step_context, variant,
-                          cpu_attention=self._attention, lifted=self._lifted)
+                          cpu_attention=self._attention, lifted=self._lifted, once_done=self._retried_first)
         except CaptureError as e:
             if not self._lifted:
                 raise
@@ -810,10 +814,11 @@ class CompiledEngine:
                 return self._sharded.run(loop, batch_idx, args, should_accumulate)
             return self._run_split(loop, batch_idx, args, should_accumulate)
         except CaptureError as e:
-            if e.side_effect and not self._retried_side_effect and self.tier in ("full", "fwd_bwd"):
-                # a step that sets state once (transformers' `config.problem_type = ...` at the first call)
-                # is one graph from its second call on: this batch runs eagerly, the next is captured again
-                self._retried_side_effect = True
+            if not isinstance(e, CompilerFailed) and not self._retried_first and self.tier in ("full", "fwd_bwd"):
+                # a step that does something once (transformers sets `config.problem_type` and logs a
+                # `warning_once` at the first call) may be one graph from its second call on: this batch runs
+                # eagerly, the next is captured again, with the `*_once` logging calls done (trainer.compile.guards)
+                self._retried_first = True
                 self._restore_grads()
                 self._graphs.clear()
                 self.tier, self.layout, self._ulayout = None, None, None
@@ -847,7 +852,7 @@ class CompiledEngine:
         report = self.report
         report.mode = "regions"
         report.fallback_reason = f"the step is compiled regions between graph breaks: {cause}"
-        self._regions = RegionStep(self.trainer.lightning_module)
+        self._regions = RegionStep(self.trainer.lightning_module, once_done=self._retried_first)
         report._regions = self._regions
         trainer = self.trainer
         self._update_graph = self._update_reason(self._opt, trainer.precision, layout.params) is None

@@ -206,6 +206,21 @@ class _Placed:
             f.put(old)
 
 
+def once_logging_ignored(active: bool) -> ContextManager[Any]:
+    """While dynamo traces a step that already ran eagerly: ``Logger.warning_once``/``info_once``
+    (transformers' ``functools.lru_cache``-d logging, which dynamo cannot trace) are no-ops for it. They
+    log a message the first time it is passed, which the eager run did; a graph break at every step
+    for a message already logged would keep the step from being one graph. Not active: nothing."""
+    import contextlib
+    import logging
+
+    once = {f for f in (getattr(logging.Logger, "warning_once", None), getattr(logging.Logger, "info_once", None))
+            if f is not None}
+    if not active or not once:
+        return contextlib.nullcontext()
+    return torch._dynamo.config.patch(ignore_logging_functions=set(torch._dynamo.config.ignore_logging_functions) | once)
+
+
 def _restored(side_effects: Any, var: Any) -> bool:
     """Whether every attribute the step writes on ``var`` (an object that existed before the call)
     ends with the value it has now, so replaying the writes would change nothing: the value is the
@@ -271,7 +286,7 @@ class StepGuard:
 
     @classmethod
     def trace(cls, module: Any, name: str, batch: Any, rest: tuple, context: Callable[[], ContextManager],
-              lifted: Sequence[Lifted] = ()) -> "StepGuard":
+              lifted: Sequence[Lifted] = (), once_done: bool = False) -> "StepGuard":
         """Guards of ``module.<name>(batch, *rest)`` under ``context`` and the current grad mode, with
         the ``lifted`` floats as tensors (guarded as tensors, not by value).
 
@@ -327,7 +342,7 @@ class StepGuard:
         try:
             with torch._dynamo.config.patch(specialize_int=True, specialize_float=True, allow_empty_graphs=True,
                                             automatic_dynamic_shapes=False, assume_static_by_default=True), \
-                    context(), _Substituted(lifted):
+                    once_logging_ignored(once_done), context(), _Substituted(lifted):
                 compiled(module, batch, rest, _PROBE)
         except _Traced:
             pass
@@ -421,4 +436,4 @@ class StepGuard:
         return owner, attr, _readable(f"{match['base']}.{attr}")
 
 
-__all__ = ["FreeTensor", "Lifted", "StepGuard"]
+__all__ = ["FreeTensor", "Lifted", "StepGuard", "once_logging_ignored"]

@@ -48,7 +48,11 @@ def _backend(gm: torch.fx.GraphModule, example_inputs: List[Any]) -> Callable[..
 
     from trainer.compile.engine import isa_probe_memo
 
-    with isa_probe_memo():
+    from torch._inductor import config as inductor_config
+
+    cpu = all(t.device.type == "cpu" for t in example_inputs if isinstance(t, torch.Tensor))
+    # on the CPU, random ops as ATen calls on torch's generator: eager's dropout masks (see capture.py)
+    with isa_probe_memo(), inductor_config.patch(fallback_random=cpu or inductor_config.fallback_random):
         return compile_fx(gm, example_inputs)
 
 
@@ -92,8 +96,9 @@ class RegionStep:
     """``module.training_step`` compiled into regions; installed on the instance for one call at a time
     (:meth:`installed`), so the loop, the hooks and the strategy call it as they call the eager one."""
 
-    def __init__(self, module: Any) -> None:
+    def __init__(self, module: Any, once_done: bool = False) -> None:
         self.module = module
+        self._once_done = once_done  # the step ran eagerly before: `*_once` logging calls are no-ops
         self.graph_breaks: List[str] = []
         self.regions: List[str] = []
         self.compiled_calls = 0
@@ -149,7 +154,10 @@ class RegionStep:
         except ImportError:  # pragma: no cover - the break list is informational
             pass
         try:
-            with torch._dynamo.config.patch(suppress_errors=True):  # a region that fails to compile runs eagerly
+            from trainer.compile.guards import once_logging_ignored
+
+            # a region that fails to compile runs eagerly
+            with torch._dynamo.config.patch(suppress_errors=True), once_logging_ignored(self._once_done):
                 out = self._step(module, *args, **kwargs) if self._bound else self._step(*args, **kwargs)
         finally:
             _state.owner = None

@@ -1,7 +1,7 @@
 """Fused multi-tensor optimizers: ``FusedAdamW``, ``FusedAdam``, ``FusedSGD``, ``FusedLion``.
 
 Kernels come from, in order of preference: the CUDA kernels of ``trainer._C`` or the Triton
-kernels of ``kernels/`` (cuda tensors), the C++ CPU kernels of ``trainer._C`` (cpu tensors), and
+kernels of ``kernels/trainer_kernels`` (cuda tensors), the C++ CPU kernels of ``trainer._C`` (cpu tensors), and
 ``torch``'s own fused kernels. Nothing here raises at import when a backend is missing; see the
 ``HAS_*`` flags, and pass ``backend=`` to insist on one.
 """

@@ -62,10 +62,10 @@ if HAS_CPP:
         return torch.empty((), dtype=torch.float32, device=device)
 
 
-# --- Triton kernels (kernels/): importable without the C++ build --------------------------------
+# --- Triton kernels (kernels/trainer_kernels): importable without the C++ build --------------------------------
 _TRITON_ERROR: str | None = None
 try:
-    import kernels as _kernels
+    import trainer_kernels as _kernels
 
     HAS_TRITON: bool = bool(_kernels.HAS_TRITON)
     if not HAS_TRITON:
