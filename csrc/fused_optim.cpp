@@ -511,5 +511,14 @@ PyMODINIT_FUNC PyInit__C(void) {
 #else
   PyModule_AddIntConstant(m, "with_cuda", 0);
 #endif
+  // The widest vector ISA the host code was compiled for (the 16-float vector types of the CPU kernels
+  // become one register, two, or a scalar loop): the engine uses its compute kernels only when wide.
+#if defined(__AVX512F__)
+  PyModule_AddIntConstant(m, "vector_bits", 512);
+#elif defined(__AVX2__)
+  PyModule_AddIntConstant(m, "vector_bits", 256);
+#else
+  PyModule_AddIntConstant(m, "vector_bits", 128);
+#endif
   return m;
 }

@@ -10,12 +10,13 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import trainer as L
+from trainer.compile import _ext
 from trainer.compile import CompileConfig
 from trainer.compile import attention as A
 
 from .models import max_rel_diff
 
-pytestmark = pytest.mark.skipif(not A.available(), reason="trainer._C (the C++ extension) is not built")
+pytestmark = pytest.mark.skipif(not _ext.built("small_attention_fwd"), reason="trainer._C (the C++ extension) is not built")
 
 
 def _reference(q, k, v, causal, scale):

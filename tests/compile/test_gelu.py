@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from trainer.compile import _ext
 from trainer.compile import gelu as G
 
-pytestmark = pytest.mark.skipif(not G.available(), reason="trainer._C (the C++ extension) is not built")
+pytestmark = pytest.mark.skipif(not _ext.built("bias_gelu"), reason="trainer._C (the C++ extension) is not built")
 
 aten = torch.ops.aten
 ops = torch.ops.trainer
