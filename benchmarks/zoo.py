@@ -19,9 +19,9 @@ download): ``gpt2`` (4 layers, d 128, ctx 128, AdamW, per-step cosine LR, accumu
 
 Method: every (model, runner) pair runs in a fresh Python process (dynamo and inductor keep state
 per process) with the same seed and batches. ``--steps`` optimizer steps (40) are timed one by one
-(``on_train_batch_start`` to ``on_train_batch_end`` of the batch that ends the step); warm-up is the
-first step's time (capture and compile happen there), steady state is the median samples/s of the
-steps after ``--skip`` (5). The final loss is the mean training loss of the last 5 steps. Compiled
+(``on_train_batch_start`` to ``on_train_batch_end`` of the batch that ends the step); steady state is the
+median samples/s of the steps after ``--skip`` (5); warm-up is what the first ``--skip`` steps took
+beyond as many steady steps (capture and compile happen there). The final loss is the mean training loss of the last 5 steps. Compiled
 runners run twice: ``cold`` with an empty inductor cache directory, ``cached`` with the directory the
 cold run filled (a new process: what the second run of a script pays).
 """
@@ -195,7 +195,10 @@ def run_one(model: str, runner: str, steps: int, skip: int, bf16: bool, threads:
     wall = time.perf_counter() - t0
     steady = times[skip:] or times
     per_step = statistics.median(steady)
-    out: Dict[str, Any] = dict(model=model, runner=runner, steps=len(times), warmup_s=times[0] if times else None,
+    # warm-up: what the first `skip` steps cost beyond steady-state steps (the compile may come at the
+    # second step: a step whose first capture fails runs once eagerly and is captured again)
+    warmup = sum(times[:skip]) - min(skip, len(times)) * per_step
+    out: Dict[str, Any] = dict(model=model, runner=runner, steps=len(times), warmup_s=warmup,
                                step_s=per_step, samples_per_s=spec["batch"] * k / per_step, wall_s=wall,
                                final_loss=statistics.fmean(losses[-5:]) if losses else None,
                                losses=losses)

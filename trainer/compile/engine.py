@@ -852,8 +852,7 @@ class CompiledEngine:
         report = self.report
         report.mode = "regions"
         report.fallback_reason = f"the step is compiled regions between graph breaks: {cause}"
-        self._regions = RegionStep(self.trainer.lightning_module, once_done=self._retried_first)
-        report._regions = self._regions
+        self._regions = RegionStep(self.trainer.lightning_module, report, once_done=self._retried_first)
         trainer = self.trainer
         self._update_graph = self._update_reason(self._opt, trainer.precision, layout.params) is None
         from trainer.utilities.rank_zero import rank_zero_info

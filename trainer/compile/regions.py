@@ -96,13 +96,10 @@ class RegionStep:
     """``module.training_step`` compiled into regions; installed on the instance for one call at a time
     (:meth:`installed`), so the loop, the hooks and the strategy call it as they call the eager one."""
 
-    def __init__(self, module: Any, once_done: bool = False) -> None:
+    def __init__(self, module: Any, report: Any, once_done: bool = False) -> None:
         self.module = module
+        self.report = report  # trainer.compile.report.CompileReport: regions, graph_breaks, region_compiles
         self._once_done = once_done  # the step ran eagerly before: `*_once` logging calls are no-ops
-        self.graph_breaks: List[str] = []
-        self.regions: List[str] = []
-        self.compiled_calls = 0
-        self.compiles = 0  # regions compiled, recompiles included
         self._recorder = _Recorder()
         own = module.__dict__.get("training_step")  # a function set on the instance: called without self
         self._bound = own is None
@@ -128,10 +125,11 @@ class RegionStep:
             stack = getattr(reason, "user_stack", None) or []
             at = f" at {_short(stack[-1].filename)}:{stack[-1].lineno}" if stack else ""
             ends = f", ends at a break{at}"
-        self.compiles += 1
+        report = self.report
+        report.region_compiles += 1
         text = f"{len(ops)} ops{where}{ends}"
-        if text not in self.regions:  # compiled again (a guard failed, a new shape): the same region
-            self.regions.append(text)
+        if text not in report.regions:  # compiled again (a guard failed, a new shape): the same region
+            report.regions.append(text)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         module = self.module
@@ -141,7 +139,7 @@ class RegionStep:
         saved_log = d.get("log", _Recorder)
         d["log"] = recorder
         logger = logging.getLogger(_BREAK_LOGGER)
-        handler = _BreakHandler(self.graph_breaks)
+        handler = _BreakHandler(self.report.graph_breaks)
         prev_level, prev_prop = logger.level, logger.propagate
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
@@ -168,7 +166,6 @@ class RegionStep:
                 d.pop("log", None)
             else:
                 d["log"] = saved_log
-        self.compiled_calls += 1
         calls = list(recorder.calls)
         recorder.calls.clear()
         for call_args, call_kwargs in calls:

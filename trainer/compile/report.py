@@ -68,18 +68,11 @@ class CompileReport:
     cudagraph_captures: int = 0  # CompileConfig(cudagraphs=True): step graphs recorded as CUDA graphs
     cudagraph_reason: Optional[str] = None  # cudagraphs asked for but the step runs without: why
     _eval_engine: Any = field(default=None, repr=False, compare=False)
-    _regions: Any = field(default=None, repr=False, compare=False)  # trainer.compile.regions.RegionStep
-
-    @property
-    def regions(self) -> List[str]:
-        """Mode ``"regions"``: each compiled region of ``training_step`` (its ops, source lines, the
-        break that ends it); empty otherwise."""
-        return list(self._regions.regions) if self._regions is not None else []
-
-    @property
-    def graph_breaks(self) -> List[str]:
-        """Mode ``"regions"``: each graph break, ``file:line: reason``; empty otherwise."""
-        return list(self._regions.graph_breaks) if self._regions is not None else []
+    # mode "regions": each compiled region of training_step (ops, source lines, the break that ends it),
+    # each graph break ("file:line: reason"), and how many region graphs were compiled (recompiles included)
+    regions: List[str] = field(default_factory=list)
+    graph_breaks: List[str] = field(default_factory=list)
+    region_compiles: int = 0
 
     @property
     def eval(self) -> Optional[EvalReport]:
@@ -99,8 +92,7 @@ class CompileReport:
         if self.mode == "eager":
             return f"compile: fell back to eager ({self.fallback_reason}){tail}"
         if self.mode == "regions":
-            compiles = self._regions.compiles if self._regions is not None else 0
-            return (f"compile: regions, {len(self.regions)} region(s) ({compiles} compile(s)),"
+            return (f"compile: regions, {len(self.regions)} region(s) ({self.region_compiles} compile(s)),"
                     f" {len(self.graph_breaks)} graph break(s)"
                     f" ({'; '.join(self.graph_breaks)}), {self.steps_run} steps"
                     + (", compiled update" if self.update_compiled else "") + tail)
