@@ -814,8 +814,9 @@ class CompiledEngine:
                 return self._sharded.run(loop, batch_idx, args, should_accumulate)
             return self._run_split(loop, batch_idx, args, should_accumulate)
         except CaptureError as e:
-            if not isinstance(e, CompilerFailed) and not self._retried_first and self.tier in ("full", "fwd_bwd"):
-                # a step that does something once (transformers sets `config.problem_type` and logs a
+            if not isinstance(e, CompilerFailed) and not self._retried_first and self.tier in ("full", "fwd_bwd") \
+                    and self.report.steps_run == 0:
+                # a first step that does something once (transformers sets `config.problem_type` and logs a
                 # `warning_once` at the first call) may be one graph from its second call on: this batch runs
                 # eagerly, the next is captured again, with the `*_once` logging calls done (trainer.compile.guards)
                 self._retried_first = True
