@@ -135,5 +135,13 @@ def test_stateful_loader_resumes_through_its_state_dict(tmp_path):
     assert loader.loaded_state == {"pos": 3}
     assert resumed.seen == ref.seen[-3:]  # only batches 3..5 of epoch 1 were trained after the resume
     assert t.global_step == 12
+    from helpers import compiled_engine
+
     for a, b in zip(ref.parameters(), resumed.parameters()):
-        assert torch.equal(a, b)
+        if compiled_engine():
+            # the step appends to a list (a side effect): the first step of each fit runs eagerly and the
+            # rest as compiled regions, so the resumed fit's step 10 is eager where the uninterrupted fit's
+            # was compiled: equal within fp32 rounding, not bit for bit
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        else:
+            assert torch.equal(a, b)
