@@ -794,9 +794,7 @@ class CompiledEngine:
             # a param group was added mid-fit (BaseFinetuning.unfreeze_and_add_param_group): the graphs update
             # the tensors the optimizer held when they were built; set up again for the new groups
             self.report.recompile_reasons.append("the optimizer's param groups changed")
-            self._restore_grads()
-            self._graphs.clear()
-            self.tier, self.layout, self._ulayout = None, None, None
+            self._set_up_again()
         if self.tier is None:
             self._setup(optimizer, batch_idx)
             if self.config.cudagraphs and not self._cudagraphs and self.report.cudagraph_reason is None:
@@ -820,9 +818,7 @@ class CompiledEngine:
                 # `warning_once` at the first call) may be one graph from its second call on: this batch runs
                 # eagerly, the next is captured again, with the `*_once` logging calls done (trainer.compile.guards)
                 self._retried_first = True
-                self._restore_grads()
-                self._graphs.clear()
-                self.tier, self.layout, self._ulayout = None, None, None
+                self._set_up_again()
                 self.report.recompile_reasons.append(f"captured again after one eager step: {e.cause}")
                 return None
             if not isinstance(e, CompilerFailed) and self._enter_regions(e.cause):
@@ -833,6 +829,13 @@ class CompiledEngine:
             if not self._rebuild_after(e.why, e.source):
                 return self._run_regions(loop, batch_idx, args, should_accumulate) if self.tier == "regions" else None
             return self.run(loop, optimizer, batch_idx, args, should_accumulate)
+
+    def _set_up_again(self) -> None:
+        """Drop the graphs and the set-up (a window's gradients handed back to ``.grad``): the next
+        step sets up and captures again."""
+        self._restore_grads()
+        self._graphs.clear()
+        self.tier, self.layout, self._ulayout = None, None, None
 
     # ------------------------------------------------------------------ regions: partial capture
     def _enter_regions(self, cause: str) -> bool:
@@ -865,16 +868,9 @@ class CompiledEngine:
                      should_accumulate: bool) -> Dict[str, Any]:
         """The eager engine's batch (hooks, closure, backward, clipping) with ``training_step`` run as
         compiled regions and, where the optimizer allows, the update as the compiled update graph."""
-        with self._regions.installed():
-            if self._update_graph and not should_accumulate:
-                opt = self._opt
-                opt.step = self._compiled_opt_step  # shadows the class's step() for this batch
-                try:
-                    out = loop.run_eager(batch_idx, args, should_accumulate)
-                finally:
-                    del opt.step
-            else:
-                out = loop.run_eager(batch_idx, args, should_accumulate)
+        update = self._update_graph and not should_accumulate
+        with self._regions.installed(), shadowed_step(self._opt, self._compiled_opt_step if update else None):
+            out = loop.run_eager(batch_idx, args, should_accumulate)
         self.report.steps_run += 1
         return out
 
@@ -908,9 +904,7 @@ class CompiledEngine:
                 self._fail(cause)
             return False
         self.report.recompile_reasons.append(why)
-        self._restore_grads()
-        self._graphs.clear()
-        self.tier, self.layout, self._ulayout = None, None, None
+        self._set_up_again()
         return True
 
     def _check_guard(self, graph: "_Graph", batch: Any, rest: tuple) -> None:
@@ -1102,9 +1096,20 @@ def optimizer_step_with(loop: "AutomaticOptimization", batch_idx: int, closure: 
                         step: Callable[..., Any]) -> None:
     """The loop's optimizer step (hooks, closure, schedulers' bookkeeping) with ``step`` standing in
     for ``opt.step`` during this one call (a compiled update graph instead of torch.optim's)."""
-    opt.step = step  # shadows the class's step() for this call only
-    try:
+    with shadowed_step(opt, step):
         loop._optimizer_step(batch_idx, closure)
+
+
+@contextlib.contextmanager
+def shadowed_step(opt: Any, step: Optional[Callable[..., Any]]) -> Iterator[None]:
+    """``step`` stands in for ``opt.step`` (an instance attribute shadowing the class's) inside the
+    block; None: nothing changes."""
+    if step is None:
+        yield
+        return
+    opt.step = step
+    try:
+        yield
     finally:
         del opt.step
 

@@ -44,11 +44,10 @@ def _backend(gm: torch.fx.GraphModule, example_inputs: List[Any]) -> Callable[..
     owner: Optional[RegionStep] = getattr(_state, "owner", None)
     if owner is not None:
         owner._describe(gm)
+    from torch._inductor import config as inductor_config
     from torch._inductor.compile_fx import compile_fx
 
     from trainer.compile.engine import isa_probe_memo
-
-    from torch._inductor import config as inductor_config
 
     cpu = all(t.device.type == "cpu" for t in example_inputs if isinstance(t, torch.Tensor))
     # on the CPU, random ops as ATen calls on torch's generator: eager's dropout masks (see capture.py)
