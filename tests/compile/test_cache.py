@@ -27,8 +27,9 @@ _FRESH_PROCESS = r"""
 import json
 from torch._dynamo.utils import counters
 from tests.compile.models import MLP, fit
-trainer = fit(MLP(), True, epochs=1)
-print("RESULT", json.dumps({"counters": dict(counters["inductor"]), "graphs": trainer.compile_report.graphs_built}))
+trainer = fit(MLP(), True, epochs=1, gradient_clip_val=0.5)
+print("RESULT", json.dumps({"counters": dict(counters["inductor"]), "aot": dict(counters["aot_autograd"]),
+                            "graphs": trainer.compile_report.graphs_built}))
 """
 
 
@@ -37,12 +38,14 @@ def _inductor_counters() -> dict:
 
 
 def _build():
-    """One compiled fit (2 graphs: the 16-sample step and the short last batch's) and the
-    counters inductor recorded for it."""
+    """One compiled fit (2 graphs: the 16-sample step and the short last batch's; with clipping, whose
+    coefficient must be ATen ops for AOT autograd's cache) and the counters inductor and AOT autograd
+    recorded for it."""
     counters.clear()
-    trainer = fit(MLP(), True, epochs=1)
+    trainer = fit(MLP(), True, epochs=1, gradient_clip_val=0.5)
     assert trainer.compile_report.mode == "full", trainer.compile_report
-    return trainer, _inductor_counters()
+    assert "clipping" in trainer.compile_report.passes_applied, trainer.compile_report
+    return trainer, {**_inductor_counters(), **{f"aot_{k}": v for k, v in counters["aot_autograd"].items()}}
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +66,7 @@ def test_second_build_in_process_hits_the_fx_graph_cache(cold_build):
     graphs = first_trainer.compile_report.graphs_built
     assert first.get("fxgraph_cache_bypass", 0) == 0, first
     assert first.get("fxgraph_cache_miss", 0) == graphs, first
+    assert first.get("aot_autograd_cache_bypass", 0) == 0, first  # every graph can be keyed by AOT autograd
     # a fresh Trainer after the in-memory caches are gone: what is reused comes from the disk
     torch._dynamo.reset()
     from torch._inductor.utils import clear_caches
@@ -76,6 +80,8 @@ def test_second_build_in_process_hits_the_fx_graph_cache(cold_build):
         mp.undo()
     assert second.get("fxgraph_cache_hit", 0) == trainer.compile_report.graphs_built == graphs, second
     assert second.get("fxgraph_cache_miss", 0) == 0 and second.get("fxgraph_cache_bypass", 0) == 0, second
+    # AOT autograd's cache: no trace of forward/backward again either
+    assert second.get("aot_autograd_cache_hit", 0) == graphs, second
     assert max_rel_diff(trainer.lightning_module, first_trainer.lightning_module) == 0.0  # the same kernels
 
 
@@ -91,6 +97,7 @@ def test_fresh_process_hits_the_fx_graph_cache(cold_build):
     got = result["counters"]
     assert got.get("fxgraph_cache_hit", 0) == result["graphs"] == first_trainer.compile_report.graphs_built, got
     assert got.get("fxgraph_cache_miss", 0) == 0 and got.get("fxgraph_cache_bypass", 0) == 0, got
+    assert result["aot"].get("autograd_cache_hit", 0) == result["graphs"], result["aot"]
 
 
 def test_isa_probe_memo_is_scoped_to_the_engine_compiles(cold_build):

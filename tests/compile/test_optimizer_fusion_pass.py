@@ -91,3 +91,31 @@ def test_fp16_unscale_and_skip_pass_through(opt, use_cpp, finite):
             torch.testing.assert_close(got, want, **_tol(toy, use_cpp), msg=kind)
             if not finite and kind not in ("scale", "growth"):
                 assert torch.equal(got, orig), kind  # skipped: untouched, Adam's step not counted
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_unfused_fallbacks_inline_to_aten_ops_for_the_compile_caches(opt):
+    """Without trainer._C the passes leave Python functions in the graph (the foreach update, the
+    gradient norm); the engine traces them into ATen ops before inductor, which AOT autograd's cache can
+    key (it bypasses a graph with any other callable and compiles it again in every process). Same
+    updates, bit for bit."""
+    from torch._functorch._aot_autograd.autograd_cache import check_node_safe
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    from trainer.compile.engine import _python_calls_inlined
+
+    toy = ToyStep(opt=opt)
+    cfg = StepConfig(variant="step", clip_val=0.5, use_cpp=False)
+    gm = rewrite(rewrite(toy.graph(), clipping, cfg), optimizer_fusion, cfg)
+    assert calls(gm, _fused_target(opt, False))  # a Python function: the cache would refuse the graph
+    mode = FakeTensorMode(shape_env=ShapeEnv(), static_shapes=True)
+    inlined = _python_calls_inlined(gm, [mode.from_tensor(t) for t in toy.inputs()], mode)
+    for node in inlined.graph.nodes:
+        check_node_safe(node)  # raises BypassAOTAutogradCache on a node the cache cannot key
+    a, b = toy.inputs(x_scale=4.0), toy.inputs(x_scale=4.0)
+    torch.testing.assert_close(inlined(*b), gm(*a), rtol=0, atol=0)
+    for kind, want in toy.split(a).items():
+        for i, (w, g) in enumerate(zip(want, toy.split(b)[kind])):
+            torch.testing.assert_close(g, w, rtol=0, atol=0, msg=lambda m: f"{kind}[{i}]: {m}")
+    assert _python_calls_inlined(inlined, [], mode) is inlined  # nothing left to inline: the graph as is

@@ -529,6 +529,60 @@ def test_state_set_at_the_first_step_only_is_captured_from_the_second():
                                         " at capture, instead of every step)"]
 
 
+def test_a_message_logged_once_is_logged_once_and_the_step_is_one_graph_from_the_first(caplog):
+    """transformers' ``logger.warning_once`` (an ``lru_cache``-d Logger method dynamo cannot trace) in
+    the step: every step runs compiled, the first included, and the message is logged once, at the first
+    step, as in Lightning (the capture's trace runs the call for real)."""
+    import logging
+
+    import transformers.utils.logging  # noqa: F401  (installs Logger.warning_once)
+
+    log = logging.getLogger("trainer_tests.once")
+
+    def build(L):
+        class M(_base(L)):
+            def training_step(self, batch, batch_idx):
+                log.warning_once("this step is configured in an unusual way")
+                return self.mse(batch)
+
+        return M()
+
+    def fits():
+        with caplog.at_level(logging.WARNING, logger="trainer_tests.once"):
+            return _three_way(build)
+
+    # each fit's first call logs, as in a fresh process
+    (_, _, _), _, (_, trainer, warned) = _once_per_fit(fits, logging.Logger.warning_once)
+    report = trainer.compile_report
+    assert report.mode == "full" and not warned, str(report)
+    assert report.steps_run == 4 * EPOCHS, str(report)  # the first step too: no eager step, no second trace
+    assert not report.recompile_reasons, report.recompile_reasons
+    messages = [r.getMessage() for r in caplog.records if r.name == "trainer_tests.once"]
+    assert messages == ["this step is configured in an unusual way"] * 3  # once in each of the three fits
+
+
+def _once_per_fit(fits, once):
+    """``fits()`` with ``once``'s cache cleared before each of its three fits (Lightning, eager, compiled)."""
+    import pytorch_lightning
+
+    import trainer as trainer_pkg
+
+    original = {}
+    for mod in (pytorch_lightning.Trainer, trainer_pkg.Trainer):
+        original[mod] = mod.fit
+
+        def fit(self, *args, _orig=mod.fit, **kwargs):
+            once.cache_clear()
+            return _orig(self, *args, **kwargs)
+
+        mod.fit = fit
+    try:
+        return fits()
+    finally:
+        for mod, f in original.items():
+            mod.fit = f
+
+
 def test_a_global_set_and_restored_within_the_step_is_no_side_effect():
     def build(L):
         class M(_base(L)):

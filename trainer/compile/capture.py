@@ -221,13 +221,15 @@ def capture_update(layout: Layout, grads: List[Tensor]) -> Tuple[fx.GraphModule,
 
 def capture(
     module: Any, layout: Layout, batch: Any, step_args: tuple, step_context: Callable[[], Any], variant: str,
-    cpu_attention: bool = False, lifted: Sequence[Any] = (), once_done: bool = False,
+    cpu_attention: bool = False, lifted: Sequence[Any] = (), guard: Optional[Any] = None,
 ) -> Captured:
     """Traces one step for ``variant`` ("step"/"micro"/"final": with updates; "fwd_bwd": grads out).
     ``cpu_attention``: trace the covered ``F.scaled_dot_product_attention`` calls as trainer's
     short-sequence kernels (:mod:`trainer.compile.attention`). ``lifted``: floats the step reads as
-    graph inputs (:class:`trainer.compile.guards.Lifted`), placed after the batch's tensors. ``once_done``:
-    the step ran eagerly before, so its ``*_once`` logging calls are no-ops (:func:`guards.once_logging_ignored`)."""
+    graph inputs (:class:`trainer.compile.guards.Lifted`), placed after the batch's tensors. ``guard``: the
+    :class:`trainer.compile.guards.StepGuard` of the same call (same batch signature, arguments and
+    lifted floats) traced for another variant; it is traced here when None. Either way it is ``.guard``
+    of the result."""
     leaves, spec = tree_flatten(batch)
     t_pos = [i for i, v in enumerate(leaves) if isinstance(v, Tensor)]
     const_leaves = list(leaves)
@@ -318,7 +320,8 @@ def capture(
     from trainer.compile.guards import StepGuard, _Placed, _Substituted
 
     # first: whether the step is one graph without Python side effects, and what Python state it reads
-    guard = StepGuard.trace(module, "training_step", batch, step_args, step_context, lifted, once_done=once_done)
+    if guard is None:
+        guard = StepGuard.trace(module, "training_step", batch, step_args, step_context, lifted)
     n_batch = len(t_pos)
     example = prefix + [leaves[i] for i in t_pos] + [x.tensor for x in lifted] + guard.free_inputs()
     module.__dict__["log"] = recorder

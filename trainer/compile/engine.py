@@ -146,6 +146,7 @@ def _compile_graph(gm: Any, example_inputs: List[Any]) -> Callable:
     # CPU compile choices that measured faster than inductor's defaults (trainer/compile/lowering.py)
     from trainer.compile import lowering
 
+    gm = _python_calls_inlined(gm, fakes, fake_mode)
     cpu = all(t.device.type == "cpu" for t in example_inputs if isinstance(t, Tensor))
     patches: Dict[str, Any] = {"emulate_precision_casts": True}
     if inductor_config.post_grad_custom_pre_pass is None:
@@ -161,6 +162,25 @@ def _compile_graph(gm: Any, example_inputs: List[Any]) -> Callable:
     with torch.no_grad(), tracing(TracingContext(fake_mode)), inductor_config.patch(patches), isa_probe_memo(), \
             realize_reads_before_writes():
         return compile_fx(gm, fakes, decompositions=lowering.decompositions() if cpu else None)
+
+
+def _python_calls_inlined(gm: Any, fakes: List[Any], fake_mode: Any) -> Any:
+    """``gm`` with every call of a Python function (the passes' unfused fallbacks: a foreach update, a
+    gradient norm, ``found_inf``) replaced by the ATen ops it runs, traced again with ``make_fx``. AOT
+    autograd's cache keys a graph by its ops and refuses any other callable ("Unsupported call_function
+    target"): each new process would trace and compile the step again. Only ATen ops, ``operator``
+    functions and higher-order ops left: ``gm`` itself."""
+    from torch._ops import HigherOrderOperator, OpOverload, OpOverloadPacket
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def keyable(target: Any) -> bool:
+        return isinstance(target, (OpOverload, OpOverloadPacket, HigherOrderOperator)) or \
+            getattr(target, "__module__", None) in ("operator", "_operator")
+
+    if all(n.op != "call_function" or keyable(n.target) for n in gm.graph.nodes):
+        return gm
+    with fake_mode:
+        return make_fx(gm)(*fakes)
 
 
 def _memo_dir() -> str:
@@ -283,6 +303,9 @@ class CompiledEngine:
         self.layout: Optional[Layout] = None
         self._prefix: List[Tensor] = []
         self._graphs: Dict[Any, _Graph] = {}
+        # StepGuard per (batch signature, step arguments, lifted floats): the variants of one call (micro,
+        # final) share its dynamo trace; dropped with the graphs (a failed guard traces again)
+        self._guards: Dict[Any, Any] = {}
         self._keys_built: set = set()  # graph keys built in this fit: building one again is a recompile
         self._applied: set = set()  # passes that changed a graph of this fit (compile_report.passes_applied)
         self._lr_cache: List[Any] = []
@@ -587,8 +610,10 @@ class CompiledEngine:
         assert layout is not None
         t0 = time.perf_counter()
         try:
+            gkey = (key[1], key[2], tuple(id(x) for x in self._lifted))
             cap = capture(module, layout, batch, step_args, trainer.precision_plugin.train_step_context, variant,
-                          cpu_attention=self._attention, lifted=self._lifted, once_done=self._retried_first)
+                          cpu_attention=self._attention, lifted=self._lifted, guard=self._guards.get(gkey))
+            self._guards[gkey] = cap.guard
         except CaptureError as e:
             if not self._lifted:
                 raise
@@ -788,7 +813,7 @@ class CompiledEngine:
             # k changed (GradientAccumulationScheduler, at an epoch start): the graphs differentiate
             # loss / k and own k-sized windows: set up again (a graph built again for a key that had one
             # counts as a recompile)
-            self._graphs.clear()
+            self._drop_graphs()
             self.tier, self.layout, self._ulayout = None, None, None
         if self.tier in ("full", "fwd_bwd") and self._groups_sig != _param_groups_signature(self._opt):
             # a param group was added mid-fit (BaseFinetuning.unfreeze_and_add_param_group): the graphs update
@@ -814,9 +839,9 @@ class CompiledEngine:
         except CaptureError as e:
             if not isinstance(e, CompilerFailed) and not self._retried_first and self.tier in ("full", "fwd_bwd") \
                     and self.report.steps_run == 0:
-                # a first step that does something once (transformers sets `config.problem_type` and logs a
-                # `warning_once` at the first call) may be one graph from its second call on: this batch runs
-                # eagerly, the next is captured again, with the `*_once` logging calls done (trainer.compile.guards)
+                # a first step that does something once (transformers sets `config.problem_type` at the first
+                # call) may be one graph from its second call on: this batch runs eagerly, the next is captured
+                # again (and compiled regions, if it comes to them, skip the `*_once` logging calls done by now)
                 self._retried_first = True
                 self._set_up_again()
                 self.report.recompile_reasons.append(f"captured again after one eager step: {e.cause}")
@@ -834,8 +859,12 @@ class CompiledEngine:
         """Drop the graphs and the set-up (a window's gradients handed back to ``.grad``): the next
         step sets up and captures again."""
         self._restore_grads()
-        self._graphs.clear()
+        self._drop_graphs()
         self.tier, self.layout, self._ulayout = None, None, None
+
+    def _drop_graphs(self) -> None:
+        self._graphs.clear()
+        self._guards.clear()
 
     # ------------------------------------------------------------------ regions: partial capture
     def _enter_regions(self, cause: str) -> bool:
@@ -850,7 +879,7 @@ class CompiledEngine:
         self._restore_grads()
         layout = self.layout
         layout.accs = []  # the eager closure accumulates into .grad (the window's buffers stay .grad)
-        self._graphs.clear()
+        self._drop_graphs()
         self._ulayout = None
         self.tier = "regions"
         report = self.report

@@ -207,10 +207,13 @@ class _Placed:
 
 
 def once_logging_ignored(active: bool) -> ContextManager[Any]:
-    """While dynamo traces a step that already ran eagerly: ``Logger.warning_once``/``info_once``
-    (transformers' ``functools.lru_cache``-d logging, which dynamo cannot trace) are no-ops for it. They
-    log a message the first time it is passed, which the eager run did; a graph break at every step
-    for a message already logged would keep the step from being one graph. Not active: nothing."""
+    """``Logger.warning_once``/``info_once`` (transformers' ``functools.lru_cache``-d logging, which
+    dynamo cannot trace) are no-ops for dynamo while active. They log a message the first time it is
+    passed; a graph break at every step for a message logged once would keep the step from being one
+    graph. Whoever turns this on makes sure the message is still logged once: :meth:`StepGuard.trace`
+    always can (the tracer that then builds the graph runs the step's Python for real, the call
+    included); the compiled regions, where nothing else runs the Python, only after an eager step.
+    Not active: nothing."""
     import contextlib
     import logging
 
@@ -286,9 +289,11 @@ class StepGuard:
 
     @classmethod
     def trace(cls, module: Any, name: str, batch: Any, rest: tuple, context: Callable[[], ContextManager],
-              lifted: Sequence[Lifted] = (), once_done: bool = False) -> "StepGuard":
+              lifted: Sequence[Lifted] = ()) -> "StepGuard":
         """Guards of ``module.<name>(batch, *rest)`` under ``context`` and the current grad mode, with
-        the ``lifted`` floats as tensors (guarded as tensors, not by value).
+        the ``lifted`` floats as tensors (guarded as tensors, not by value). ``*_once`` logging calls are
+        not traced (:func:`once_logging_ignored`): the ``make_fx`` trace that follows runs them, once,
+        at the step where eager would.
 
         Raises :class:`CaptureError` naming the source line or the mutated value when the call is
         not one side-effect-free graph.
@@ -342,7 +347,7 @@ class StepGuard:
         try:
             with torch._dynamo.config.patch(specialize_int=True, specialize_float=True, allow_empty_graphs=True,
                                             automatic_dynamic_shapes=False, assume_static_by_default=True), \
-                    once_logging_ignored(once_done), context(), _Substituted(lifted):
+                    once_logging_ignored(True), context(), _Substituted(lifted):
                 compiled(module, batch, rest, _PROBE)
         except _Traced:
             pass

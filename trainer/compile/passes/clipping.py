@@ -25,8 +25,14 @@ from . import StepConfig, update_nodes
 aten = torch.ops.aten
 
 
-def clip_coef(total_norm: Tensor, max_norm: float) -> Tensor:
-    return torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+def clip_coef(graph: fx.Graph, total_norm: fx.Node, max_norm: float) -> fx.Node:
+    """``clamp(max_norm / (total_norm + 1e-6), max=1)`` as ``clip_grad_norm_`` computes it, emitted as the
+    ATen ops eager runs (``float / Tensor`` is ``reciprocal`` then ``mul``): no Python function in the
+    graph, which AOT autograd's cache could not key (it would trace and compile the step again in
+    every new process)."""
+    shifted = graph.call_function(aten.add.Tensor, (total_norm, 1e-6))
+    coef = graph.call_function(aten.mul.Tensor, (graph.call_function(aten.reciprocal.default, (shifted,)), max_norm))
+    return graph.call_function(aten.clamp.default, (coef, None, 1.0))
 
 
 def clipping(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: StepConfig) -> fx.GraphModule:
@@ -59,7 +65,7 @@ def clipping(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: StepConfig)
             norm = graph.call_function(torch.ops.trainer.grad_norm.default, (grads, scale))
         else:
             norm = graph.call_function(foreach_grad_norm_unscaled, (grads, scale))
-        coef = graph.call_function(clip_coef, (norm, float(cfg.clip_val)))
+        coef = clip_coef(graph, norm, float(cfg.clip_val))
     for node in updates:
         node.update_kwarg("clip_coef", coef)
     return gm
