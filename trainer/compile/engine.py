@@ -42,8 +42,8 @@ from torch.utils._pytree import tree_flatten
 from trainer.compile import CompileConfig, CompileError, allocator
 from trainer.compile.reads_before_writes import cache_key_pass, realize_reads_before_writes
 from trainer.compile.capture import Captured, CaptureError, Layout, capture
-from trainer.compile.passes import StepConfig, run_passes
-from trainer.compile.report import CompileReport
+from trainer.compile.passes import StepConfig, Variant, run_passes
+from trainer.compile.report import CompileReport, Tier
 from trainer.hooks import is_overridden
 from trainer.loops.optimization import ClosureResult, _Closure
 
@@ -298,7 +298,7 @@ class CompiledEngine:
         self.config = config
         self.report = report
         report.enabled = True
-        self.tier: Optional[str] = None
+        self.tier: Optional[Tier] = None
         self._retried_first = False  # the first capture failed, one step ran eagerly, the capture was retried
         self.layout: Optional[Layout] = None
         self._prefix: List[Tensor] = []
@@ -335,8 +335,7 @@ class CompiledEngine:
     def _fail(self, cause: str) -> None:
         if self.config.strict:
             raise CompileError(f"Trainer(compile='strict'): the training step cannot be compiled: {cause}")
-        self.tier = "eager"
-        self.report.mode = "eager"
+        self.tier = self.report.mode = Tier.EAGER
         self.report.fallback_reason = cause
         warnings.warn(f"trainer.compile: running the eager engine instead: {cause}", CompileWarning, stacklevel=2)
         self._restore_grads()
@@ -407,7 +406,7 @@ class CompiledEngine:
         split = self._split_reason(module, opt, precision, trainable)
         if not split:
             split = self._missing_pass_reason()
-        self.tier = "fwd_bwd" if split else "full"
+        self.tier = Tier.FWD_BWD if split else Tier.FULL
         self.report.mode = self.tier
         if split:
             self.report.fallback_reason = f"step split (fwd+bwd compiled, rest eager): {split}"
@@ -418,13 +417,13 @@ class CompiledEngine:
             buffer_names=[n for n, _ in buffers], buffers=[b for _, b in buffers], opt_kind=None, accumulate=k,
         )
         # fwd_bwd: the update still runs as a graph (after the hooks) when the optimizer allows it
-        self._update_graph = self.tier == "fwd_bwd" and self._update_reason(opt, precision, trainable) is None
+        self._update_graph = self.tier is Tier.FWD_BWD and self._update_reason(opt, precision, trainable) is None
         self._cudagraphs = False
         if self.config.cudagraphs:
             cause = self._cudagraph_reason(trainable)
             self.report.cudagraph_reason = cause
             self._cudagraphs = cause is None
-        if self.tier == "full":
+        if self.tier is Tier.FULL:
             self._setup_optimizer(layout, opt)
             if k > 1:
                 # The window's buffers ARE the parameters' .grad: a checkpoint written mid-window
@@ -470,7 +469,7 @@ class CompiledEngine:
 
     def _cudagraph_reason(self, trainable: List[Tensor]) -> Optional[str]:
         """Why the step graphs cannot be recorded as CUDA graphs (None: they can)."""
-        if self.tier != "full":
+        if self.tier is not Tier.FULL:
             return f"the step is split into graphs and eager hooks ({self.report.fallback_reason})"
         if self._sync is not None:
             return "DDP: the gradient all-reduce is part of the step graph (collectives are not recorded)"
@@ -603,7 +602,7 @@ class CompiledEngine:
                 opt.state.pop(layout.params[i], None)
 
     # ------------------------------------------------------------------ graphs
-    def _build(self, key: Any, variant: str, batch: Any, step_args: tuple) -> _Graph:
+    def _build(self, key: Any, variant: Variant, batch: Any, step_args: tuple) -> _Graph:
         trainer = self.trainer
         module = trainer.lightning_module
         layout = self.layout
@@ -624,14 +623,14 @@ class CompiledEngine:
                          use_cpp=self._use_cpp, scaler=self._scaler_cfg if layout.scaler is not None else None,
                          sync=self._sync)
         names = tuple(p for p in self.config.active_passes if p != "gradient_sync" or self._sync is not None)
-        if variant == "fwd_bwd":
+        if variant is Variant.FWD_BWD:
             names = tuple(p for p in names if p == "amp")
         applied: List[str] = []
         gm = run_passes(cap.gm, cap.example_inputs, cfg, names, self.config.debug_dir, tag=f"{variant}{len(self._graphs)}",
                         applied=applied)
-        if variant != "fwd_bwd" and "amp" not in names:
+        if variant is not Variant.FWD_BWD and "amp" not in names:
             self._check_update_dtypes(gm)
-        if self._sync is not None and variant in ("step", "final"):
+        if self._sync is not None and variant.updates:
             # issue each bucket's all-reduce as early as its gradients allow and wait as late as possible
             # (inductor otherwise fuses the bucket copies into later kernels and issues them at the end)
             from torch._inductor import config as inductor_config
@@ -641,7 +640,7 @@ class CompiledEngine:
                 fn = _inductor_compile(gm, cap.example_inputs)
         else:
             fn = _inductor_compile(gm, cap.example_inputs)
-        if self._cudagraphs and variant != "fwd_bwd":
+        if self._cudagraphs and variant is not Variant.FWD_BWD:
             from trainer.compile import cudagraphs
 
             report = self.report
@@ -656,7 +655,7 @@ class CompiledEngine:
                 self._graph_backend = cudagraphs.make_backend()
             fn = cudagraphs.GraphReplay(fn, len(self._prefix), warmup=self.config.cudagraph_warmup,
                                         backend=self._graph_backend, on_capture=captured, on_failure=failed)
-        if variant != "fwd_bwd" and cap.unused:
+        if variant is not Variant.FWD_BWD and cap.unused:
             self._drop_unused_state(cap)
         self.report.compile_seconds += time.perf_counter() - t0
         self._count_graph(key, applied)
@@ -693,7 +692,7 @@ class CompiledEngine:
                 raise CaptureError(f"pass 'amp' is left out (CompileConfig(passes=/disable=)) while a {g_val.dtype} gradient"
                                    f" reaches the update of a {p_val.dtype} parameter")
 
-    def _graph_for(self, variant: str, batch: Any, step_args: tuple) -> Tuple[_Graph, List[Tensor]]:
+    def _graph_for(self, variant: Variant, batch: Any, step_args: tuple) -> Tuple[_Graph, List[Tensor]]:
         leaves, spec = tree_flatten(batch)
         tensors = [v for v in leaves if isinstance(v, Tensor)]
         sig = tuple((tuple(v.shape), v.dtype, v.device) if isinstance(v, Tensor) else (type(v), v) for v in leaves)
@@ -723,7 +722,7 @@ class CompiledEngine:
                 # baked hyperparameters changed: rebuild the graphs that update (counted as recompiles);
                 # the fwd_bwd tier's forward+backward graphs hold no hyperparameter
                 if layout is self._ulayout:
-                    self._graphs.pop(("update",), None)
+                    self._graphs.pop((Variant.UPDATE,), None)
                 else:
                     self._graphs.clear()
                 break
@@ -752,11 +751,11 @@ class CompiledEngine:
                                             buffer_names=[], buffers=[], opt_kind=None)
             self._setup_optimizer(layout, opt)
         self._refresh_hparams(layout)
-        graph = self._graphs.get(("update",))
+        graph = self._graphs.get((Variant.UPDATE,))
         if graph is None:
             graph = self._build_update(grads)
         prefix = self._update_prefix
-        with _region("update"):
+        with _region(Variant.UPDATE):
             graph.fn(*prefix[0], *grads, *prefix[1])
         opt._opt_called = True  # LR schedulers check that optimizer.step ran
         return loss
@@ -768,7 +767,7 @@ class CompiledEngine:
         layout = self._ulayout
         t0 = time.perf_counter()
         gm, example = capture_update(layout, grads)
-        cfg = StepConfig(variant="update", use_cpp=self._use_cpp)
+        cfg = StepConfig(variant=Variant.UPDATE, use_cpp=self._use_cpp)
         applied: List[str] = []
         gm = run_passes(gm, example, cfg, tuple(p for p in self.config.active_passes if p == "optimizer_fusion"),
                         self.config.debug_dir, tag=f"update{len(self._graphs)}", applied=applied)
@@ -777,11 +776,11 @@ class CompiledEngine:
         states = example[2 * n:len(example) - len(layout.lrs)]
         self._update_prefix = ([p.detach() for p in layout.params], list(states) + list(layout.lrs))
         self.report.compile_seconds += time.perf_counter() - t0
-        self._count_graph(("update",), applied)
-        self.report.graph_keys.append("update")
+        self._count_graph((Variant.UPDATE,), applied)
+        self.report.graph_keys.append(str(Variant.UPDATE))
         self.report.update_compiled = True
         graph = _Graph(fn, None)  # type: ignore[arg-type]
-        self._graphs[("update",)] = graph
+        self._graphs[(Variant.UPDATE,)] = graph
         return graph
 
     # ------------------------------------------------------------------ running
@@ -808,14 +807,14 @@ class CompiledEngine:
     def run(self, loop: "AutomaticOptimization", optimizer: Any, batch_idx: int, args: tuple,
             should_accumulate: bool) -> Optional[Dict[str, Any]]:
         """Runs one batch compiled; None means 'run the eager engine' (fallback)."""
-        if self.tier is not None and self.tier != "eager" and (
+        if self.tier is not None and self.tier is not Tier.EAGER and (
                 self.trainer.accumulate_grad_batches != self.layout.accumulate):
             # k changed (GradientAccumulationScheduler, at an epoch start): the graphs differentiate
             # loss / k and own k-sized windows: set up again (a graph built again for a key that had one
             # counts as a recompile)
             self._drop_graphs()
             self.tier, self.layout, self._ulayout = None, None, None
-        if self.tier in ("full", "fwd_bwd") and self._groups_sig != _param_groups_signature(self._opt):
+        if self.tier in (Tier.FULL, Tier.FWD_BWD) and self._groups_sig != _param_groups_signature(self._opt):
             # a param group was added mid-fit (BaseFinetuning.unfreeze_and_add_param_group): the graphs update
             # the tensors the optimizer held when they were built; set up again for the new groups
             self.report.recompile_reasons.append("the optimizer's param groups changed")
@@ -824,20 +823,20 @@ class CompiledEngine:
             self._setup(optimizer, batch_idx)
             if self.config.cudagraphs and not self._cudagraphs and self.report.cudagraph_reason is None:
                 self.report.cudagraph_reason = (
-                    f"the step runs as tier {self.tier!r} ({self.report.fallback_reason})" if self.tier != "fsdp"
+                    f"the step runs as tier {self.tier!r} ({self.report.fallback_reason})" if self.tier is not Tier.FSDP
                     else "FSDP: the step is several graphs around FSDP's collectives")
-        if self.tier == "eager":
+        if self.tier is Tier.EAGER:
             return None
-        if self.tier == "regions":
+        if self.tier is Tier.REGIONS:
             return self._run_regions(loop, batch_idx, args, should_accumulate)
         try:
-            if self.tier == "full":
+            if self.tier is Tier.FULL:
                 return self._run_full(loop, batch_idx, args, should_accumulate)
-            if self.tier == "fsdp":  # trainer/compile/sharded.py
+            if self.tier is Tier.FSDP:  # trainer/compile/sharded.py
                 return self._sharded.run(loop, batch_idx, args, should_accumulate)
             return self._run_split(loop, batch_idx, args, should_accumulate)
         except CaptureError as e:
-            if not isinstance(e, CompilerFailed) and not self._retried_first and self.tier in ("full", "fwd_bwd") \
+            if not isinstance(e, CompilerFailed) and not self._retried_first and self.tier in (Tier.FULL, Tier.FWD_BWD) \
                     and self.report.steps_run == 0:
                 # a first step that does something once (transformers sets `config.problem_type` at the first
                 # call) may be one graph from its second call on: this batch runs eagerly, the next is captured
@@ -852,7 +851,7 @@ class CompiledEngine:
             return None
         except _GuardFailed as e:
             if not self._rebuild_after(e.why, e.source):
-                return self._run_regions(loop, batch_idx, args, should_accumulate) if self.tier == "regions" else None
+                return self._run_regions(loop, batch_idx, args, should_accumulate) if self.tier is Tier.REGIONS else None
             return self.run(loop, optimizer, batch_idx, args, should_accumulate)
 
     def _set_up_again(self) -> None:
@@ -871,7 +870,7 @@ class CompiledEngine:
         """The step is not one graph (``cause``): run it as regions between graph breaks
         (:mod:`trainer.compile.regions`) when this set-up allows; False: the eager engine instead."""
         config = self.config
-        if not config.regions or config.strict or self.tier not in ("full", "fwd_bwd") or self._ddp is not None \
+        if not config.regions or config.strict or self.tier not in (Tier.FULL, Tier.FWD_BWD) or self._ddp is not None \
                 or self.layout is None:
             return False
         from trainer.compile.regions import RegionStep
@@ -881,9 +880,9 @@ class CompiledEngine:
         layout.accs = []  # the eager closure accumulates into .grad (the window's buffers stay .grad)
         self._drop_graphs()
         self._ulayout = None
-        self.tier = "regions"
+        self.tier = Tier.REGIONS
         report = self.report
-        report.mode = "regions"
+        report.mode = Tier.REGIONS
         report.fallback_reason = f"the step is compiled regions between graph breaks: {cause}"
         self._regions = RegionStep(self.trainer.lightning_module, report, once_done=self._retried_first)
         trainer = self.trainer
@@ -948,7 +947,7 @@ class CompiledEngine:
                   should_accumulate: bool) -> Dict[str, Any]:
         trainer = self.trainer
         k = self.layout.accumulate
-        variant = "step" if k == 1 else ("micro" if should_accumulate else "final")
+        variant = Variant.STEP if k == 1 else (Variant.MICRO if should_accumulate else Variant.FINAL)
         if k > 1:
             self._sync_accs()
         if not should_accumulate:
@@ -1016,7 +1015,7 @@ class CompiledEngine:
     def _run_split(self, loop: "AutomaticOptimization", batch_idx: int, args: tuple,
                    should_accumulate: bool) -> Dict[str, Any]:
         trainer = self.trainer
-        graph, _ = self._graph_for("fwd_bwd", args[0], args[1:])
+        graph, _ = self._graph_for(Variant.FWD_BWD, args[0], args[1:])
         self._check_guard(graph, args[0], args[1:])  # before the loop runs any hook of this step
         zero_grad = batch_idx % trainer.accumulate_grad_batches == 0
         closure = _CompiledClosure(loop, args, trainer.strategy._lightning_optimizers[0], zero_grad)
@@ -1044,7 +1043,7 @@ class _CompiledClosure(_Closure):
     def __call__(self) -> Optional[Tensor]:
         engine: CompiledEngine = self.engine
         trainer = engine.trainer
-        graph, tensors = engine._graph_for("fwd_bwd", self.args[0], self.args[1:])
+        graph, tensors = engine._graph_for(Variant.FWD_BWD, self.args[0], self.args[1:])
         guard = graph.cap.guard
         with trainer.precision_plugin.train_step_context():
             holds = guard.check(trainer.lightning_module, self.args[0], self.args[1:])
@@ -1056,7 +1055,7 @@ class _CompiledClosure(_Closure):
         if ddp is not None:
             engine._sync_buffers()
         alloc = graph.alloc
-        with _region("fwd_bwd"):
+        with _region(Variant.FWD_BWD):
             if alloc is None:
                 outs = graph.fn(*engine._prefix, *tensors, *graph.tail(engine._lifted_tensors))
             else:

@@ -2,7 +2,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Dict, List, Optional
+
+
+class Tier(str, Enum):
+    """How the training step runs (``CompileReport.mode``); compares equal to its value ("full", ...)."""
+
+    FULL = "full"  # one graph per variant: forward, backward, passes, update
+    FWD_BWD = "fwd_bwd"  # forward+backward compiled, hooks/clipping/scaler eager, a compiled update
+    FSDP = "fsdp"  # compiled regions around FSDP's collectives + a sharded update (sharded.py)
+    REGIONS = "regions"  # training_step as compiled regions between graph breaks (regions.py)
+    EAGER = "eager"  # the eager engine
+
+    def __str__(self) -> str:
+        return self.value
+
+    __format__ = str.__format__
 
 
 @dataclass(frozen=True)

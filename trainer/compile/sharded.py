@@ -79,6 +79,8 @@ import torch
 from torch import Tensor, nn
 
 from trainer.compile.capture import Layout
+from trainer.compile.passes import Variant
+from trainer.compile.report import Tier
 from trainer.hooks import is_overridden
 from trainer.loops.optimization import _Closure
 
@@ -86,7 +88,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from trainer.compile.engine import CompiledEngine
     from trainer.loops.optimization import AutomaticOptimization
 
-MODE = "fsdp"
+MODE = Tier.FSDP
 
 
 def _local(t: Tensor) -> Tensor:
@@ -289,12 +291,12 @@ class ShardedStep:
         config = self.engine.config
         names = tuple(p for p in config.active_passes if p == "optimizer_fusion")
         applied: List[str] = []
-        gm = run_passes(gm, example, StepConfig(variant="update", use_cpp=use_cpp), names, config.debug_dir,
+        gm = run_passes(gm, example, StepConfig(variant=Variant.UPDATE, use_cpp=use_cpp), names, config.debug_dir,
                         tag="fsdp_update", applied=applied)
         self.update_fn = _inductor_compile(gm, example)
         self.report.compile_seconds += time.perf_counter() - t0
         self.report.graphs_built += 1
-        self.report.graph_keys.append("update")
+        self.report.graph_keys.append(str(Variant.UPDATE))
         self.report.passes_applied = applied  # the regions run no pass (FSDP2 and the eager closure do the rest)
         self.report.update_compiled = True
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from torch import fx
@@ -16,9 +17,29 @@ from torch import fx
 from trainer.compile.ops import UPDATE_OPS
 
 
+class Variant(str, Enum):
+    """Which graph of the step a capture builds; compares equal to its value ("step", ...)."""
+
+    STEP = "step"  # no accumulation: forward, backward, update
+    MICRO = "micro"  # a window's batch before its last: gradients added to the window's buffers
+    FINAL = "final"  # a window's last batch: summed gradients, clipping, update
+    FWD_BWD = "fwd_bwd"  # forward and backward only: gradients out (tier fwd_bwd)
+    UPDATE = "update"  # the optimizer update alone, from gradients in
+
+    def __str__(self) -> str:
+        return self.value
+
+    __format__ = str.__format__
+
+    @property
+    def updates(self) -> bool:
+        """The graph applies the optimizer update (and so clipping, the gradient all-reduce)."""
+        return self in (Variant.STEP, Variant.FINAL)
+
+
 @dataclass(frozen=True)
 class StepConfig:
-    variant: str  # "step" (k == 1), "micro" (accumulate only), "final" (accumulate + update), "fwd_bwd"
+    variant: Variant
     accumulate: int = 1
     clip_val: Optional[float] = None
     clip_algorithm: str = "norm"
@@ -26,6 +47,9 @@ class StepConfig:
     use_cpp: bool = True  # fusion target: torch.ops.trainer.* (trainer._C) or a foreach torch expression
     scaler: Optional[Tuple[float, float, int]] = None  # 16-mixed: GradScaler (growth, backoff, interval)
     sync: Optional[Tuple[str, int, int]] = None  # DDP: (process group name, world size, bucket bytes)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "variant", Variant(self.variant))  # a plain string names its member
 
 
 Pass = Callable[[fx.GraphModule, Sequence[Any], StepConfig], fx.GraphModule]

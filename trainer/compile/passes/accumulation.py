@@ -17,13 +17,13 @@ from typing import Any, Sequence
 import torch
 from torch import fx
 
-from . import StepConfig, placeholders, role, update_nodes
+from . import StepConfig, Variant, placeholders, role, update_nodes
 
 aten = torch.ops.aten
 
 
 def accumulation(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: StepConfig) -> fx.GraphModule:
-    if cfg.accumulate <= 1 or cfg.variant not in ("micro", "final"):
+    if cfg.accumulate <= 1 or cfg.variant not in (Variant.MICRO, Variant.FINAL):
         return gm
     graph = gm.graph
     updates = update_nodes(graph)
@@ -31,7 +31,7 @@ def accumulation(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: StepCon
         return gm
     accs = placeholders(graph, "acc")
     first = updates[0]
-    if cfg.variant == "micro":
+    if cfg.variant is Variant.MICRO:
         with graph.inserting_before(first):
             for node in updates:
                 graph.call_function(aten.add_.Tensor, (accs[role(node.args[0])[1]], node.args[1]))

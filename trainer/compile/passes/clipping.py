@@ -36,7 +36,7 @@ def clip_coef(graph: fx.Graph, total_norm: fx.Node, max_norm: float) -> fx.Node:
 
 
 def clipping(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: StepConfig) -> fx.GraphModule:
-    if not cfg.clip_val or cfg.variant not in ("step", "final"):
+    if not cfg.clip_val or not cfg.variant.updates:
         return gm
     graph = gm.graph
     updates = update_nodes(graph)

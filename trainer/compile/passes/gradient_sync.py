@@ -57,7 +57,7 @@ def _buckets(updates: List[fx.Node], bucket_bytes: int) -> List[List[int]]:
 
 
 def gradient_sync(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: StepConfig) -> fx.GraphModule:
-    if cfg.sync is None or cfg.variant not in ("step", "final"):
+    if cfg.sync is None or not cfg.variant.updates:
         return gm
     group_name, world_size, bucket_bytes = cfg.sync
     graph = gm.graph
