@@ -19,7 +19,6 @@ import contextlib
 import logging
 import math
 import os
-import re
 import signal
 import sys
 import threading
@@ -33,6 +32,7 @@ from typing import Any, Dict, Generator, Iterable, List, Optional, Union
 import torch
 
 from trainer.accelerators import Accelerator, DeviceSpec, build_accelerator, resolve_accelerator, resolve_devices
+from trainer.arguments import _BAREBONES_INFO, TrainerArguments, _bad
 from trainer.callbacks.callback import Callback, Checkpoint
 from trainer.checkpoint import CheckpointConnector, dump_checkpoint
 from trainer.datamodule import LightningDataModule
@@ -43,7 +43,7 @@ from trainer.logging import LoggerConnector
 from trainer.loops.evaluation import EvaluationLoop, PredictionLoop
 from trainer.loops.fit import FitLoop
 from trainer.module import LightningModule
-from trainer.precision import Precision, build_precision, normalize_precision
+from trainer.precision import Precision, build_precision
 from trainer.profiler import Profiler, resolve_profiler
 from trainer.seed import isolate_rng
 from trainer.signals import SignalConnector
@@ -124,69 +124,6 @@ def _stage_flag(stage: RunningStage) -> property:
     return property(get, set_, doc=f"Whether the Trainer is in the {stage.value!r} stage.")
 
 
-def _bad(name: str, value: Any, allowed: str) -> MisconfigurationException:
-    return MisconfigurationException(f"`Trainer({name}={value!r})` is invalid: {allowed}.")
-
-
-def _check_int(name: str, value: Any, minimum: int, allow_none: bool = False, extra: str = "") -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _bad(name, value, f"expected an int >= {minimum}{extra}")
-
-
-def _batch_limit(name: str, value: Any) -> Union[int, float]:
-    """Lightning's ``_determine_batch_limits``: None -> 1.0; a float in [0, 1] or an int >= 0."""
-    if value is None:
-        return 1.0
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _bad(name, value, "expected a float in [0.0, 1.0] (a fraction) or an int >= 0 (a count)")
-    if 0 <= value <= 1:
-        return value
-    if value > 1 and value % 1.0 == 0:
-        return int(value)
-    raise MisconfigurationException(
-        f"`Trainer({name}={value!r})` is invalid: you have passed invalid value {value} for {name}, it has to be in"
-        " [0.0, 1.0] or an int."
-    )
-
-
-# the flags where Lightning tells what a value of exactly 1 / 1.0 means: (int 1, float 1.0)
-_ONE_MEANS = {
-    "limit_train_batches": ("1 batch per epoch will be used.", "100% of the batches per epoch will be used."),
-    "val_check_interval": ("validation will run after every batch.",
-                           "validation will run at the end of the training epoch."),
-}
-_ONE_MEANS_DEFAULT = ("1 batch will be used.", "100% of the batches will be used.")
-
-
-def _one_batch_message(name: str, value: Any) -> Optional[str]:
-    """Lightning's info line for a batch flag given as ``1`` (a count) or ``1.0`` (a fraction), which users mix
-    up; None for any other value."""
-    as_count, as_fraction = _ONE_MEANS.get(name, _ONE_MEANS_DEFAULT)
-    if isinstance(value, int) and value == 1:
-        return f"`Trainer({name}=1)` was configured so {as_count}"
-    if isinstance(value, float) and value == 1.0:
-        return f"`Trainer({name}=1.0)` was configured so {as_fraction}."  # Lightning's double full stop, kept
-    return None
-
-
-def _announce_batch_flags(fast_dev_run: Any, overfit_batches: Any, **flags: Any) -> None:
-    """The info lines of Lightning's ``_init_debugging_flags``, for the flags it reads, in its order:
-    ``overfit_batches`` always; under ``fast_dev_run`` nothing else (it overrides them); ``limit_train_batches``
-    and ``limit_val_batches`` only without ``overfit_batches``."""
-    names = ["overfit_batches"]
-    if not fast_dev_run:
-        if not overfit_batches > 0:
-            names += ["limit_train_batches", "limit_val_batches"]
-        names += ["limit_test_batches", "limit_predict_batches", "val_check_interval"]
-    values = dict(flags, overfit_batches=overfit_batches)
-    for name in names:
-        message = _one_batch_message(name, values[name])
-        if message is not None:
-            rank_zero_info(message)
-
-
 def _log_device_info(accelerator: str) -> None:
     """Lightning's lines about the devices found and used, and its warning for an idle GPU."""
     cuda = torch.cuda.is_available()
@@ -197,154 +134,6 @@ def _log_device_info(accelerator: str) -> None:
     if (cuda and accelerator != "cuda") or (mps and accelerator != "mps"):
         rank_zero_warn("GPU available but not used. You can set it by doing `Trainer(accelerator='gpu')`.",
                        category=PossibleUserWarning)
-
-
-def _shown(name: str, value: Any) -> str:
-    """After a Lightning message that shows ``str(value)``: the exact value, where its str hides what it is
-    (``'1'`` prints as ``1``)."""
-    return "" if repr(value) == str(value) else f" (`Trainer({name}={value!r})`)"
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_max_epochs(value: Any) -> None:
-    """Lightning's FitLoop check and wording; a non-int (which Lightning lets through) fails here too."""
-    if value is not None and (not _is_int(value) or value < -1):
-        raise MisconfigurationException(
-            f"`max_epochs` must be a non-negative integer or -1. You passed in {value!r}."
-            + ("" if _is_int(value) else " It takes an int (-1: no limit) or None.")
-        )
-
-
-def _check_max_steps(value: Any) -> None:
-    """Lightning's _TrainingEpochLoop check and wording (Lightning fails on None with a bare TypeError)."""
-    if not _is_int(value) or value < -1:
-        raise MisconfigurationException(
-            f"`max_steps` must be a non-negative integer or -1 (infinite steps). You passed in {value!r}."
-        )
-
-
-def _parse_time_interval_seconds(value: Union[str, timedelta, Dict[str, Any]]) -> float:
-    """Seconds of a time-based ``val_check_interval`` (Lightning's formats and errors): a ``timedelta``, a dict of
-    ``timedelta`` keyword arguments, or a string ``'DD:HH:MM:SS'`` of integers."""
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, dict):
-        try:
-            seconds = timedelta(**value).total_seconds()
-        except TypeError as e:  # Lightning lets timedelta's TypeError through; ours then names the argument
-            raise TypeError(f"{e}. Got `Trainer(val_check_interval={value!r})`: a dict holds datetime.timedelta's"
-                            " keyword arguments (days, hours, minutes, seconds, ...).") from None
-    else:
-        parts = value.split(":")
-        if len(parts) != 4:
-            raise MisconfigurationException(
-                f"Invalid time format for `val_check_interval`: {value!r}. Expected 'DD:HH:MM:SS'.")
-        try:
-            days, hours, minutes, secs = (int(p) for p in parts)
-        except ValueError:
-            raise MisconfigurationException(
-                f"Non-integer component in `val_check_interval` string: {value!r}. Use 'DD:HH:MM:SS'.") from None
-        seconds = timedelta(days=days, hours=hours, minutes=minutes, seconds=secs).total_seconds()
-    return seconds
-
-
-def _check_val_schedule(check_val_every_n_epoch: Any, val_check_interval: Any, reload_every_n: Any) -> None:
-    """Lightning's _DataConnector.on_trainer_init checks, in its order and wording."""
-    if check_val_every_n_epoch is not None:
-        if not _is_int(check_val_every_n_epoch):
-            raise MisconfigurationException(
-                f"`check_val_every_n_epoch` should be an integer, found {check_val_every_n_epoch!r}."
-            )
-        if check_val_every_n_epoch < 1:  # Lightning accepts it and then never validates (or divides by zero)
-            raise _bad("check_val_every_n_epoch", check_val_every_n_epoch, "expected an int >= 1 or None")
-    elif isinstance(val_check_interval, float):
-        raise MisconfigurationException(
-            "`val_check_interval` should be an integer or a time-based duration (str 'DD:HH:MM:SS', "
-            "datetime.timedelta, or dict kwargs for timedelta) when `check_val_every_n_epoch=None`."
-            f" Got `Trainer(val_check_interval={val_check_interval!r}, check_val_every_n_epoch=None)`:"
-            " with no epoch schedule a fraction of an epoch has no meaning; pass an int number of batches or a"
-            " duration."
-        )
-    if not _is_int(reload_every_n) or reload_every_n < 0:
-        raise MisconfigurationException(
-            f"`reload_dataloaders_every_n_epochs` should be an int >= 0, got {reload_every_n}."
-            + _shown("reload_dataloaders_every_n_epochs", reload_every_n)
-        )
-
-
-_BAREBONES_REASONS = (  # (argument, what it enables) in Lightning's order of checks
-    ("enable_checkpointing", "Checkpointing can impact raw speed"),
-    ("logger", "Logging can impact raw speed"),
-    ("enable_progress_bar", "The progress bar can impact raw speed"),
-    ("log_every_n_steps", "Logging can impact raw speed"),
-    ("enable_model_summary", "Model summary can impact raw speed"),
-    ("num_sanity_val_steps", "Sanity checking can impact raw speed"),
-    ("fast_dev_run", "Development run is not meant for raw speed evaluation"),
-    ("detect_anomaly", "Anomaly detection can impact raw speed"),
-    ("profiler", "Profiling can impact raw speed"),
-)
-
-_BAREBONES_INFO = (
-    "You are running in `Trainer(barebones=True)` mode. All features that may impact raw speed have been"
-    " disabled to facilitate analyzing the Trainer overhead. Specifically, the following features are"
-    " deactivated:" + os.linesep + os.linesep.join((
-        " - Checkpointing: `Trainer(enable_checkpointing=True)`",
-        " - Progress bar: `Trainer(enable_progress_bar=True)`",
-        " - Model summary: `Trainer(enable_model_summary=True)`",
-        " - Logging: `Trainer(logger=True)`, `Trainer(log_every_n_steps>0)`,"
-        " `LightningModule.log(...)`, `LightningModule.log_dict(...)`",
-        " - Sanity checking: `Trainer(num_sanity_val_steps>0)`",
-        " - Development run: `Trainer(fast_dev_run=True)`",
-        " - Anomaly detection: `Trainer(detect_anomaly=True)`",
-        " - Profiling: `Trainer(profiler=...)`",
-    ))
-)
-
-
-def _check_barebones(**values: Any) -> None:
-    """``Trainer(barebones=True)`` with a feature it switches off: Lightning's ValueError and wording."""
-
-    def conflicts(name: str, value: Any) -> bool:
-        if name == "logger":
-            return value is not None and value is not False
-        if name in ("log_every_n_steps", "num_sanity_val_steps"):
-            return value is not None and value != 0
-        if name == "fast_dev_run":
-            return value is not False and value != 0
-        if name == "profiler":
-            return value is not None
-        return bool(value)
-
-    for name, reason in _BAREBONES_REASONS:
-        value = values[name]
-        if conflicts(name, value):
-            raise ValueError(
-                f"`Trainer(barebones=True, {name}={value!r})` was passed. {reason} so it is disabled in barebones mode."
-            )
-
-
-_TIME_RE = re.compile(r"^(\d+):(\d+):(\d+):(\d+)$")
-
-
-def _parse_max_time(value: Any) -> Optional[timedelta]:
-    if value is None:
-        return None
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, dict):
-        try:
-            return timedelta(**value)
-        except TypeError:
-            raise _bad("max_time", value, "a dict must hold timedelta keys (days, hours, minutes, seconds)") from None
-    if isinstance(value, str):
-        m = _TIME_RE.match(value.strip())
-        if m:
-            d, h, mi, s = (int(x) for x in m.groups())
-            return timedelta(days=d, hours=h, minutes=mi, seconds=s)
-    raise _bad("max_time", value, "expected 'DD:HH:MM:SS', a datetime.timedelta or a dict like {'hours': 1}")
 
 
 class Trainer:
@@ -405,153 +194,84 @@ class Trainer:
         model_registry: Optional[str] = None,
         compile: Optional[Union[bool, str, Any]] = None,
     ) -> None:
-        # ------------------------------------------------------------ argument checks (all before any effect)
-        if barebones is True:  # Lightning checks these first, before any other argument
-            _check_barebones(
-                enable_checkpointing=enable_checkpointing, logger=logger, enable_progress_bar=enable_progress_bar,
-                log_every_n_steps=log_every_n_steps, enable_model_summary=enable_model_summary,
-                num_sanity_val_steps=num_sanity_val_steps, fast_dev_run=fast_dev_run, detect_anomaly=detect_anomaly,
-                profiler=profiler,
-            )
-        _check_max_steps(max_steps)
-        _check_int("min_steps", min_steps, 0, allow_none=True)
-        _check_max_epochs(max_epochs)
-        _check_int("min_epochs", min_epochs, 0, allow_none=True)
-        _check_int("num_nodes", num_nodes, 1)
-        _check_int("accumulate_grad_batches", accumulate_grad_batches, 1)
-        _check_int("num_sanity_val_steps", num_sanity_val_steps, -1, allow_none=True, extra=" (-1 runs all)")
-        _check_int("log_every_n_steps", log_every_n_steps, 0, allow_none=True)
-        _check_val_schedule(check_val_every_n_epoch, val_check_interval, reload_dataloaders_every_n_epochs)
-        if not isinstance(fast_dev_run, bool) and (not isinstance(fast_dev_run, int) or fast_dev_run < 0):
-            # Lightning's wording; it only rejects negative ints (a float passes there and is truncated)
-            raise MisconfigurationException(
-                f"fast_dev_run={fast_dev_run!r} is not a valid configuration. It should be >= 0"
-                + ("." if isinstance(fast_dev_run, int) else " (a bool or an int number of batches).")
-            )
-        if gradient_clip_val is not None:
-            if not isinstance(gradient_clip_val, (int, float)):
-                # Lightning's class and wording: a TypeError, not a MisconfigurationException
-                raise TypeError(f"`gradient_clip_val` should be an int or a float. Got {gradient_clip_val}."
-                                + _shown("gradient_clip_val", gradient_clip_val))
-            if isinstance(gradient_clip_val, bool) or gradient_clip_val < 0 or math.isnan(gradient_clip_val):
-                raise _bad("gradient_clip_val", gradient_clip_val, "expected a number >= 0 or None")
-        if gradient_clip_algorithm is not None:
-            if not isinstance(gradient_clip_algorithm, str) or gradient_clip_algorithm.lower() not in ("value", "norm"):
-                raise MisconfigurationException(
-                    f"`gradient_clip_algorithm` {gradient_clip_algorithm} is invalid. Allowed algorithms:"
-                    f" ['value', 'norm']. Got `Trainer(gradient_clip_algorithm={gradient_clip_algorithm!r})`."
-                )
-            gradient_clip_algorithm = gradient_clip_algorithm.lower()
-        if deterministic not in (None, True, False, "warn"):
-            raise _bad("deterministic", deterministic, "allowed values are True, False, 'warn' and None")
-        time_interval = (_parse_time_interval_seconds(val_check_interval)
-                         if isinstance(val_check_interval, (str, dict, timedelta)) else None)
-        if val_check_interval is not None and time_interval is None:
-            if isinstance(val_check_interval, bool) or not isinstance(val_check_interval, (int, float)):
-                raise _bad("val_check_interval", val_check_interval,
-                           "expected a float in (0.0, 1.0] (a fraction of the epoch), an int > 0 (batches) or a"
-                           " duration (str 'DD:HH:MM:SS', datetime.timedelta, or a dict of timedelta kwargs)")
-            if val_check_interval <= 0 or (isinstance(val_check_interval, float) and val_check_interval > 1.0
-                                           and val_check_interval % 1.0 != 0):
-                raise _bad("val_check_interval", val_check_interval,
-                           "expected a float in (0.0, 1.0] (a fraction of the epoch) or an int > 0 (batches)")
-        for flag_name, flag in (
-            ("inference_mode", inference_mode), ("use_distributed_sampler", use_distributed_sampler),
-            ("detect_anomaly", detect_anomaly), ("barebones", barebones), ("sync_batchnorm", sync_batchnorm),
-        ):
-            if not isinstance(flag, bool):
-                raise _bad(flag_name, flag, "expected True or False")
-        for flag_name, flag in (
-            ("enable_checkpointing", enable_checkpointing), ("enable_progress_bar", enable_progress_bar),
-            ("enable_model_summary", enable_model_summary), ("benchmark", benchmark),
-        ):
-            if flag is not None and not isinstance(flag, bool):
-                raise _bad(flag_name, flag, "expected True, False or None")
-        self._max_time = _parse_max_time(max_time)
-        limits = {
-            name: _batch_limit(name, value)
-            for name, value in (
-                ("limit_train_batches", limit_train_batches), ("limit_val_batches", limit_val_batches),
-                ("limit_test_batches", limit_test_batches), ("limit_predict_batches", limit_predict_batches),
-            )
-        }
-        overfit = _batch_limit("overfit_batches", overfit_batches)
-        precision_flag = normalize_precision("32-true" if precision is None else precision)
-        from trainer.compile import resolve_compile
+        # every argument checked and normalised before anything happens (the parameters are this frame's locals)
+        args = TrainerArguments.check(**{name: value for name, value in locals().items() if name != "self"})
+        self._max_time = args.max_time
+        self._compile_config = args.compile_config
+        self._set_up_hardware(args)
+        if args.barebones:
+            rank_zero_info(_BAREBONES_INFO)
+        self.barebones = args.barebones
+        self._set_up_state(args)
+        self.loggers = self._configure_loggers(args.logger)
+        self.callbacks = self._configure_callbacks(args.callbacks)  # Lightning's defaults and order
+        _log_device_info(self._accelerator)
+        self._set_up_debugging_flags(args)
 
-        self._compile_config = resolve_compile(compile)
-        from trainer.plugins._resolve import resolve_plugins
-
-        plugin_flags = resolve_plugins(plugins, precision)
-        if plugin_flags.precision is not None:
-            precision_flag = normalize_precision(plugin_flags.precision.precision)
-
-        # accelerator / devices / strategy (trainer.strategies.resolve_strategy checks every combination)
-        acc = resolve_accelerator(accelerator)
-        self._device_spec: DeviceSpec = resolve_devices(devices, acc)
-        self.strategy: Strategy = resolve_strategy(strategy, acc, self._device_spec, num_nodes)
-        if precision_flag == "16-mixed" and acc == "cpu" and plugin_flags.precision is None:
+    def _set_up_hardware(self, args: TrainerArguments) -> None:
+        """Accelerator, devices, strategy (``resolve_strategy`` checks every combination), precision and
+        the plugins passed."""
+        precision_flag = args.precision_flag
+        acc = resolve_accelerator(args.accelerator)
+        self._device_spec: DeviceSpec = resolve_devices(args.devices, acc)
+        self.strategy: Strategy = resolve_strategy(args.strategy, acc, self._device_spec, args.num_nodes)
+        plugins = args.plugin_flags
+        if precision_flag == "16-mixed" and acc == "cpu" and plugins.precision is None:
             warnings.warn(
                 "You passed `Trainer(accelerator='cpu', precision='16-mixed')` but AMP with fp16 is not supported on"
                 " CPU. Using `precision='bf16-mixed'` instead."
             )
             precision_flag = "bf16-mixed"
-        if self._compile_config.enabled and self._compile_config.cudagraphs and acc != "cuda":
+        if args.compile_config.enabled and args.compile_config.cudagraphs and acc != "cuda":
             raise MisconfigurationException(
-                f"`Trainer(compile=CompileConfig(cudagraphs=True), accelerator={accelerator!r})`: CUDA graphs record"
-                f" GPU work only, and the accelerator resolved to {acc!r}. Use accelerator='cuda' or cudagraphs=False.")
+                f"`Trainer(compile=CompileConfig(cudagraphs=True), accelerator={args.accelerator!r})`: CUDA graphs"
+                f" record GPU work only, and the accelerator resolved to {acc!r}. Use accelerator='cuda' or"
+                " cudagraphs=False.")
         self._accelerator = acc
         self._accelerator_obj = build_accelerator(acc)
         self._precision_flag = precision_flag
         root_device = self._device_spec.root_device()
         self.strategy._root_device = root_device
-        self.strategy.precision_plugin = plugin_flags.precision or build_precision(precision_flag, root_device.type)
-        if plugin_flags.checkpoint_io is not None:
-            self.strategy.checkpoint_io = plugin_flags.checkpoint_io
-        if plugin_flags.cluster_environment is not None and hasattr(self.strategy, "cluster_environment"):
-            self.strategy.cluster_environment = plugin_flags.cluster_environment
+        self.strategy.precision_plugin = plugins.precision or build_precision(precision_flag, root_device.type)
+        if plugins.checkpoint_io is not None:
+            self.strategy.checkpoint_io = plugins.checkpoint_io
+        if plugins.cluster_environment is not None and hasattr(self.strategy, "cluster_environment"):
+            self.strategy.cluster_environment = plugins.cluster_environment
         self.strategy.precision_plugin.trainer = self
         self.strategy.trainer = self
 
-        # barebones (the conflicting arguments were rejected above)
-        if barebones:
-            rank_zero_info(_BAREBONES_INFO)
-            logger = False
-            enable_checkpointing = enable_progress_bar = enable_model_summary = False
-            log_every_n_steps = 0
-            num_sanity_val_steps = 0
-        self.barebones = barebones
-
-        # ------------------------------------------------------------ state
+    def _set_up_state(self, args: TrainerArguments) -> None:
+        """The run state, the flags the loops and callbacks read, and the loops and connectors."""
         self.state = TrainerState()
         self.should_stop = False
         self._signal_connector = SignalConnector(self)
-        self._default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else None
-        self.accumulate_grad_batches = accumulate_grad_batches
-        self.gradient_clip_val = gradient_clip_val
-        self.gradient_clip_algorithm = gradient_clip_algorithm
-        self.check_val_every_n_epoch = check_val_every_n_epoch
-        self.reload_dataloaders_every_n_epochs = reload_dataloaders_every_n_epochs
-        self.inference_mode = inference_mode
-        self.use_distributed_sampler = use_distributed_sampler
-        self._detect_anomaly = detect_anomaly
-        self.sync_batchnorm = sync_batchnorm
-        self.num_nodes = num_nodes
-        self.enable_autolog_hparams = enable_autolog_hparams
-        self.log_every_n_steps = 50 if log_every_n_steps is None else log_every_n_steps
-        self.enable_progress_bar = True if enable_progress_bar is None else enable_progress_bar
-        self.enable_model_summary = True if enable_model_summary is None else enable_model_summary
-        self.enable_checkpointing = True if enable_checkpointing is None else enable_checkpointing
-        self._deterministic = deterministic
-        self._benchmark = benchmark
-        self._set_determinism(deterministic, benchmark)
-        self.profiler: Profiler = resolve_profiler(profiler)
+        self._default_root_dir = os.fspath(args.default_root_dir) if args.default_root_dir is not None else None
+        self.accumulate_grad_batches = args.accumulate_grad_batches
+        self.gradient_clip_val = args.gradient_clip_val
+        self.gradient_clip_algorithm = args.gradient_clip_algorithm
+        self.check_val_every_n_epoch = args.check_val_every_n_epoch
+        self.reload_dataloaders_every_n_epochs = args.reload_dataloaders_every_n_epochs
+        self.inference_mode = args.inference_mode
+        self.use_distributed_sampler = args.use_distributed_sampler
+        self._detect_anomaly = args.detect_anomaly
+        self.sync_batchnorm = args.sync_batchnorm
+        self.num_nodes = args.num_nodes
+        self.enable_autolog_hparams = args.enable_autolog_hparams
+        self.log_every_n_steps = 50 if args.log_every_n_steps is None else args.log_every_n_steps
+        self.enable_progress_bar = True if args.enable_progress_bar is None else args.enable_progress_bar
+        self.enable_model_summary = True if args.enable_model_summary is None else args.enable_model_summary
+        self.enable_checkpointing = True if args.enable_checkpointing is None else args.enable_checkpointing
+        self._deterministic = args.deterministic
+        self._benchmark = args.benchmark
+        self._set_determinism(args.deterministic, args.benchmark)
+        self.profiler: Profiler = resolve_profiler(args.profiler)
 
-        self.fit_loop = FitLoop(self, min_epochs=min_epochs, max_epochs=max_epochs)
-        self.fit_loop.epoch_loop.min_steps = min_steps
-        self.fit_loop.epoch_loop.max_steps = max_steps
-        self._min_epochs_arg = min_epochs
-        self._max_epochs_arg = max_epochs
+        self.fit_loop = FitLoop(self, min_epochs=args.min_epochs, max_epochs=args.max_epochs)
+        self.fit_loop.epoch_loop.min_steps = args.min_steps
+        self.fit_loop.epoch_loop.max_steps = args.max_steps
+        self._min_epochs_arg = args.min_epochs
+        self._max_epochs_arg = args.max_epochs
+        inference_mode = args.inference_mode
         self.validate_loop = EvaluationLoop(self, "validate", "validate", verbose=True, inference_mode=inference_mode)
         self.test_loop = EvaluationLoop(self, "test", "test", verbose=True, inference_mode=inference_mode)
         self.predict_loop = PredictionLoop(self, inference_mode=inference_mode)
@@ -568,57 +288,50 @@ class Trainer:
         self.ckpt_path: Optional[str] = None
         self.val_check_batch: Optional[Union[int, float]] = None
         # a time-based val_check_interval: seconds of training between validations (fit.py, Lightning's attribute)
-        self._val_check_time_interval: Optional[float] = time_interval
+        self._val_check_time_interval: Optional[float] = args.val_check_seconds
         self._last_val_time = 0.0
         self._train_start_time = 0.0
 
-        # loggers
-        self.loggers = self._configure_loggers(logger)
-
-        # callbacks (Lightning's defaults and order)
-        self.callbacks = self._configure_callbacks(callbacks)
-
-        _log_device_info(acc)
-
-        # debugging flags
+    def _set_up_debugging_flags(self, args: TrainerArguments) -> None:
+        """Batch limits, validation interval, sanity steps, then what ``fast_dev_run`` and
+        ``overfit_batches`` override (Lightning's ``_init_debugging_flags``)."""
+        limits, overfit = args.limits, args.overfit
         self.limit_train_batches = limits["limit_train_batches"]
         self.limit_val_batches = limits["limit_val_batches"]
         self.limit_test_batches = limits["limit_test_batches"]
         self.limit_predict_batches = limits["limit_predict_batches"]
         self.overfit_batches = overfit
-        self.val_check_interval: Union[int, float] = 1.0 if val_check_interval is None else val_check_interval
-        self.num_sanity_val_steps: Union[int, float] = (
-            2 if num_sanity_val_steps is None else (float("inf") if num_sanity_val_steps == -1 else num_sanity_val_steps)
-        )
-        _announce_batch_flags(
-            fast_dev_run, overfit_batches, limit_train_batches=limit_train_batches, limit_val_batches=limit_val_batches,
-            limit_test_batches=limit_test_batches, limit_predict_batches=limit_predict_batches,
-            val_check_interval=val_check_interval,
-        )
+        self.val_check_interval: Union[int, float] = 1.0 if args.val_check_interval is None else args.val_check_interval
+        sanity = args.num_sanity_val_steps
+        self.num_sanity_val_steps: Union[int, float] = 2 if sanity is None else (float("inf") if sanity == -1 else sanity)
+        args.announce_batch_flags()
+        fast_dev_run = args.fast_dev_run
         self.fast_dev_run: Union[int, bool] = True if fast_dev_run == 1 and not isinstance(fast_dev_run, bool) else fast_dev_run
         if fast_dev_run:
-            n = int(fast_dev_run)
-            if overfit <= 0:
-                self.limit_train_batches = n
-                self.limit_val_batches = n
-            self.limit_test_batches = n
-            self.limit_predict_batches = n
-            self.fit_loop.epoch_loop.max_steps = n
-            self.num_sanity_val_steps = 0
-            self.fit_loop.max_epochs = 1
-            self._max_epochs_arg = 1
-            self.val_check_interval = 1.0
-            self._val_check_time_interval = None  # time does not apply to fast_dev_run (Lightning's)
-            self.check_val_every_n_epoch = 1
-            # Lightning's: a user's logger is swapped for one that accepts every call and writes nothing
-            from trainer.loggers import DummyLogger
-
-            self.loggers = [DummyLogger()] if self.loggers else []
-            rank_zero_info(f"Running in `fast_dev_run` mode: will run the requested loop using {n} batch(es)."
-                           " Logging and checkpointing is suppressed.")
+            self._set_up_fast_dev_run(int(fast_dev_run), overfit)
         if overfit > 0:
             self.limit_train_batches = overfit
             self.limit_val_batches = overfit
+
+    def _set_up_fast_dev_run(self, n: int, overfit: Union[int, float]) -> None:
+        if overfit <= 0:
+            self.limit_train_batches = n
+            self.limit_val_batches = n
+        self.limit_test_batches = n
+        self.limit_predict_batches = n
+        self.fit_loop.epoch_loop.max_steps = n
+        self.num_sanity_val_steps = 0
+        self.fit_loop.max_epochs = 1
+        self._max_epochs_arg = 1
+        self.val_check_interval = 1.0
+        self._val_check_time_interval = None  # time does not apply to fast_dev_run (Lightning's)
+        self.check_val_every_n_epoch = 1
+        # Lightning's: a user's logger is swapped for one that accepts every call and writes nothing
+        from trainer.loggers import DummyLogger
+
+        self.loggers = [DummyLogger()] if self.loggers else []
+        rank_zero_info(f"Running in `fast_dev_run` mode: will run the requested loop using {n} batch(es)."
+                       " Logging and checkpointing is suppressed.")
 
     def __getstate__(self) -> Dict[str, Any]:
         """Copies and pickles leave the compiled evaluation engine behind (dynamo guards and compiled code do not
