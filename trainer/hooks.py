@@ -112,16 +112,16 @@ class DataHooks:
     def teardown(self, stage: str) -> None: ...
 
     def train_dataloader(self) -> Any:
-        raise MisconfigurationError("train_dataloader")
+        raise _not_implemented("train_dataloader")
 
     def test_dataloader(self) -> Any:
-        raise MisconfigurationError("test_dataloader")
+        raise _not_implemented("test_dataloader")
 
     def val_dataloader(self) -> Any:
-        raise MisconfigurationError("val_dataloader")
+        raise _not_implemented("val_dataloader")
 
     def predict_dataloader(self) -> Any:
-        raise MisconfigurationError("predict_dataloader")
+        raise _not_implemented("predict_dataloader")
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         return move_data_to_device(batch, device)
@@ -133,7 +133,8 @@ class DataHooks:
         return batch
 
 
-def MisconfigurationError(name: str) -> Exception:
+def _not_implemented(name: str) -> Exception:
+    """Lightning's error for a ``*_dataloader`` hook the module or datamodule does not implement."""
     from trainer.exceptions import MisconfigurationException
 
     return MisconfigurationException(f"`{name}` must be implemented to be used with the Lightning Trainer")

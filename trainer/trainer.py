@@ -291,6 +291,7 @@ class Trainer:
         self._val_check_time_interval: Optional[float] = args.val_check_seconds
         self._last_val_time = 0.0
         self._train_start_time = 0.0
+        self._eval_engine: Any = None  # trainer.compile.eval.EvalEngine, made at the first compiled eval step
 
     def _set_up_debugging_flags(self, args: TrainerArguments) -> None:
         """Batch limits, validation interval, sanity steps, then what ``fast_dev_run`` and
@@ -338,8 +339,17 @@ class Trainer:
         copy; it is a cache rebuilt on the next evaluation), so ``copy.deepcopy(trainer.callbacks)`` works as in
         Lightning, whose callbacks reference the trainer too."""
         state = self.__dict__.copy()
-        state.pop("_eval_engine", None)
+        state["_eval_engine"] = None
         return state
+
+    def _compiled_eval_engine(self) -> Any:
+        """The engine that runs ``validation_step``/``test_step``/``predict_step`` compiled
+        (:mod:`trainer.compile.eval`), made at its first use and kept for this Trainer's later stages."""
+        if self._eval_engine is None:
+            from trainer.compile.eval import EvalEngine
+
+            self._eval_engine = EvalEngine(self)
+        return self._eval_engine
 
     # ================================================================ set-up helpers
     @staticmethod
@@ -456,7 +466,7 @@ class Trainer:
         validation/test/predict steps of this Trainer (a ``trainer.compile.report.CompileReport``;
         None when nothing ran with compile on)."""
         report = self.fit_loop.epoch_loop.automatic_optimization.compile_report
-        engine = self.__dict__.get("_eval_engine")
+        engine = self._eval_engine
         if report is None:
             if engine is None:
                 return None

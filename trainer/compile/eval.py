@@ -260,10 +260,7 @@ def eval_step(trainer: "Trainer", name: str, step_args: tuple) -> Any:
     config = trainer._compile_config
     if not (config.enabled and config.eval_steps):
         return getattr(trainer.strategy, name)(*step_args)
-    engine = trainer.__dict__.get("_eval_engine")
-    if engine is None:
-        engine = trainer.__dict__["_eval_engine"] = EvalEngine(trainer)
-    return engine.run(name, step_args)
+    return trainer._compiled_eval_engine().run(name, step_args)
 
 
 __all__ = ["EvalEngine", "eval_step"]
