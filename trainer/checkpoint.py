@@ -165,6 +165,7 @@ class CheckpointConnector:
         self.trainer = trainer
         self._loaded: Optional[Dict[str, Any]] = None
         self._ckpt_path: Optional[str] = None
+        self.restored_loops = False  # this run's loops came from a checkpoint (Lightning then skips the sanity check)
 
     def select_ckpt_path(self, fn: str, ckpt_path: Optional[PathLike], model_provided: bool, model_connected: bool) -> Optional[str]:
         trainer = self.trainer
@@ -237,6 +238,7 @@ class CheckpointConnector:
     def resume_start(self, ckpt_path: Optional[str]) -> None:
         self._ckpt_path = ckpt_path
         self._loaded = None
+        self.restored_loops = False
         if ckpt_path is None:
             return
         rank_zero_info(f"Restoring states from the checkpoint path at {ckpt_path}")
@@ -279,7 +281,7 @@ class CheckpointConnector:
             self.restore_training_state(resume_extras=False)
         finally:
             self.resume_end()
-        self.trainer._resumed_from_loops = False
+        self.restored_loops = False
         self.trainer.fit_loop.epoch_loop.automatic_optimization.drop_compiled_engine()
         if self.trainer.is_global_zero:
             log.info(f"Restored all states from the checkpoint at {ckpt_path}")
@@ -322,7 +324,7 @@ class CheckpointConnector:
                 trainer._logger_connector._callback_metrics.update(resume["callback_metrics"])
             trainer.fit_loop.load_state_dict(loops["fit_loop"])
             trainer.fit_loop._restore_after_load(resume)
-            trainer._resumed_from_loops = True
+            self.restored_loops = True
 
     def resume_end(self) -> None:
         if self._ckpt_path:

@@ -284,13 +284,10 @@ class Trainer:
         self._batch_hooks_overridden = True
         self._enable_validation: Optional[bool] = None
         self._clipping_overridden = True
-        self._resumed_from_loops = False
         self.ckpt_path: Optional[str] = None
         self.val_check_batch: Optional[Union[int, float]] = None
         # a time-based val_check_interval: seconds of training between validations (fit.py, Lightning's attribute)
         self._val_check_time_interval: Optional[float] = args.val_check_seconds
-        self._last_val_time = 0.0
-        self._train_start_time = 0.0
         self._eval_engine: Any = None  # trainer.compile.eval.EvalEngine, made at the first compiled eval step
 
     def _set_up_debugging_flags(self, args: TrainerArguments) -> None:
@@ -1056,7 +1053,6 @@ class Trainer:
         if is_overridden("configure_sharded_model", model):
             self._hooks.call_module("configure_sharded_model")
         self._hooks.call_module("configure_model")
-        self._resumed_from_loops = False
         self._checkpoint_connector.resume_start(ckpt_path)
         self._checkpoint_connector.restore_modules_and_callbacks()
         self._logger_connector.reset_results()
@@ -1187,7 +1183,7 @@ class Trainer:
 
     def _run_sanity_check(self) -> None:
         val_loop = self.fit_loop.epoch_loop.val_loop
-        if not (self.enable_validation and self.num_sanity_val_steps > 0) or self._resumed_from_loops:
+        if not (self.enable_validation and self.num_sanity_val_steps > 0) or self._checkpoint_connector.restored_loops:
             return  # Lightning skips the sanity check when it restarts from a checkpoint
         stage = self.state.stage
         self.sanity_checking = True

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import inspect
 import shutil
-import time
 import warnings
 from collections import ChainMap, defaultdict
 from typing import TYPE_CHECKING, Any, ContextManager, Dict, List, Optional, Union
@@ -256,7 +255,6 @@ class EvaluationLoop:
         results = [to_float_dict(d) for d in logged_outputs]
         if self.verbose and trainer.is_global_zero and not trainer.sanity_checking:
             _print_results(results, self._stage)
-        trainer._last_val_time = time.monotonic()  # a time-based val_check_interval counts from here
         return results
 
     def _verify_dataloader_idx_requirement(self) -> None:

@@ -46,6 +46,7 @@ class TrainingEpochLoop:
         self.automatic_optimization = AutomaticOptimization(trainer)
         self.manual_optimization = ManualOptimization(trainer)
         self.val_loop = EvaluationLoop(trainer, "fit", "validate", inference_mode=False)
+        self._last_val_time = 0.0  # time.monotonic() at the last validation (a time-based val_check_interval)
         self._results = ResultCollection(training=True)
         self._batches_that_stepped = 0
         self._step_takes_batch_idx = True
@@ -210,6 +211,7 @@ class TrainingEpochLoop:
             if not self._accumulating():
                 trainer._hooks.call_module("on_validation_model_zero_grad")
             self.val_loop.run()
+            self._last_val_time = time.monotonic()  # a time-based val_check_interval counts from here
             trainer.training = True
             connector._first_loop_iter = first_loop_iter
         self.update_lr_schedulers("step", update_plateau_schedulers=True)
@@ -238,6 +240,10 @@ class TrainingEpochLoop:
             self._val_epoch_flag = self._should_check_val_epoch()
         return self._val_epoch_flag
 
+    def restart_val_clock(self) -> None:
+        """A time-based ``val_check_interval`` counts from now (the start of training)."""
+        self._last_val_time = time.monotonic()
+
     def _should_check_val_fx(self) -> bool:
         if not self._val_check_epoch_cached():
             return False
@@ -249,7 +255,7 @@ class TrainingEpochLoop:
         if trainer.should_stop and trainer.fit_loop._can_stop_early:
             return True
         if trainer._val_check_time_interval is not None:
-            return time.monotonic() - trainer._last_val_time >= trainer._val_check_time_interval
+            return time.monotonic() - self._last_val_time >= trainer._val_check_time_interval
         is_val_check_batch = is_last_batch
         if isinstance(trainer.limit_train_batches, int) and is_infinite:
             is_val_check_batch = (self.batch_idx + 1) % trainer.limit_train_batches == 0
@@ -440,8 +446,7 @@ class FitLoop:
         self._last_train_dl_reload_epoch = trainer.current_epoch
         if trainer._val_check_time_interval is not None:
             trainer.val_check_batch = None
-            trainer._train_start_time = time.monotonic()
-            trainer._last_val_time = trainer._train_start_time
+            self.epoch_loop.restart_val_clock()
         elif isinstance(trainer.val_check_interval, int):
             trainer.val_check_batch = trainer.val_check_interval
             if (
