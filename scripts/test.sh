@@ -17,5 +17,5 @@ python -m pytest -q
 echo "== the Lightning-parity suites again, under the compiled engine (TRAINER_COMPILE=1) =="
 TRAINER_COMPILE=1 exec python -m pytest -q -p no:cacheprovider \
   tests/parity tests/test_hook_order.py tests/test_numerics.py tests/test_checkpoint_resume.py \
-  tests/test_logging.py tests/test_trainer.py tests/test_module.py tests/test_checkpoint.py \
+  tests/test_logger_connector.py tests/test_trainer.py tests/test_module.py tests/test_checkpoint.py \
   tests/loops tests/callbacks tests/examples

@@ -17,11 +17,11 @@ from torch.optim import Optimizer
 
 from trainer.exceptions import MisconfigurationException
 from trainer.hooks import DataHooks, ModelHooks
-from trainer.logging import check_logging_levels
+from trainer.logger_connector import check_logging_levels
 from trainer.utilities import AttributeDict, is_picklable
 
 if TYPE_CHECKING:  # pragma: no cover
-    from trainer.optimizers import LightningOptimizer
+    from trainer.core.optimizer import LightningOptimizer
     from trainer.trainer import Trainer
 
 _GRAD_CLIP_ALGORITHMS = ("value", "norm")  # Lightning's GradClipAlgorithmType order (its error lists them)

@@ -39,7 +39,7 @@ from trainer.datamodule import LightningDataModule
 from trainer.exceptions import MisconfigurationException, _TunerExitException
 from trainer.hooks import HookDispatcher, is_overridden
 from trainer.loggers.logger import Logger
-from trainer.logging import LoggerConnector
+from trainer.logger_connector import LoggerConnector
 from trainer.loops.evaluation import EvaluationLoop, PredictionLoop
 from trainer.loops.fit import FitLoop
 from trainer.module import LightningModule
@@ -511,7 +511,7 @@ class Trainer:
 
     @optimizers.setter
     def optimizers(self, new: List[torch.optim.Optimizer]) -> None:
-        from trainer.optimizers import LightningOptimizer
+        from trainer.core.optimizer import LightningOptimizer
 
         self.strategy.optimizers = new
         self.strategy._lightning_optimizers = [LightningOptimizer(o, self.strategy) for o in new]

@@ -20,7 +20,7 @@ from torch.optim.swa_utils import SWALR
 from trainer.callbacks._utils import rank_zero_info
 from trainer.callbacks.callback import Callback
 from trainer.exceptions import MisconfigurationException
-from trainer.optimizers import LRSchedulerConfig
+from trainer.core.optimizer import LRSchedulerConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from trainer.module import LightningModule

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Union
 import torch
 
 from trainer.exceptions import MisconfigurationException, SIGTERMException
-from trainer.logging import ResultCollection
+from trainer.logger_connector import ResultCollection
 from trainer.loops.data import Fetcher, combine, parse_num_batches, request_dataloader, resolve_overfit_batches, \
     seed_workers, set_sampler_epoch, sized_len
 from trainer.loops.evaluation import EvaluationLoop

@@ -261,7 +261,7 @@ class ManualOptimization:
         try:
             output = trainer.strategy.training_step(*args)
         finally:
-            from trainer.optimizers import _do_nothing_closure
+            from trainer.core.optimizer import _do_nothing_closure
 
             for opt in trainer.strategy._lightning_optimizers:
                 opt._on_before_step = _do_nothing_closure

@@ -463,7 +463,7 @@ class DeepSpeedStrategy(DDPStrategy):
         self._adopt_optimizers(trainer, engine)
 
     def _adopt_optimizers(self, trainer: "Trainer", engine: Any) -> None:
-        from trainer.optimizers import LightningOptimizer, LRSchedulerConfig
+        from trainer.core.optimizer import LightningOptimizer, LRSchedulerConfig
 
         self.optimizers = [engine.optimizer]
         self._lightning_optimizers = [LightningOptimizer(engine.optimizer, self)]

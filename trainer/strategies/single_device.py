@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from trainer.optimizers import LightningOptimizer, LRSchedulerConfig, parse_optimizers
+from trainer.core.optimizer import LightningOptimizer, LRSchedulerConfig, parse_optimizers
 from trainer.precision import Precision
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -64,7 +64,7 @@ class _LRFinder:
 
     def _exchange_scheduler(self, trainer: "Trainer") -> None:
         """The user's optimizer starts at ``lr_min``; the run's only scheduler is the range test's, per step."""
-        from trainer.optimizers import LRSchedulerConfig
+        from trainer.core.optimizer import LRSchedulerConfig
 
         optimizers = trainer.strategy.optimizers
         if len(optimizers) != 1:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from trainer.exceptions import MisconfigurationException
-from trainer.logging import LoggerConnector, ResultCollection, check_logging_levels
+from trainer.logger_connector import LoggerConnector, ResultCollection, check_logging_levels
 
 
 def _floats(d):

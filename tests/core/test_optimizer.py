@@ -241,7 +241,7 @@ def test_scheduler_of_foreign_optimizer_raises(L, tmp_path):
 
 # ----------------------------------------------------------------------------- trainer.optimizers unit level
 def test_parse_optimizers_unit(TL):
-    from trainer.optimizers import LRSchedulerConfig, _MockOptimizer, parse_optimizers
+    from trainer.core.optimizer import LRSchedulerConfig, _MockOptimizer, parse_optimizers
 
     p = nn.Parameter(torch.zeros(2))
     opt = torch.optim.SGD([p], lr=1.0)
@@ -262,7 +262,7 @@ def test_parse_optimizers_unit(TL):
 
 
 def test_lightning_optimizer_step_goes_through_strategy(TL, tmp_path):
-    from trainer.optimizers import LightningOptimizer
+    from trainer.core.optimizer import LightningOptimizer
 
     calls = []
 
@@ -286,7 +286,7 @@ def test_lightning_optimizer_deepcopy(TL):
     `_optimizer` exists; the wrapper's attribute passthrough must answer "no such attribute", not recurse."""
     import copy
 
-    from trainer.optimizers import LightningOptimizer
+    from trainer.core.optimizer import LightningOptimizer
 
     class FakeStrategy:
         def optimizer_step(self, optimizer, closure, **kw):
