@@ -603,7 +603,7 @@ def run_monitoring_callbacks(L, tmp_path):
         callbacks=[mc, es, cb], max_epochs=1, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0, **kw
     )
     trainer.fit(model)
-    return [c for c in calls if c.split(".")[0] in ("EarlyStopping", "ModelCheckpoint", "Callback") or c in MONITORING_KEEP_MODULE]
+    return [c for c in calls if c.split(".")[0] in ("EarlyStopping", "ModelCheckpoint", "Callback") or c in MONITORING_KEEP_MODULE]  # noqa: E501
 
 
 # A KeyboardInterrupt in training_step: Lightning 2.6.6 calls on_exception, shuts down gracefully and

@@ -166,7 +166,7 @@ class CheckpointConnector:
         self._loaded: Optional[Dict[str, Any]] = None
         self._ckpt_path: Optional[str] = None
 
-    def select_ckpt_path(self, fn: str, ckpt_path: Optional[PathLike], model_provided: bool, model_connected: bool) -> Optional[str]:
+    def select_ckpt_path(self, fn: str, ckpt_path: Optional[PathLike], model_provided: bool, model_connected: bool) -> Optional[str]:  # noqa: E501
         trainer = self.trainer
         if ckpt_path is None:
             if model_provided or not model_connected:

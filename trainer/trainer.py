@@ -359,7 +359,7 @@ class Trainer:
     ``trainer.compile_report`` says what ran after ``fit``.
     """
 
-    def __init__(
+    def __init__(  # noqa: C901
         self,
         *,
         accelerator: Union[str, Accelerator] = "auto",

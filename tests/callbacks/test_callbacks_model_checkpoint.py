@@ -208,7 +208,7 @@ def test_old_best_removed_only_after_new_save(tmp_path, fake_trainer, drive_fit)
 
     class Recording(type(fake_trainer(tmp_path))):
         def save_checkpoint(self, filepath, weights_only=False):
-            events.append(("save", os.path.basename(filepath), sorted(os.listdir(cb.dirpath)) if os.path.isdir(cb.dirpath) else []))
+            events.append(("save", os.path.basename(filepath), sorted(os.listdir(cb.dirpath)) if os.path.isdir(cb.dirpath) else []))  # noqa: E501
             super().save_checkpoint(filepath, weights_only)
 
     trainer = Recording(tmp_path)

@@ -62,7 +62,7 @@ def test_sync_dist_logging_and_all_gather(workdir):
         assert m["rank_sum"] == 8.0  # 8 batches per rank: 8 * 0 + 8 * 1
         assert run.result(rank)["all_gather"] == [0.0, 1.0]
     # the synced epoch loss equals the single-process epoch loss (same samples, equal batch sizes)
-    assert run.result(0)["metrics"]["train_loss"] == pytest.approx(_reference(workdir).result()["metrics"]["train_loss"], abs=1e-6)
+    assert run.result(0)["metrics"]["train_loss"] == pytest.approx(_reference(workdir).result()["metrics"]["train_loss"], abs=1e-6)  # noqa: E501
 
 
 def test_checkpoints_written_by_rank_zero_only(workdir):

@@ -69,9 +69,9 @@ def test_versions_and_dirs(tmp_path):
         assert logger.log_dir == os.path.join(root, "lightning_logs", "version_6")
     for ours, theirs in (
         (CSVLogger(root, name=None, version="abc"), pl_loggers.CSVLogger(root, name=None, version="abc")),
-        (TensorBoardLogger(root, name="", version=3, sub_dir="sub"), pl_loggers.TensorBoardLogger(root, name="", version=3, sub_dir="sub")),
+        (TensorBoardLogger(root, name="", version=3, sub_dir="sub"), pl_loggers.TensorBoardLogger(root, name="", version=3, sub_dir="sub")),  # noqa: E501
     ):
-        assert (ours.name, ours.version, ours.root_dir, ours.log_dir) == (theirs.name, theirs.version, theirs.root_dir, theirs.log_dir)
+        assert (ours.name, ours.version, ours.root_dir, ours.log_dir) == (theirs.name, theirs.version, theirs.root_dir, theirs.log_dir)  # noqa: E501
 
 
 def test_csv_finalize_without_logging_creates_nothing(tmp_path):

@@ -219,7 +219,7 @@ def capture_update(layout: Layout, grads: List[Tensor]) -> Tuple[fx.GraphModule,
     return gm, example
 
 
-def capture(
+def capture(  # noqa: C901
     module: Any, layout: Layout, batch: Any, step_args: tuple, step_context: Callable[[], Any], variant: str,
     cpu_attention: bool = False, lifted: Sequence[Any] = (), once_done: bool = False,
 ) -> Captured:

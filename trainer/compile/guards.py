@@ -285,7 +285,7 @@ class StepGuard:
         self._fn = fn
 
     @classmethod
-    def trace(cls, module: Any, name: str, batch: Any, rest: tuple, context: Callable[[], ContextManager],
+    def trace(cls, module: Any, name: str, batch: Any, rest: tuple, context: Callable[[], ContextManager],  # noqa: C901
               lifted: Sequence[Lifted] = (), once_done: bool = False) -> "StepGuard":
         """Guards of ``module.<name>(batch, *rest)`` under ``context`` and the current grad mode, with
         the ``lifted`` floats as tensors (guarded as tensors, not by value).

@@ -1,7 +1,8 @@
 """``CSVLogger``: metrics to ``metrics.csv`` and hyperparameters to ``hparams.yaml``, Lightning's layout.
 
 Files land in ``save_dir/name/version_N/``; ``save_dir`` may be an fsspec URL (``memory://``, ``s3://``), where
-each flush rewrites ``metrics.csv`` whole (object stores have no append). Rows are buffered and appended every ``flush_logs_every_n_steps``
+each flush rewrites ``metrics.csv`` whole (object stores have no append). Rows are buffered and appended every
+``flush_logs_every_n_steps``
 steps (and at ``save``/``finalize``); the header is the sorted union of every key seen, and the file is rewritten
 with the wider header when a new key appears, exactly as Lightning does, so the two produce identical CSVs.
 """
