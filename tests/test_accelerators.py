@@ -5,7 +5,6 @@ import importlib.util
 
 import pytest
 import torch
-
 from helpers import misconfiguration_exception
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="these tests assume a machine without CUDA")

@@ -15,14 +15,14 @@ scheduler class.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List
+from typing import Dict, List
 
 import pytest
 import torch
 from helpers import (
     boring_model_class,
-    make_loader,
     make_hook_recorder,
+    make_loader,
     make_recording_datamodule,
     make_recording_module,
     module_and_recorder,

@@ -657,7 +657,7 @@ class Trainer:
         return [logger]
 
     def _configure_callbacks(self, callbacks: Optional[Union[List[Callback], Callback]]) -> List[Callback]:
-        from trainer.callbacks import ModelCheckpoint, ModelSummary, ProgressBar, TQDMProgressBar, Timer
+        from trainer.callbacks import ModelCheckpoint, ModelSummary, ProgressBar, Timer, TQDMProgressBar
 
         if callbacks is None:
             cbs: List[Callback] = []

@@ -2,13 +2,12 @@
 pytorch-lightning's callbacks where their output is deterministic."""
 from __future__ import annotations
 
-import io
 import logging
-import os
 from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
+import pytorch_lightning as pl  # noqa: E402  (test extra: a missing oracle fails)
 import torch
 
 import trainer.callbacks as C
@@ -24,7 +23,6 @@ from trainer.callbacks import (
 from trainer.callbacks.model_summary import get_human_readable_count, summarize
 from trainer.exceptions import MisconfigurationException
 
-import pytorch_lightning as pl  # noqa: E402  (test extra: a missing oracle fails)
 pytestmark = pytest.mark.filterwarnings("ignore:Detected call of", "ignore:You have set log_momentum")
 pl_callbacks = pl.callbacks
 

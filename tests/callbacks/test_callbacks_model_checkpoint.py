@@ -6,13 +6,12 @@ import os
 from datetime import timedelta
 
 import pytest
+import pytorch_lightning.callbacks as pl_callbacks  # noqa: E402  (test extra: a missing oracle fails)
 import torch
 
 from trainer.callbacks import ModelCheckpoint
 from trainer.exceptions import MisconfigurationException
 from trainer.loggers import CSVLogger
-
-import pytorch_lightning.callbacks as pl_callbacks  # noqa: E402  (test extra: a missing oracle fails)
 
 VAL_LOSS = [3.0, 1.0, 2.0, 0.5]
 VAL_ACC = [0.1, 0.5, 0.4, 0.9]

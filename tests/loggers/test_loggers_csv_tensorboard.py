@@ -5,12 +5,11 @@ import os
 from argparse import Namespace
 
 import pytest
+import pytorch_lightning.loggers as pl_loggers  # noqa: E402  (test extra: a missing oracle fails)
 import torch
 
 from trainer.loggers import CSVLogger, Logger, TensorBoardLogger, default_logger
 from trainer.loggers import utilities as U
-
-import pytorch_lightning.loggers as pl_loggers  # noqa: E402  (test extra: a missing oracle fails)
 
 
 def _drive(logger):

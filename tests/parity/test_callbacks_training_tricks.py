@@ -19,10 +19,9 @@ from typing import Any, Callable, Dict, List, Optional
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import compiled_engine, import_framework, make_loader, quiet_trainer_kwargs
 from torch import nn
 from torch.nn.utils import prune as torch_prune
-
-from helpers import compiled_engine, import_framework, make_loader, quiet_trainer_kwargs
 
 pytestmark = [pytest.mark.parity, pytest.mark.filterwarnings("ignore::UserWarning")]
 

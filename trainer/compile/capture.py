@@ -44,7 +44,6 @@ every step, the 1/(1-p) scaling) and ``test_cpu_dropout_masks_equal_eager``.
 from __future__ import annotations
 
 import contextlib
-
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field

@@ -40,9 +40,9 @@ from torch import Tensor
 from torch.utils._pytree import tree_flatten
 
 from trainer.compile import CompileConfig, CompileError, allocator
-from trainer.compile.reads_before_writes import cache_key_pass, realize_reads_before_writes
 from trainer.compile.capture import Captured, CaptureError, Layout, capture
 from trainer.compile.passes import StepConfig, run_passes
+from trainer.compile.reads_before_writes import cache_key_pass, realize_reads_before_writes
 from trainer.compile.report import CompileReport
 from trainer.hooks import is_overridden
 from trainer.loops.optimization import ClosureResult, _Closure

@@ -43,7 +43,6 @@ from torch.utils._pytree import tree_leaves
 
 from trainer.compile.capture import CaptureError
 
-
 _PROBE = torch.zeros(())  # see _entry
 
 

@@ -19,8 +19,14 @@ from torch import Tensor
 
 from trainer import cloud_io
 from trainer.loggers.logger import Logger
-from trainer.loggers.utilities import (_add_prefix, _convert_params, _next_version, rank_zero_experiment, rank_zero_only,
-                                       save_hparams_to_yaml)
+from trainer.loggers.utilities import (
+    _add_prefix,
+    _convert_params,
+    _next_version,
+    rank_zero_experiment,
+    rank_zero_only,
+    save_hparams_to_yaml,
+)
 
 
 class ExperimentWriter:

@@ -14,8 +14,16 @@ import torch
 
 from trainer.exceptions import MisconfigurationException, SIGTERMException
 from trainer.logging import ResultCollection
-from trainer.loops.data import Fetcher, combine, parse_num_batches, request_dataloader, resolve_overfit_batches, \
-    seed_workers, set_sampler_epoch, sized_len
+from trainer.loops.data import (
+    Fetcher,
+    combine,
+    parse_num_batches,
+    request_dataloader,
+    resolve_overfit_batches,
+    seed_workers,
+    set_sampler_epoch,
+    sized_len,
+)
 from trainer.loops.evaluation import EvaluationLoop
 from trainer.loops.optimization import AutomaticOptimization, ManualOptimization
 from trainer.loops.progress import BatchProgress, Progress
