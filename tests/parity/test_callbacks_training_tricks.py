@@ -226,7 +226,6 @@ def test_swa_constructor_errors_match_lightning(kwargs, message):
 def test_swa_float_start_with_infinite_epochs_errors_like_lightning(tmp_path):
     msgs = {}
     for name in FRAMEWORKS:
-        L = _fw(name)
         with pytest.raises(Exception) as err:
             _fit(name, tmp_path, lambda L: [L.callbacks.StochasticWeightAveraging(swa_lrs=0.1)], max_epochs=-1,
                  max_steps=2)
