@@ -502,7 +502,6 @@ class Trainer:
                 f" GPU work only, and the accelerator resolved to {acc!r}. Use accelerator='cuda' or cudagraphs=False.")
         self._accelerator = acc
         self._accelerator_obj = build_accelerator(acc)
-        self._precision_flag = precision_flag
         root_device = self._device_spec.root_device()
         self.strategy._root_device = root_device
         self.strategy.precision_plugin = plugin_flags.precision or build_precision(precision_flag, root_device.type)
@@ -542,8 +541,6 @@ class Trainer:
         self.enable_progress_bar = True if enable_progress_bar is None else enable_progress_bar
         self.enable_model_summary = True if enable_model_summary is None else enable_model_summary
         self.enable_checkpointing = True if enable_checkpointing is None else enable_checkpointing
-        self._deterministic = deterministic
-        self._benchmark = benchmark
         self._set_determinism(deterministic, benchmark)
         self.profiler: Profiler = resolve_profiler(profiler)
 
@@ -1307,8 +1304,6 @@ class Trainer:
             step = "validation_step" if fn == TrainerFn.VALIDATING else "test_step"
             if not is_overridden(step, model):
                 raise MisconfigurationException(f"No `{step}()` method defined to run `Trainer.{fn.value}`.")
-        elif fn == TrainerFn.PREDICTING:
-            pass
 
     def _run(self, model: LightningModule, ckpt_path: Optional[str]) -> Any:
         fn = self.state.fn

@@ -344,7 +344,6 @@ class FitLoop:
         self._resuming_mid_epoch = False
         self._resume_tail: Optional[str] = None
         self._resume_state: Optional[Dict[str, Any]] = None
-        self._resume_end_of_epoch = False
         self._epoch_start_rng: Optional[Dict[str, Any]] = None
 
     # ---------------------------------------------------------------- properties
