@@ -21,7 +21,8 @@ Method: every (model, runner) pair runs in a fresh Python process (dynamo and in
 per process) with the same seed and batches. ``--steps`` optimizer steps (40) are timed one by one
 (``on_train_batch_start`` to ``on_train_batch_end`` of the batch that ends the step); steady state is the
 median samples/s of the steps after ``--skip`` (5); warm-up is what the first ``--skip`` steps took
-beyond as many steady steps (capture and compile happen there). The final loss is the mean training loss of the last 5 steps. Compiled
+beyond as many steady steps (capture and compile happen there). The final loss is the mean training loss of the last
+5 steps. Compiled
 runners run twice: ``cold`` with an empty inductor cache directory, ``cached`` with the directory the
 cold run filled (a new process: what the second run of a script pays).
 """
@@ -140,9 +141,9 @@ def module_class(L: Any, spec: Dict[str, Any], total_steps: int) -> type:
                 return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
             opt = torch.optim.AdamW(self.parameters(), lr=3e-4, weight_decay=0.01)
             if opt_kind == "adamw_cosine":
-                fn: Callable[[int], float] = lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
+                fn: Callable[[int], float] = lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))  # noqa: E731
             elif opt_kind == "adamw_warmup":
-                fn = lambda s: min(1.0, (s + 1) / 10)
+                fn = lambda s: min(1.0, (s + 1) / 10)  # noqa: E731
             else:
                 return opt
             sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Sets up .venv and runs the whole test suite (CPU; GPU tests skip with a reason).
+# Sets up .venv, runs the linters (scripts/lint.sh: ruff, mypy) and the whole test suite (CPU; GPU tests
+# skip with a reason).
 #
 # Two passes: the whole suite (tests/conftest.py runs the eager engine, the oracle, unless a test asks
 # for the compiled one; tests/compile tests the compiled engine explicitly), then the suites that
 # compare with pytorch-lightning (parity, hook order, numerics, exact SIGKILL resume, logging, trainer,
 # module, checkpoints, loops, callbacks, the main job) again under the default engine users get: TRAINER_COMPILE=1.
-# With arguments, only `pytest "$@"` runs (one pass, as asked).
+# With arguments, only `pytest "$@"` runs (one pass, as asked; no lint).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -13,6 +14,7 @@ bash scripts/setup.sh
 if [ "$#" -gt 0 ]; then
   exec python -m pytest -q "$@"
 fi
+bash scripts/lint.sh
 python -m pytest -q
 echo "== the Lightning-parity suites again, under the compiled engine (TRAINER_COMPILE=1) =="
 TRAINER_COMPILE=1 exec python -m pytest -q -p no:cacheprovider \

@@ -1,17 +1,16 @@
 """Checkpoint files: atomic writes, clear errors on bad files, and restore checks."""
 from __future__ import annotations
 
-import functools
 import os
 import stat
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import make_loader, quiet_trainer_kwargs
 from torch import nn
 
 import trainer as TL
-from helpers import make_loader, quiet_trainer_kwargs
 from trainer.checkpoint import CheckpointError, atomic_save, load_checkpoint_file
 
 

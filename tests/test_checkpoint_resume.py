@@ -96,8 +96,9 @@ class _StatefulLoader:
 
 
 def test_stateful_loader_resumes_through_its_state_dict(tmp_path):
-    import trainer as L
     from torch import nn
+
+    import trainer as L
 
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randn(4, 3, generator=g), torch.randn(4, 1, generator=g)) for _ in range(6)]

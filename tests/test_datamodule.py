@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import functools
 
-import pytest
 import torch
 import torch.nn.functional as F
+from helpers import datamodule_class, make_dataset, quiet_trainer_kwargs
 from torch import nn
 from torch.utils.data import DataLoader
-
-from helpers import datamodule_class, make_dataset, quiet_trainer_kwargs
 
 
 def _linear():

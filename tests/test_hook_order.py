@@ -15,14 +15,14 @@ scheduler class.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List
+from typing import Dict, List
 
 import pytest
 import torch
 from helpers import (
     boring_model_class,
-    make_loader,
     make_hook_recorder,
+    make_loader,
     make_recording_datamodule,
     make_recording_module,
     module_and_recorder,
@@ -603,7 +603,7 @@ def run_monitoring_callbacks(L, tmp_path):
         callbacks=[mc, es, cb], max_epochs=1, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0, **kw
     )
     trainer.fit(model)
-    return [c for c in calls if c.split(".")[0] in ("EarlyStopping", "ModelCheckpoint", "Callback") or c in MONITORING_KEEP_MODULE]
+    return [c for c in calls if c.split(".")[0] in ("EarlyStopping", "ModelCheckpoint", "Callback") or c in MONITORING_KEEP_MODULE]  # noqa: E501
 
 
 # A KeyboardInterrupt in training_step: Lightning 2.6.6 calls on_exception, shuts down gracefully and

@@ -5,15 +5,12 @@ Tests taking ``L`` run under ``pytorch_lightning`` and ``trainer``; literal valu
 from __future__ import annotations
 
 import functools
-import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import make_loader, misconfiguration_exception, quiet_trainer_kwargs
 from torch import nn
-from torch.utils.data import DataLoader
-
-from helpers import make_dataset, make_loader, misconfiguration_exception, quiet_trainer_kwargs
 
 
 def _linear(seed=0, i=8, o=2):

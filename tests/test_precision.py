@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from helpers import make_loader, misconfiguration_exception, quiet_trainer_kwargs
+from torch import nn
 
 
 def _linear(seed=0):

@@ -13,11 +13,16 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import (
+    InputOnlyDataset,
+    datamodule_class,
+    make_dataset,
+    make_loader,
+    misconfiguration_exception,
+    quiet_trainer_kwargs,
+)
 from torch import nn
 from torch.utils.data import DataLoader
-
-from helpers import InputOnlyDataset, datamodule_class, make_dataset, make_loader, misconfiguration_exception
-from helpers import quiet_trainer_kwargs
 
 
 def _seeded_linear(seed: int = 0) -> nn.Linear:

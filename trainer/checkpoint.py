@@ -167,7 +167,7 @@ class CheckpointConnector:
         self._ckpt_path: Optional[str] = None
         self.restored_loops = False  # this run's loops came from a checkpoint (Lightning then skips the sanity check)
 
-    def select_ckpt_path(self, fn: str, ckpt_path: Optional[PathLike], model_provided: bool, model_connected: bool) -> Optional[str]:
+    def select_ckpt_path(self, fn: str, ckpt_path: Optional[PathLike], model_provided: bool, model_connected: bool) -> Optional[str]:  # noqa: E501
         trainer = self.trainer
         if ckpt_path is None:
             if model_provided or not model_connected:

@@ -699,13 +699,6 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
     def _on_before_batch_transfer(self, batch: Any, dataloader_idx: int = 0) -> Any:
         return self.on_before_batch_transfer(batch, dataloader_idx)
 
-    def __getstate__(self) -> Dict[str, Any]:
-        # a copy or a pickle of the module does not take the Trainer along (Lightning's): deepcopy(model)
-        # after fit would otherwise copy the whole Trainer, loaders and loggers included
-        state = dict(self.__dict__)
-        state["_trainer"] = None
-        return state
-
     def freeze(self) -> "LightningModule":
         """Turns off ``requires_grad`` on every parameter and switches to eval mode; returns the module
         (``self.eval()``'s result, as Lightning), so ``model = Model(...).freeze()`` works."""

@@ -38,8 +38,8 @@ from trainer.checkpoint import CheckpointConnector, dump_checkpoint
 from trainer.datamodule import LightningDataModule
 from trainer.exceptions import MisconfigurationException, _TunerExitException
 from trainer.hooks import HookDispatcher, is_overridden
-from trainer.loggers.logger import Logger
 from trainer.logger_connector import LoggerConnector
+from trainer.loggers.logger import Logger
 from trainer.loops.evaluation import EvaluationLoop, PredictionLoop
 from trainer.loops.fit import FitLoop
 from trainer.module import LightningModule
@@ -229,7 +229,6 @@ class Trainer:
                 " cudagraphs=False.")
         self._accelerator = acc
         self._accelerator_obj = build_accelerator(acc)
-        self._precision_flag = precision_flag
         root_device = self._device_spec.root_device()
         self.strategy._root_device = root_device
         self.strategy.precision_plugin = plugins.precision or build_precision(precision_flag, root_device.type)
@@ -261,8 +260,6 @@ class Trainer:
         self.enable_progress_bar = True if args.enable_progress_bar is None else args.enable_progress_bar
         self.enable_model_summary = True if args.enable_model_summary is None else args.enable_model_summary
         self.enable_checkpointing = True if args.enable_checkpointing is None else args.enable_checkpointing
-        self._deterministic = args.deterministic
-        self._benchmark = args.benchmark
         self._set_determinism(args.deterministic, args.benchmark)
         self.profiler: Profiler = resolve_profiler(args.profiler)
 
@@ -377,7 +374,7 @@ class Trainer:
         return [logger]
 
     def _configure_callbacks(self, callbacks: Optional[Union[List[Callback], Callback]]) -> List[Callback]:
-        from trainer.callbacks import ModelCheckpoint, ModelSummary, ProgressBar, TQDMProgressBar, Timer
+        from trainer.callbacks import ModelCheckpoint, ModelSummary, ProgressBar, Timer, TQDMProgressBar
 
         if callbacks is None:
             cbs: List[Callback] = []
@@ -1027,8 +1024,6 @@ class Trainer:
             step = "validation_step" if fn == TrainerFn.VALIDATING else "test_step"
             if not is_overridden(step, model):
                 raise MisconfigurationException(f"No `{step}()` method defined to run `Trainer.{fn.value}`.")
-        elif fn == TrainerFn.PREDICTING:
-            pass
 
     def _run(self, model: LightningModule, ckpt_path: Optional[str]) -> Any:
         fn = self.state.fn

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import pytest
+import pytorch_lightning.callbacks as pl_callbacks  # noqa: E402  (test extra: a missing oracle fails)
 import torch
 
 from trainer.callbacks import EarlyStopping
 from trainer.callbacks.early_stopping import EarlyStoppingReason
 from trainer.exceptions import MisconfigurationException
-
-import pytorch_lightning.callbacks as pl_callbacks  # noqa: E402  (test extra: a missing oracle fails)
 
 CASES = {
     "patience": (dict(monitor="val_loss", patience=2), [3, 2, 2.5, 2.1, 2.2, 1.0]),

@@ -180,7 +180,7 @@ def test_tqdm_progress_bar_and_summary(PL, TL, tmp_path, capsys):
         trainer, _ = _fit(L, tmp_path / sub, [bar, L.callbacks.ModelSummary()], logger=False, max_epochs=1,
                           enable_progress_bar=True, enable_model_summary=True, enable_checkpointing=False)
         assert trainer.progress_bar_callback is bar
-        outputs.append((bar.train_progress_bar.n, bar.train_progress_bar.desc, sorted(bar.train_progress_bar.postfix.split(", "))))
+        outputs.append((bar.train_progress_bar.n, bar.train_progress_bar.desc, sorted(bar.train_progress_bar.postfix.split(", "))))  # noqa: E501
         out = capsys.readouterr().out
         assert "Epoch 0" in out
     assert outputs[0][:2] == outputs[1][:2]

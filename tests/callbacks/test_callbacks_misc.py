@@ -2,13 +2,12 @@
 pytorch-lightning's callbacks where their output is deterministic."""
 from __future__ import annotations
 
-import io
 import logging
-import os
 from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
+import pytorch_lightning as pl  # noqa: E402  (test extra: a missing oracle fails)
 import torch
 
 import trainer.callbacks as C
@@ -24,7 +23,6 @@ from trainer.callbacks import (
 from trainer.callbacks.model_summary import get_human_readable_count, summarize
 from trainer.exceptions import MisconfigurationException
 
-import pytorch_lightning as pl  # noqa: E402  (test extra: a missing oracle fails)
 pytestmark = pytest.mark.filterwarnings("ignore:Detected call of", "ignore:You have set log_momentum")
 pl_callbacks = pl.callbacks
 
@@ -110,7 +108,7 @@ def test_lr_monitor_names_and_errors(tmp_path, fake_trainer):
     cb.on_train_start(trainer)
     assert list(cb.lrs) == ["lr-Adam", "custom/pg1", "custom/pg2", "lr-SGD"]
 
-    with pytest.raises(MisconfigurationException, match="Cannot use `LearningRateMonitor` callback with `Trainer` that has no logger."):
+    with pytest.raises(MisconfigurationException, match="Cannot use `LearningRateMonitor` callback with `Trainer` that has no logger."):  # noqa: E501
         LearningRateMonitor().on_train_start(fake_trainer(tmp_path))
     with pytest.raises(MisconfigurationException, match="logging_interval should be `step` or `epoch` or `None`."):
         LearningRateMonitor(logging_interval="batch")
@@ -324,7 +322,7 @@ def test_tqdm_bar_output_and_postfix(tmp_path, fake_trainer, drive_fit, capsys):
 def test_tqdm_bar_same_postfix_as_lightning(tmp_path, fake_trainer, drive_fit, capsys):
     postfixes = []
     for cls in (TQDMProgressBar, pl_callbacks.TQDMProgressBar):
-        trainer = fake_trainer(tmp_path, loggers=[SimpleNamespace(version=3)], progress_bar_metrics={"loss": 1.5, "acc": 0.123456})
+        trainer = fake_trainer(tmp_path, loggers=[SimpleNamespace(version=3)], progress_bar_metrics={"loss": 1.5, "acc": 0.123456})  # noqa: E501
         bar = cls(refresh_rate=2)
         _run_bars(bar, trainer, drive_fit)
         postfixes.append((bar.train_progress_bar.postfix, bar.train_progress_bar.desc, bar.train_progress_bar.n))

@@ -6,13 +6,12 @@ import os
 from datetime import timedelta
 
 import pytest
+import pytorch_lightning.callbacks as pl_callbacks  # noqa: E402  (test extra: a missing oracle fails)
 import torch
 
 from trainer.callbacks import ModelCheckpoint
 from trainer.exceptions import MisconfigurationException
 from trainer.loggers import CSVLogger
-
-import pytorch_lightning.callbacks as pl_callbacks  # noqa: E402  (test extra: a missing oracle fails)
 
 VAL_LOSS = [3.0, 1.0, 2.0, 0.5]
 VAL_ACC = [0.1, 0.5, 0.4, 0.9]
@@ -208,7 +207,7 @@ def test_old_best_removed_only_after_new_save(tmp_path, fake_trainer, drive_fit)
 
     class Recording(type(fake_trainer(tmp_path))):
         def save_checkpoint(self, filepath, weights_only=False):
-            events.append(("save", os.path.basename(filepath), sorted(os.listdir(cb.dirpath)) if os.path.isdir(cb.dirpath) else []))
+            events.append(("save", os.path.basename(filepath), sorted(os.listdir(cb.dirpath)) if os.path.isdir(cb.dirpath) else []))  # noqa: E501
             super().save_checkpoint(filepath, weights_only)
 
     trainer = Recording(tmp_path)

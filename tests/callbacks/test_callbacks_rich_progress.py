@@ -6,10 +6,10 @@ import io
 import re
 
 import pytest
+import rich  # noqa: E402,F401  (test extra: missing rich fails)
 import torch
 from helpers import boring_model_class
 
-import rich  # noqa: E402,F401  (test extra: missing rich fails)
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
@@ -17,7 +17,6 @@ pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning")]
 def _restore_rich_console():
     """Lightning's bar applies ``console_kwargs`` to rich's global console (``rich.reconfigure``); put it back so
     later tests do not print into this test's buffer."""
-    import rich
 
     console = rich.get_console()
     saved = dict(console.__dict__)

@@ -159,7 +159,7 @@ def test_unknown_kwarg_rejected(TL):
 def test_counters_reach_the_logger_as_ints_like_lightning(TL, PL, tmp_path):
     ours = _run(TL, tmp_path / "tl", {"window_size": 2})
     ref = _run(PL, tmp_path / "pl", {"window_size": 2})
-    types = lambda rows: [{k: type(v).__name__ for k, v in m.items() if k.split("/")[-1] in COUNTERS} for m, _ in rows]
+    types = lambda rows: [{k: type(v).__name__ for k, v in m.items() if k.split("/")[-1] in COUNTERS} for m, _ in rows]  # noqa: E731
     assert types(ref)[0]["train/batches"] == "int"
     assert types(ours) == types(ref)
 

@@ -9,9 +9,8 @@ from typing import Any, Dict, List
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from helpers import compiled_engine, import_framework, make_loader, quiet_trainer_kwargs
+from torch import nn
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

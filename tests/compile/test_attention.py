@@ -10,8 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import trainer as L
-from trainer.compile import _ext
-from trainer.compile import CompileConfig
+from trainer.compile import CompileConfig, _ext
 from trainer.compile import attention as A
 
 from .models import max_rel_diff

@@ -13,10 +13,9 @@ import pytest
 import torch
 
 import trainer as L
+from tests.compile.models import MLP, max_rel_diff
 from trainer.compile import CompileConfig, cudagraphs
 from trainer.exceptions import MisconfigurationException
-
-from tests.compile.models import MLP, max_rel_diff
 
 
 class _ReRunGraph:

@@ -6,8 +6,6 @@ the fp16 precision plugin by hand (CPU autocast to float16 works in torch >= 2.3
 graph logic against the eager engine; the CUDA test runs the real configuration."""
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 

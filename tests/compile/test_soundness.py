@@ -18,10 +18,10 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.frameworks import import_framework
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from helpers.frameworks import import_framework
 from trainer.compile.engine import CompileWarning
 
 EPOCHS = 3  # 4 batches each: 12 optimizer steps

@@ -13,9 +13,9 @@ import warnings
 import pytest
 import torch
 import transformers  # noqa: F401  (test extra: pip install -e .[test])
+from helpers.frameworks import import_framework
 from torch.utils.data import DataLoader
 
-from helpers.frameworks import import_framework
 from trainer.compile.engine import CompileWarning
 
 pytestmark = pytest.mark.slow

@@ -1,15 +1,12 @@
 """``configure_optimizers`` formats, scheduler configs and their stepping, run under Lightning and trainer."""
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import make_loader, misconfiguration_exception, quiet_trainer_kwargs
 from torch import nn
 from torch.optim.lr_scheduler import ExponentialLR, ReduceLROnPlateau, StepLR
-
-from helpers import make_loader, misconfiguration_exception, quiet_trainer_kwargs
 
 
 def _linear(seed=0):

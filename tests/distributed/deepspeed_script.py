@@ -20,8 +20,9 @@ import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import trainer as L  # noqa: E402
 from ddp_script import PlainNet, dataset  # noqa: E402
+
+import trainer as L  # noqa: E402
 
 
 class DSNet(PlainNet):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from distributed._runner import max_diff, run_in_process, run_script
 
 pytestmark = [

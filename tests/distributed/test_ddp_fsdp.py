@@ -10,7 +10,6 @@ import os
 
 import pytest
 import torch
-
 from distributed._runner import max_diff, run_in_process, run_script
 
 pytestmark = [
@@ -62,7 +61,7 @@ def test_sync_dist_logging_and_all_gather(workdir):
         assert m["rank_sum"] == 8.0  # 8 batches per rank: 8 * 0 + 8 * 1
         assert run.result(rank)["all_gather"] == [0.0, 1.0]
     # the synced epoch loss equals the single-process epoch loss (same samples, equal batch sizes)
-    assert run.result(0)["metrics"]["train_loss"] == pytest.approx(_reference(workdir).result()["metrics"]["train_loss"], abs=1e-6)
+    assert run.result(0)["metrics"]["train_loss"] == pytest.approx(_reference(workdir).result()["metrics"]["train_loss"], abs=1e-6)  # noqa: E501
 
 
 def test_checkpoints_written_by_rank_zero_only(workdir):
@@ -103,7 +102,7 @@ def _two_nodes(out, torchrun, *args):
     import subprocess
     import sys
 
-    from distributed._runner import SCRIPT, ROOT, clean_env, free_port
+    from distributed._runner import ROOT, SCRIPT, clean_env, free_port
 
     port = free_port()
     procs = []
@@ -162,9 +161,9 @@ def test_fsdp_matches_single_process_and_full_checkpoint_loads_on_one_device(wor
     ckpt = torch.load(full, weights_only=False)
     assert max_diff(ckpt["state_dict"], run.weights(0)) == 0.0
     # the full file's optimizer state is index-keyed like a single-device run's: it loads into one
-    import trainer as L
-
     from distributed import ddp_script
+
+    import trainer as L
 
     model = ddp_script.Net(optimizer="adam")
     t = L.Trainer(accelerator="cpu", devices=1, max_epochs=2, logger=False, enable_checkpointing=False,
@@ -191,9 +190,9 @@ def test_fsdp_sharded_checkpoint_resumes_exactly_and_converts(workdir, tmp_path)
     single = convert_sharded_checkpoint(folder, str(tmp_path / "single.ckpt"))
     ckpt = torch.load(single, weights_only=False)
     assert ckpt["global_step"] == 8 and set(ckpt["state_dict"]) == set(full_run.weights(0))
-    import trainer as L
-
     from distributed import ddp_script
+
+    import trainer as L
 
     model = ddp_script.Net(optimizer="adam")
     t = L.Trainer(accelerator="cpu", devices=1, max_epochs=2, logger=False, enable_checkpointing=False,

@@ -20,7 +20,6 @@ import os
 
 import pytest
 import torch
-
 from distributed._runner import HERE, Run, max_diff, run_in_process, run_script
 
 pytestmark = [

@@ -5,12 +5,11 @@ import os
 from argparse import Namespace
 
 import pytest
+import pytorch_lightning.loggers as pl_loggers  # noqa: E402  (test extra: a missing oracle fails)
 import torch
 
 from trainer.loggers import CSVLogger, Logger, TensorBoardLogger, default_logger
 from trainer.loggers import utilities as U
-
-import pytorch_lightning.loggers as pl_loggers  # noqa: E402  (test extra: a missing oracle fails)
 
 
 def _drive(logger):
@@ -69,9 +68,9 @@ def test_versions_and_dirs(tmp_path):
         assert logger.log_dir == os.path.join(root, "lightning_logs", "version_6")
     for ours, theirs in (
         (CSVLogger(root, name=None, version="abc"), pl_loggers.CSVLogger(root, name=None, version="abc")),
-        (TensorBoardLogger(root, name="", version=3, sub_dir="sub"), pl_loggers.TensorBoardLogger(root, name="", version=3, sub_dir="sub")),
+        (TensorBoardLogger(root, name="", version=3, sub_dir="sub"), pl_loggers.TensorBoardLogger(root, name="", version=3, sub_dir="sub")),  # noqa: E501
     ):
-        assert (ours.name, ours.version, ours.root_dir, ours.log_dir) == (theirs.name, theirs.version, theirs.root_dir, theirs.log_dir)
+        assert (ours.name, ours.version, ours.root_dir, ours.log_dir) == (theirs.name, theirs.version, theirs.root_dir, theirs.log_dir)  # noqa: E501
 
 
 def test_csv_finalize_without_logging_creates_nothing(tmp_path):

@@ -246,7 +246,7 @@ def test_wandb_media_argument_errors_match_lightning(tmp_path):
 # ------------------------------------------------------------------------------------------- missing packages
 @pytest.mark.parametrize(
     ("module", "cls", "hint"),
-    [("trainer.loggers.wandb", "WandbLogger", "pip install wandb"), ("trainer.loggers.mlflow", "MLFlowLogger", "pip install mlflow")],
+    [("trainer.loggers.wandb", "WandbLogger", "pip install wandb"), ("trainer.loggers.mlflow", "MLFlowLogger", "pip install mlflow")],  # noqa: E501
 )
 def test_missing_package_raises_install_hint(monkeypatch, module, cls, hint):
     import importlib

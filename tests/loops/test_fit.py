@@ -6,10 +6,9 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import make_dataset, make_loader, quiet_trainer_kwargs
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
-
-from helpers import make_dataset, make_loader, quiet_trainer_kwargs
 
 
 def _linear():

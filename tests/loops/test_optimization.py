@@ -6,9 +6,8 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from helpers import make_loader, quiet_trainer_kwargs
+from torch import nn
 
 
 def _linear():

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.optim_compare import Snapshot
+from helpers.optim_compare import assert_state_close as _assert_state_close
 
 import trainer.optim as topt
-from helpers.optim_compare import Snapshot, assert_state_close as _assert_state_close
 from trainer.optim import FusedAdam, FusedAdamW, FusedLion, FusedSGD, _backend
 from trainer.optim import functional as F
 

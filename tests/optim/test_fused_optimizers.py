@@ -9,10 +9,12 @@ import copy
 
 import pytest
 import torch
+from helpers.optim_compare import Snapshot
+from helpers.optim_compare import assert_state_close as _assert_state_close
 
 import trainer.optim as topt
-from helpers.optim_compare import Snapshot, assert_state_close as _assert_state_close
-from trainer.optim import FusedAdam, FusedAdamW, FusedLion, FusedSGD, functional as F
+from trainer.optim import FusedAdam, FusedAdamW, FusedLion, FusedSGD
+from trainer.optim import functional as F
 
 BACKENDS = [pytest.param("cpp", marks=pytest.mark.skipif(not topt.HAS_CPP, reason="trainer._C not built")), "torch"]
 # odd shapes: a 3-D tensor whose size is no multiple of any vector width, a scalar, an empty tensor

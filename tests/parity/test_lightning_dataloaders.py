@@ -15,8 +15,14 @@ from typing import Any, Callable, Dict, List
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import boring_model_class, compiled_engine, import_framework, make_dataset, make_loader, \
-    quiet_trainer_kwargs
+from helpers import (
+    boring_model_class,
+    compiled_engine,
+    import_framework,
+    make_dataset,
+    make_loader,
+    quiet_trainer_kwargs,
+)
 from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampler
 
 pytestmark = [pytest.mark.parity]

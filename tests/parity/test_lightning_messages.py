@@ -178,6 +178,7 @@ def _assert_same_warning(got: dict, fragment: str, count: int = 1) -> None:
 
 def test_possible_user_warning_at_lightnings_path():
     from pytorch_lightning.utilities.warnings import PossibleUserWarning as LightningPUW
+
     from trainer.utilities.warnings import PossibleUserWarning
 
     assert issubclass(LightningPUW, UserWarning)

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import pytest
 import torch
-from helpers import boring_model_class, import_framework, make_loader, quiet_trainer_kwargs
+from helpers import boring_model_class, import_framework, quiet_trainer_kwargs
 
 pytestmark = [pytest.mark.parity, pytest.mark.filterwarnings("ignore::UserWarning")]
 
@@ -207,6 +207,7 @@ def test_trainer_state_compares_by_value(PL, TL, tmp_path):
 
 def test_running_stage_properties(PL, TL):
     from pytorch_lightning.trainer.states import RunningStage as PLStage
+
     from trainer.trainer import RunningStage as TLStage
 
     for name in ("TRAINING", "SANITY_CHECKING", "VALIDATING", "TESTING", "PREDICTING"):

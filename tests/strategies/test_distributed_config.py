@@ -10,7 +10,12 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 import trainer as L
 from trainer.exceptions import MisconfigurationException
 from trainer.strategies import (
-    DDPStrategy, FSDPStrategy, LightningEnvironment, SingleDeviceStrategy, SLURMEnvironment, TorchElasticEnvironment,
+    DDPStrategy,
+    FSDPStrategy,
+    LightningEnvironment,
+    SingleDeviceStrategy,
+    SLURMEnvironment,
+    TorchElasticEnvironment,
     detect_environment,
 )
 from trainer.strategies.ddp import DistributedSamplerWrapper, UnrepeatedDistributedSampler, _add_distributed_sampler

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import make_loader, quiet_trainer_kwargs
 from torch import nn
 
 import trainer as TL
-from helpers import make_loader, quiet_trainer_kwargs
 from trainer.precision import Precision
 from trainer.strategies.single_device import SingleDeviceStrategy
 

@@ -14,8 +14,14 @@ from torch import nn
 import trainer.loggers.utilities as logger_utilities
 import trainer.utilities as utilities
 from trainer.utilities import grad_norm
-from trainer.utilities.rank_zero import (rank_prefixed_message, rank_zero_debug, rank_zero_info, rank_zero_only,
-                                         rank_zero_warn, WarningCache)
+from trainer.utilities.rank_zero import (
+    WarningCache,
+    rank_prefixed_message,
+    rank_zero_debug,
+    rank_zero_info,
+    rank_zero_only,
+    rank_zero_warn,
+)
 
 
 def _net_with_grads(dtype=torch.float32) -> nn.Module:

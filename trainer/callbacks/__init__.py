@@ -12,8 +12,8 @@ from trainer.callbacks.model_checkpoint import ModelCheckpoint
 from trainer.callbacks.model_summary import ModelSummary, summarize
 from trainer.callbacks.on_exception_checkpoint import OnExceptionCheckpoint
 from trainer.callbacks.prediction_writer import BasePredictionWriter
-from trainer.callbacks.pruning import ModelPruning
 from trainer.callbacks.progress import ProgressBar, RichProgressBar, RichProgressBarTheme, TQDMProgressBar
+from trainer.callbacks.pruning import ModelPruning
 from trainer.callbacks.rich_model_summary import RichModelSummary
 from trainer.callbacks.spike import SpikeDetection
 from trainer.callbacks.stochastic_weight_avg import StochasticWeightAveraging

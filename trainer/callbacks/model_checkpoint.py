@@ -25,6 +25,7 @@ import torch
 import yaml
 from torch import Tensor
 
+from trainer import cloud_io
 from trainer.callbacks._utils import (
     barrier,
     broadcast,
@@ -36,7 +37,6 @@ from trainer.callbacks._utils import (
     val_check_interval_is_one_epoch,
     warn_once,
 )
-from trainer import cloud_io
 from trainer.callbacks.callback import Checkpoint
 from trainer.exceptions import MisconfigurationException
 

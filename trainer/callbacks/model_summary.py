@@ -11,7 +11,7 @@ import logging
 import math
 import warnings
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import torch
 from torch import nn

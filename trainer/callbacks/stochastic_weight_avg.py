@@ -19,8 +19,8 @@ from torch.optim.swa_utils import SWALR
 
 from trainer.callbacks._utils import rank_zero_info
 from trainer.callbacks.callback import Callback
-from trainer.exceptions import MisconfigurationException
 from trainer.core.optimizer import LRSchedulerConfig
+from trainer.exceptions import MisconfigurationException
 
 if TYPE_CHECKING:  # pragma: no cover
     from trainer.module import LightningModule

@@ -118,7 +118,7 @@ def _ops() -> tuple:
     return (t.small_attention_fwd.default, t.small_attention_bwd.default, t.small_attention_bwd_packed.default)
 
 
-def fold_qkv_bias(gm: Any) -> int:
+def fold_qkv_bias(gm: Any) -> int:  # noqa: C901
     """Where q, k and v are the heads of one biased projection (``addmm(bias, x, w)`` -> view
     ``[B, T, 3 * H * D]`` -> ``split(H * D, 2)`` -> each ``view [B, T, H, D]`` -> ``transpose(1, 2)``)
     read by these kernels only, the projection becomes ``mm(x, w)`` and the kernels add the bias as

@@ -44,7 +44,6 @@ every step, the 1/(1-p) scaling) and ``test_cpu_dropout_masks_equal_eager``.
 from __future__ import annotations
 
 import contextlib
-
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -219,7 +218,7 @@ def capture_update(layout: Layout, grads: List[Tensor]) -> Tuple[fx.GraphModule,
     return gm, example
 
 
-def capture(
+def capture(  # noqa: C901
     module: Any, layout: Layout, batch: Any, step_args: tuple, step_context: Callable[[], Any], variant: str,
     cpu_attention: bool = False, lifted: Sequence[Any] = (), guard: Optional[Any] = None,
 ) -> Captured:

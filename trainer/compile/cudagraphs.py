@@ -37,7 +37,6 @@ and copies its results into fixed output tensors; the real CUDA path is exercise
 from __future__ import annotations
 
 import warnings
-
 from typing import Any, Callable, List, Optional, Sequence
 
 import torch

@@ -40,9 +40,9 @@ from torch import Tensor
 from torch.utils._pytree import tree_flatten
 
 from trainer.compile import CompileConfig, CompileError, allocator
-from trainer.compile.reads_before_writes import cache_key_pass, realize_reads_before_writes
 from trainer.compile.capture import Captured, CaptureError, Layout, capture
 from trainer.compile.passes import StepConfig, Variant, run_passes
+from trainer.compile.reads_before_writes import cache_key_pass, realize_reads_before_writes
 from trainer.compile.report import CompileReport, Tier
 from trainer.hooks import is_overridden
 from trainer.loops.optimization import ClosureResult, _Closure
@@ -367,7 +367,7 @@ class CompiledEngine:
                 if bool(acc.any()):
                     p.grad = acc.clone() if p.grad is None else p.grad.add_(acc)
 
-    def _setup(self, optimizer: Any, batch_idx: int = 0) -> None:
+    def _setup(self, optimizer: Any, batch_idx: int = 0) -> None:  # noqa: C901
         setup_compiled = getattr(self.trainer.strategy, "setup_compiled_step", None)
         if setup_compiled is not None:  # the strategy compiles its own step (FSDP: trainer/compile/sharded.py)
             return setup_compiled(self, optimizer, batch_idx)
@@ -943,7 +943,7 @@ class CompiledEngine:
                 return
             raise _GuardFailed(guard.failure(module, batch, rest), guard.float_source(module, batch, rest))
 
-    def _run_full(self, loop: "AutomaticOptimization", batch_idx: int, args: tuple,
+    def _run_full(self, loop: "AutomaticOptimization", batch_idx: int, args: tuple,  # noqa: C901
                   should_accumulate: bool) -> Dict[str, Any]:
         trainer = self.trainer
         k = self.layout.accumulate

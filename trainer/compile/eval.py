@@ -180,9 +180,8 @@ class EvalEngine:
     def _build(self, name: str, module: Any, batch: Any, rest: tuple, pnames: List[str], bnames: List[str],
                prefix: List[Tensor]) -> _EvalGraph:
         from torch.fx.experimental.proxy_tensor import make_fx
-        from trainer.compile.capture import as_compiling, reparametrized
 
-        from trainer.compile.capture import CaptureError, _user_frame
+        from trainer.compile.capture import CaptureError, _user_frame, as_compiling, reparametrized
         from trainer.compile.engine import _inductor_compile
         from trainer.compile.guards import StepGuard, _Placed
 

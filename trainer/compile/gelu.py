@@ -51,7 +51,7 @@ def _float32_cpu(node: Any) -> bool:
     return isinstance(val, Tensor) and val.dtype == torch.float32 and val.device.type == "cpu"
 
 
-def fold_bias_gelu(gm: Any) -> int:
+def fold_bias_gelu(gm: Any) -> int:  # noqa: C901
     """``gelu(view(addmm(bias, x, w)))`` and ``gelu_backward(g, view(addmm(...)))`` ->
     ``bias_gelu(view(mm(x, w)), bias)`` and ``bias_gelu_backward(g, view(mm(x, w)), bias)``, where
     every reader of the GEMM's output is such a GELU (through views); and ``gelu``/``gelu_backward``

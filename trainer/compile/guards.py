@@ -43,7 +43,6 @@ from torch.utils._pytree import tree_leaves
 
 from trainer.compile.capture import CaptureError
 
-
 _PROBE = torch.zeros(())  # see _entry
 
 
@@ -288,7 +287,7 @@ class StepGuard:
         self._fn = fn
 
     @classmethod
-    def trace(cls, module: Any, name: str, batch: Any, rest: tuple, context: Callable[[], ContextManager],
+    def trace(cls, module: Any, name: str, batch: Any, rest: tuple, context: Callable[[], ContextManager],  # noqa: C901
               lifted: Sequence[Lifted] = ()) -> "StepGuard":
         """Guards of ``module.<name>(batch, *rest)`` under ``context`` and the current grad mode, with
         the ``lifted`` floats as tensors (guarded as tensors, not by value). ``*_once`` logging calls are

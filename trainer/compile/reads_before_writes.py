@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator, List
 
-import torch
 from torch import fx
 
 

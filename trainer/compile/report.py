@@ -18,7 +18,8 @@ class Tier(str, Enum):
     def __str__(self) -> str:
         return self.value
 
-    __format__ = str.__format__
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,8 @@ class CompileReport:
         ``final``, ``fwd_bwd``, ``update``) and batch signature, plus the recompiles.
     recompiles: graphs built again for a key (variant and batch signature) that already had one,
         because something baked into the graph changed (optimizer hyperparameters other than lr,
-        ``accumulate_grad_batches``, a Python value the step reads: see ``recompile_reasons``). A new batch shape (a short last batch) is a new graph, not a
+        ``accumulate_grad_batches``, a Python value the step reads: see ``recompile_reasons``). A new batch shape (a
+        short last batch) is a new graph, not a
         recompile.
     compile_seconds: time spent capturing, running the passes and compiling (inductor).
     fallback_reason: why the step is not one full graph: the cause of the eager fallback (mode

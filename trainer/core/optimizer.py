@@ -81,7 +81,7 @@ def _scheduler_config(scheduler: Any, monitor: Optional[str] = None, is_manual: 
     return LRSchedulerConfig(scheduler)
 
 
-def parse_optimizers(output: Any, is_manual: bool = False) -> Tuple[List[Optimizer], List[LRSchedulerConfig]]:
+def parse_optimizers(output: Any, is_manual: bool = False) -> Tuple[List[Optimizer], List[LRSchedulerConfig]]:  # noqa: C901
     """Turns ``configure_optimizers()``'s return value into optimizers and scheduler configs."""
     optimizers: List[Any] = []
     schedulers: List[Any] = []

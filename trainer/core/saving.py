@@ -172,5 +172,5 @@ def _literal(text: str) -> Any:
         return text
 
 
-__all__ = ["instantiate_from_checkpoint", "keep_device_if_available", "load_hparams_from_tags_csv", "load_hparams_from_yaml", "load_weights",
+__all__ = ["instantiate_from_checkpoint", "keep_device_if_available", "load_hparams_from_tags_csv", "load_hparams_from_yaml", "load_weights",  # noqa: E501
            "read_checkpoint_for", "save_hparams_to_tags_csv", "save_hparams_to_yaml"]

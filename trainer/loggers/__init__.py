@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import os
 
+from trainer._unavailable import requires
 from trainer.loggers.csv_logs import CSVLogger
 from trainer.loggers.logger import DummyLogger, Logger
 from trainer.loggers.mlflow import MLFlowLogger
 from trainer.loggers.tensorboard import _TENSORBOARD_AVAILABLE, TensorBoardLogger
 from trainer.loggers.wandb import WandbLogger
-from trainer._unavailable import requires
 
 CometLogger = requires("CometLogger", "comet_ml", "pip install comet-ml", "Comet experiment tracking")
 LitLogger = requires("LitLogger", "litlogger", "pip install litlogger", "Lightning AI's hosted logger")

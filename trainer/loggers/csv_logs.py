@@ -1,7 +1,8 @@
 """``CSVLogger``: metrics to ``metrics.csv`` and hyperparameters to ``hparams.yaml``, Lightning's layout.
 
 Files land in ``save_dir/name/version_N/``; ``save_dir`` may be an fsspec URL (``memory://``, ``s3://``), where
-each flush rewrites ``metrics.csv`` whole (object stores have no append). Rows are buffered and appended every ``flush_logs_every_n_steps``
+each flush rewrites ``metrics.csv`` whole (object stores have no append). Rows are buffered and appended every
+``flush_logs_every_n_steps``
 steps (and at ``save``/``finalize``); the header is the sorted union of every key seen, and the file is rewritten
 with the wider header when a new key appears, exactly as Lightning does, so the two produce identical CSVs.
 """
@@ -18,8 +19,14 @@ from torch import Tensor
 
 from trainer import cloud_io
 from trainer.loggers.logger import Logger
-from trainer.loggers.utilities import (_add_prefix, _convert_params, _next_version, rank_zero_experiment, rank_zero_only,
-                                       save_hparams_to_yaml)
+from trainer.loggers.utilities import (
+    _add_prefix,
+    _convert_params,
+    _next_version,
+    rank_zero_experiment,
+    rank_zero_only,
+    save_hparams_to_yaml,
+)
 
 
 class ExperimentWriter:

@@ -14,8 +14,16 @@ import torch
 
 from trainer.exceptions import MisconfigurationException, SIGTERMException
 from trainer.logger_connector import ResultCollection
-from trainer.loops.data import Fetcher, combine, parse_num_batches, request_dataloader, resolve_overfit_batches, \
-    seed_workers, set_sampler_epoch, sized_len
+from trainer.loops.data import (
+    Fetcher,
+    combine,
+    parse_num_batches,
+    request_dataloader,
+    resolve_overfit_batches,
+    seed_workers,
+    set_sampler_epoch,
+    sized_len,
+)
 from trainer.loops.evaluation import EvaluationLoop
 from trainer.loops.optimization import AutomaticOptimization, ManualOptimization
 from trainer.loops.progress import BatchProgress, Progress
@@ -342,7 +350,6 @@ class FitLoop:
         self._resuming_mid_epoch = False
         self._resume_tail: Optional[str] = None
         self._resume_state: Optional[Dict[str, Any]] = None
-        self._resume_end_of_epoch = False
         self._epoch_start_rng: Optional[Dict[str, Any]] = None
 
     # ---------------------------------------------------------------- properties

@@ -6,10 +6,17 @@ from typing import Any, Union
 from trainer.exceptions import MisconfigurationException
 from trainer.strategies.ddp import DDPSpawnStrategy, DDPStrategy
 from trainer.strategies.deepspeed import (
-    DEEPSPEED_STRATEGIES, DeepSpeedStrategy, _require_deepspeed, convert_zero_checkpoint_to_fp32_state_dict,
+    DEEPSPEED_STRATEGIES,
+    DeepSpeedStrategy,
+    _require_deepspeed,
+    convert_zero_checkpoint_to_fp32_state_dict,
 )
 from trainer.strategies.environment import (
-    ClusterEnvironment, LightningEnvironment, SLURMEnvironment, TorchElasticEnvironment, detect_environment,
+    ClusterEnvironment,
+    LightningEnvironment,
+    SLURMEnvironment,
+    TorchElasticEnvironment,
+    detect_environment,
 )
 from trainer.strategies.fsdp import FSDPStrategy, convert_sharded_checkpoint
 from trainer.strategies.single_device import SingleDeviceStrategy, Strategy

@@ -21,13 +21,13 @@ import logging
 import os
 from contextlib import nullcontext
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, SequentialSampler, Sampler
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 
 from trainer.exceptions import MisconfigurationException
 from trainer.strategies.environment import ClusterEnvironment, LightningEnvironment

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-from typing import Optional
 
 
 def find_free_port() -> int:

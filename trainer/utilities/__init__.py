@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, Type, Union
 
 import torch
 
+
 class AttributeDict(dict):
     """A dict whose keys read and write as attributes (Lightning's ``hparams`` type)."""
 
@@ -184,13 +185,20 @@ def is_picklable(obj: object) -> bool:
 
 
 # Lightning's public helpers at Lightning's paths, also importable from here (imported last: they use the above)
-from trainer.utilities.combined_loader import CombinedLoader  # noqa: E402
-from trainer.utilities.grads import grad_norm  # noqa: E402
-from trainer.utilities.rank_zero import (  # noqa: E402
-    rank_zero_debug, rank_zero_deprecation, rank_zero_info, rank_zero_only, rank_zero_warn,
-)
 from trainer.utilities._helpers import (  # noqa: E402
-    disable_possible_user_warnings, is_shared_filesystem, measure_flops, suggested_max_num_workers,
+    disable_possible_user_warnings,
+    is_shared_filesystem,
+    measure_flops,
+    suggested_max_num_workers,
 )
+from trainer.utilities.combined_loader import CombinedLoader  # noqa: E402
 from trainer.utilities.enums import GradClipAlgorithmType, LightningEnum  # noqa: E402
+from trainer.utilities.grads import grad_norm  # noqa: E402
 from trainer.utilities.parameter_tying import find_shared_parameters, set_shared_parameters  # noqa: E402
+from trainer.utilities.rank_zero import (  # noqa: E402
+    rank_zero_debug,
+    rank_zero_deprecation,
+    rank_zero_info,
+    rank_zero_only,
+    rank_zero_warn,
+)

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import os
-import uuid
 import time
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Union

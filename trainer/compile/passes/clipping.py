@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-from torch import Tensor, fx
+from torch import fx
 
 from trainer.compile.ops import foreach_grad_norm, foreach_grad_norm_unscaled
 
