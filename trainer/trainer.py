@@ -43,7 +43,7 @@ from trainer.logging import LoggerConnector
 from trainer.loops.evaluation import EvaluationLoop, PredictionLoop
 from trainer.loops.fit import FitLoop
 from trainer.module import LightningModule
-from trainer.precision import Precision, build_precision, normalize_precision
+from trainer.precision import Precision, normalize_precision
 from trainer.profiler import Profiler, resolve_profiler
 from trainer.seed import isolate_rng
 from trainer.signals import SignalConnector
@@ -482,7 +482,7 @@ class Trainer:
         self._compile_config = resolve_compile(compile)
         from trainer.plugins._resolve import resolve_plugins
 
-        plugin_flags = resolve_plugins(plugins, precision)
+        plugin_flags = resolve_plugins(plugins, precision, sync_batchnorm)
         if plugin_flags.precision is not None:
             precision_flag = normalize_precision(plugin_flags.precision.precision)
 
@@ -505,11 +505,14 @@ class Trainer:
         self._precision_flag = precision_flag
         root_device = self._device_spec.root_device()
         self.strategy._root_device = root_device
-        self.strategy.precision_plugin = plugin_flags.precision or build_precision(precision_flag, root_device.type)
+        self.strategy.precision_plugin = (plugin_flags.precision
+                                          or self.strategy.default_precision_plugin(precision_flag, root_device.type))
         if plugin_flags.checkpoint_io is not None:
             self.strategy.checkpoint_io = plugin_flags.checkpoint_io
         if plugin_flags.cluster_environment is not None and hasattr(self.strategy, "cluster_environment"):
             self.strategy.cluster_environment = plugin_flags.cluster_environment
+        if hasattr(self.strategy, "layer_sync"):  # the parallel strategies (Lightning's ``_layer_sync``)
+            self.strategy.layer_sync = plugin_flags.layer_sync
         self.strategy.precision_plugin.trainer = self
         self.strategy.trainer = self
 

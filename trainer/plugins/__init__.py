@@ -1,11 +1,12 @@
 """Lightning's ``lightning.pytorch.plugins``: ``Trainer(plugins=[...])`` takes a precision plugin, a cluster
-environment and a checkpoint IO plugin (at most one of each)."""
+environment, a checkpoint IO plugin and a layer-sync plugin (at most one of each)."""
 from trainer.plugins.environments import ClusterEnvironment
 from trainer.plugins.io import AsyncCheckpointIO, CheckpointIO, TorchCheckpointIO
 from trainer._unavailable import requires
+from trainer.plugins.layer_sync import LayerSync, TorchSyncBatchNorm
 from trainer.plugins.precision import (
-    BitsandbytesPrecision, DoublePrecision, HalfPrecision, MixedPrecision, Precision, TransformerEnginePrecision,
-    XLAPrecision,
+    BitsandbytesPrecision, DeepSpeedPrecision, DoublePrecision, FSDPPrecision, HalfPrecision, MixedPrecision,
+    Precision, TransformerEnginePrecision, XLAPrecision,
 )
 
 XLACheckpointIO = requires("XLACheckpointIO", "torch_xla", "pip install torch_xla", "TPU checkpoint IO")
@@ -15,11 +16,15 @@ __all__ = [
     "BitsandbytesPrecision",
     "CheckpointIO",
     "ClusterEnvironment",
+    "DeepSpeedPrecision",
     "DoublePrecision",
+    "FSDPPrecision",
     "HalfPrecision",
+    "LayerSync",
     "MixedPrecision",
     "Precision",
     "TorchCheckpointIO",
+    "TorchSyncBatchNorm",
     "TransformerEnginePrecision",
     "XLACheckpointIO",
     "XLAPrecision",

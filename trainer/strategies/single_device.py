@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from trainer.optimizers import LightningOptimizer, LRSchedulerConfig, parse_optimizers
-from trainer.precision import Precision
+from trainer.precision import Precision, build_precision
 
 if TYPE_CHECKING:  # pragma: no cover
     from trainer.module import LightningModule
@@ -35,6 +35,11 @@ class Strategy:
         self._lightning_optimizers: List[LightningOptimizer] = []
         self.lr_scheduler_configs: List[LRSchedulerConfig] = []
         self.trainer: Optional["Trainer"] = None
+
+    def default_precision_plugin(self, precision: str, device_type: str) -> Precision:
+        """The plugin ``Trainer(precision=...)`` gives this strategy when ``plugins=`` holds none (Lightning's
+        accelerator connector: FSDP and DeepSpeed strategies get their own kinds)."""
+        return build_precision(precision, device_type)
 
     # ---------------------------------------------------------------- placement
     @property
