@@ -1501,11 +1501,17 @@ class Trainer:
     def _transfer_batch(self, batch: Any, dataloader_idx: int) -> Any:
         """convert_input -> on_before_batch_transfer -> transfer_batch_to_device -> on_after_batch_transfer."""
         batch = self.strategy.precision_plugin.convert_input(batch)
+        if self.profiler.enabled:  # Lightning's actions: the strategy's batch_to_device around the three hooks
+            with self.profiler.profile(f"[Strategy]{type(self.strategy).__name__}.batch_to_device"):
+                return self._batch_transfer_hooks(batch, dataloader_idx)
         if not self._batch_hooks_overridden:  # the defaults: one move, no hook dispatch
             device = self.strategy.root_device
             if device.type == "cpu" and type(batch) in (list, tuple) and _all_cpu_tensors(batch):
                 return batch  # (x, y) already on the CPU: nothing to walk or move
             return move_data_to_device(batch, device)
+        return self._batch_transfer_hooks(batch, dataloader_idx)
+
+    def _batch_transfer_hooks(self, batch: Any, dataloader_idx: int) -> Any:
         batch = self._call_batch_hook("on_before_batch_transfer", batch, dataloader_idx)
         batch = self._call_batch_hook("transfer_batch_to_device", batch, self.strategy.root_device, dataloader_idx)
         return self._call_batch_hook("on_after_batch_transfer", batch, dataloader_idx)

@@ -41,6 +41,34 @@ class Strategy:
         accelerator connector: FSDP and DeepSpeed strategies get their own kinds)."""
         return build_precision(precision, device_type)
 
+    # ---------------------------------------------------------------- Lightning's strategy hooks (no-ops here)
+    def on_train_start(self) -> None:
+        """Called when training begins (after the module's ``on_train_start``)."""
+
+    def on_train_end(self) -> None:
+        """Called when training ends."""
+
+    def on_validation_start(self) -> None:
+        """Called when validation begins."""
+
+    def on_validation_end(self) -> None:
+        """Called when validation ends."""
+
+    def on_test_start(self) -> None:
+        """Called when testing begins."""
+
+    def on_test_end(self) -> None:
+        """Called when testing ends."""
+
+    def on_predict_start(self) -> None:
+        """Called when predicting begins."""
+
+    def on_predict_end(self) -> None:
+        """Called when predicting ends."""
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Called in the training loop before anything happens for that batch."""
+
     # ---------------------------------------------------------------- placement
     @property
     def root_device(self) -> torch.device:
