@@ -1,15 +1,12 @@
 """Lightning's ``lightning.pytorch.plugins``: ``Trainer(plugins=[...])`` takes a precision plugin, a cluster
 environment, a checkpoint IO plugin and a layer-sync plugin (at most one of each)."""
 from trainer.plugins.environments import ClusterEnvironment
-from trainer.plugins.io import AsyncCheckpointIO, CheckpointIO, TorchCheckpointIO
-from trainer._unavailable import requires
+from trainer.plugins.io import AsyncCheckpointIO, CheckpointIO, TorchCheckpointIO, XLACheckpointIO
 from trainer.plugins.layer_sync import LayerSync, TorchSyncBatchNorm
 from trainer.plugins.precision import (
     BitsandbytesPrecision, DeepSpeedPrecision, DoublePrecision, FSDPPrecision, HalfPrecision, MixedPrecision,
     Precision, TransformerEnginePrecision, XLAPrecision,
 )
-
-XLACheckpointIO = requires("XLACheckpointIO", "torch_xla", "pip install torch_xla", "TPU checkpoint IO")
 
 __all__ = [
     "AsyncCheckpointIO",
