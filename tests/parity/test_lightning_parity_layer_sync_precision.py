@@ -18,7 +18,7 @@ from typing import Any, Dict
 import pytest
 import torch
 from torch import nn
-from helpers import import_framework, quiet_trainer_kwargs
+from helpers import boring_model_class, import_framework, quiet_trainer_kwargs
 
 pytestmark = [pytest.mark.parity]
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "layer_sync_script.py")
@@ -256,3 +256,24 @@ def test_sync_batchnorm_converts_under_two_process_ddp_like_lightning(mode, tmp_
     assert pl.returncode != 0 and needle in pl.stderr, pl.stderr[-3000:]
     ours = _run("trainer", mode, str(tmp_path / "ours"))
     assert ours.returncode != 0 and needle in ours.stderr, ours.stdout[-3000:] + ours.stderr[-3000:]
+
+
+def _ddp_teardown_reverts(name: str, tmp_path: Any, fn: str) -> Any:
+    """The DDP strategy's teardown after a run of ``fn`` with a converted model (no process group needed)."""
+    L = import_framework(name)
+    trainer = L.Trainer(**_kw(tmp_path, strategy="ddp", devices=2, sync_batchnorm=True))
+    model = boring_model_class(L)(n=8)
+    model.bn = nn.BatchNorm1d(2)
+    nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    trainer.strategy.connect(model)
+    model.trainer = trainer
+    trainer.state.fn = fn
+    trainer.strategy.teardown()
+    return type(trainer.strategy.lightning_module.bn).__name__
+
+
+@pytest.mark.parametrize("fn", ["fit", "validate"])
+def test_ddp_teardown_reverts_the_layer_sync_after_fit_only(tmp_path, fn):
+    pl = _ddp_teardown_reverts("lightning", tmp_path / "pl", fn)
+    assert pl == ("_BatchNormXd" if fn == "fit" else "SyncBatchNorm")
+    assert _ddp_teardown_reverts("trainer", tmp_path / "ours", fn) == pl
