@@ -153,17 +153,19 @@ def _run(lib: str, mode: str, out: str, *extra: str) -> subprocess.CompletedProc
                           env=env, capture_output=True, text=True, timeout=180)
 
 
-def test_fsdp_precision_plugin_trains_two_processes_in_bf16(tmp_path):
+@pytest.mark.parametrize("precision, bn_dtype", [("bf16-mixed", "torch.float32"), ("bf16-true", "torch.bfloat16")])
+def test_fsdp_precision_plugin_trains_two_processes_in_bf16(tmp_path, precision, bn_dtype):
     """``plugins=[FSDPPrecision("bf16-mixed")]`` with ``strategy="fsdp"``: FSDP computes with bf16 parameters
-    (Lightning's ``mixed_precision_config``) on both ranks, batch norms in fp32 as FSDP1 keeps them."""
-    proc = _run("trainer", "fsdp", str(tmp_path))
+    (Lightning's ``mixed_precision_config``) on both ranks; under "bf16-mixed" batch norms stay in fp32 as FSDP1
+    keeps them, under "bf16-true" the whole module is bf16."""
+    proc = _run("trainer", "fsdp", str(tmp_path), "--precision", precision)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for rank in (0, 1):
         with open(tmp_path / f"result_{rank}.json") as f:
             r = json.load(f)
-        assert (r["plugin"], r["precision"], r["global_step"]) == ("FSDPPrecision", "bf16-mixed", 2)
+        assert (r["plugin"], r["precision"], r["global_step"]) == ("FSDPPrecision", precision, 2)
         assert r["param_dtype"] == r["out_dtype"] == "torch.bfloat16"
-        assert r["bn_param_dtype"] == "torch.float32"  # FSDP1's MixedPrecision leaves batch norms in fp32
+        assert r["bn_param_dtype"] == bn_dtype
         assert r["mp_config"] == ["torch.bfloat16"] * 3
 
 

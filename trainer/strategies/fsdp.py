@@ -209,9 +209,12 @@ class FSDPStrategy(DDPStrategy):
 
     def _full_precision_classes(self) -> tuple:
         """The module classes an FSDP1 ``MixedPrecision`` keeps in full precision (its ``_module_classes_to_ignore``:
-        batch norms by default) when it lowers the parameter dtype."""
+        batch norms by default) when it lowers the parameter dtype of an fp32 module (the "-true" precisions cast
+        the whole module first, so nothing stays in fp32)."""
         config = self.mixed_precision_config
         if self._mp_policy() is None or config is None or not hasattr(config, "_module_classes_to_ignore"):
+            return ()
+        if "true" in self.precision_plugin.precision and self.mixed_precision is None:
             return ()
         return tuple(config._module_classes_to_ignore)
 
