@@ -233,3 +233,37 @@ def test_simple_profiler_records_lightnings_actions(tmp_path, overrides):
     for stage in ("fit", "all"):
         assert set(pl[stage]) - set(ours[stage]) <= in_graph
         assert set(ours[stage]) <= set(pl[stage])
+
+
+def _manual_actions(name: str, tmp_path: Any) -> List[str]:
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    L = import_framework(name)
+
+    class Manual(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(4, 1)
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            opt.zero_grad()
+            self.manual_backward(self.layer(batch[0]).pow(2).mean())
+            opt.step()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    profiler = _profilers(name).SimpleProfiler()
+    t = L.Trainer(**{**quiet_trainer_kwargs(tmp_path / name), "max_epochs": 1, "profiler": profiler})
+    t.fit(Manual(), DataLoader(TensorDataset(torch.randn(8, 4)), batch_size=4))
+    return sorted(profiler.recorded_durations)
+
+
+def test_simple_profiler_actions_under_manual_optimization_match_lightning(tmp_path):
+    pl = _manual_actions("lightning", tmp_path)
+    assert "[Strategy]SingleDeviceStrategy.training_step" in pl and "optimizer_step" in pl
+    assert _manual_actions("trainer", tmp_path) == pl

@@ -83,7 +83,7 @@ class _Closure:
     def __call__(self) -> Optional[Tensor]:
         loop = self.loop
         trainer = loop.trainer
-        if trainer.profiler.enabled:
+        if trainer.profiler.enabled and not loop._profiling_compiled_step:
             output = trainer._hooks.call_strategy("training_step", *self.args)
         else:
             output = trainer.strategy.training_step(*self.args)
@@ -116,6 +116,8 @@ class AutomaticOptimization:
         self._plain_backward = False
         self._plain_zero_grad = False
         self._plain_zero_grad_hooks = False  # nothing hooks on_before_zero_grad (optimizer_zero_grad may be)
+        # inside the compiled engine's profiled step (its regions tier runs the eager closure within it)
+        self._profiling_compiled_step = False
         self._engine: Any = None  # trainer.compile.engine.CompiledEngine, one per fit (see compile_report)
         self._engine_key: Any = None
         self.compile_report: Any = None
@@ -145,6 +147,7 @@ class AutomaticOptimization:
         observable: the skipped calls would only have run hooks nobody overrides.
         """
         from trainer.hooks import is_overridden
+        from trainer.plugins.precision.fsdp import FSDPPrecision
         from trainer.precision import MixedPrecision, Precision
         from trainer.strategies.single_device import Strategy
 
@@ -152,7 +155,7 @@ class AutomaticOptimization:
         module = trainer.lightning_module
         hooks = trainer._hooks
         prec = trainer.precision_plugin
-        unscaled = type(prec) is Precision or (type(prec) is MixedPrecision and prec.scaler is None)
+        unscaled = type(prec) is Precision or (type(prec) in (MixedPrecision, FSDPPrecision) and prec.scaler is None)
         profiled = trainer.profiler.enabled  # a profiler records each of these hooks: nothing is skipped
         self._plain_backward = (
             not profiled
@@ -192,8 +195,12 @@ class AutomaticOptimization:
         if engine is not None and not self._skip_backward:
             profiler = trainer.profiler
             if profiler.enabled:  # Lightning's action for the strategy's step; the compiled step is all of it
-                with profiler.profile(f"[Strategy]{type(trainer.strategy).__name__}.training_step"):
-                    out = engine.run(self, optimizer, batch_idx, args, should_accumulate)
+                self._profiling_compiled_step = True
+                try:
+                    with profiler.profile(f"[Strategy]{type(trainer.strategy).__name__}.training_step"):
+                        out = engine.run(self, optimizer, batch_idx, args, should_accumulate)
+                finally:
+                    self._profiling_compiled_step = False
             else:
                 out = engine.run(self, optimizer, batch_idx, args, should_accumulate)
             if out is not None:
@@ -262,7 +269,7 @@ class ManualOptimization:
             opt._on_before_step = self._on_before_step
             opt._on_after_step = self._on_after_step
         try:
-            output = trainer.strategy.training_step(*args)
+            output = trainer._hooks.call_strategy("training_step", *args)  # Lightning's [Strategy] action
         finally:
             from trainer.optimizers import _do_nothing_closure
 
