@@ -103,7 +103,7 @@ class TrainerArguments:
         from trainer.plugins._resolve import resolve_plugins
 
         compile_config = resolve_compile(given["compile"])
-        plugin_flags = resolve_plugins(given["plugins"], given["precision"])
+        plugin_flags = resolve_plugins(given["plugins"], given["precision"], given["sync_batchnorm"])
         if plugin_flags.precision is not None:
             precision_flag = normalize_precision(plugin_flags.precision.precision)
         resolved = dict(given, gradient_clip_algorithm=algorithm, max_time=max_time)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 import os
 import sys
 import warnings
@@ -22,6 +23,7 @@ from types import MethodType
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Type, Union
 
 import torch
+import yaml
 from packaging.version import Version
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
@@ -286,8 +288,9 @@ class LightningCLI:
         run: Add the subcommands and run the chosen one; ``False`` only instantiates the classes.
         auto_configure_optimizers: Add ``--optimizer`` / ``--lr_scheduler`` unless ``add_arguments_to_parser``
             added optimizer or scheduler groups.
-        load_from_checkpoint_support: Accepted for Lightning compatibility and ignored: ``save_hyperparameters``
-            saves what ``__init__`` received (Lightning's checkpoint instantiator is not implemented).
+        load_from_checkpoint_support: ``save_hyperparameters`` in the model and datamodule the CLI builds saves
+            their parsed config (nested classes as ``class_path``/``init_args``) and an instantiator, so that
+            ``Model.load_from_checkpoint(path)`` rebuilds them from it as the CLI did.
     """
 
     def __init__(
@@ -333,6 +336,8 @@ class LightningCLI:
         self.subcommand = self.config["subcommand"] if run else None
         self._set_seed()
 
+        if load_from_checkpoint_support:
+            self._add_instantiators()
         self.before_instantiate_classes()
         self.instantiate_classes()
         self.after_instantiate_classes()
@@ -486,6 +491,22 @@ class LightningCLI:
             raise
 
     # ------------------------------------------------------------------ instantiation
+    def _dump_config(self) -> None:
+        """``self.config_dump``: the subcommand's config as plain YAML data (made once)."""
+        if hasattr(self, "config_dump"):
+            return
+        self.config_dump = yaml.safe_load(
+            self.parser.dump(self.config, skip_link_targets=False, skip_none=False, format="yaml")
+        )
+        if "subcommand" in self.config:
+            self.config_dump = self.config_dump[self.config.subcommand]
+
+    def _add_instantiators(self) -> None:
+        self.parser.add_instantiator(_InstantiatorFn(cli=self, key="model"), _get_module_type(self._model_class),
+                                     subclasses=self.subclass_mode_model)
+        self.parser.add_instantiator(_InstantiatorFn(cli=self, key="data"), _get_module_type(self._datamodule_class),
+                                     subclasses=self.subclass_mode_data)
+
     def before_instantiate_classes(self) -> None:
         """Override to run code before the classes are instantiated."""
 
@@ -618,6 +639,60 @@ class LightningCLI:
 
 
 # ---------------------------------------------------------------------- helpers
+def _get_module_type(value: Union[Callable, type]) -> type:
+    """The class a ``model_class``/``datamodule_class`` argument builds (a factory function: its return annotation)."""
+    if callable(value) and not isinstance(value, type):
+        return inspect.signature(value).return_annotation
+    return value
+
+
+def _set_dict_nested(data: Dict[str, Any], key: str, value: Any) -> None:
+    keys = key.split(".")
+    for k in keys[:-1]:
+        data = data[k]
+    data[keys[-1]] = value
+
+
+class _InstantiatorFn:
+    """Builds the model (``key="model"``) or datamodule with the CLI's parsed config as its hyper-parameters."""
+
+    def __init__(self, cli: "LightningCLI", key: str) -> None:
+        self.cli = cli
+        self.key = key
+
+    def __call__(self, class_type: type, *args: Any, applied_instantiation_links: Dict[str, Any], **kwargs: Any) -> Any:
+        from trainer.module import _given_hyperparameters_context
+
+        self.cli._dump_config()
+        hparams = self.cli.config_dump.get(self.key, {})
+        if "class_path" in hparams:  # subclass mode: the arguments at the top, the class under `_class_path`
+            hparams = {"_class_path": hparams["class_path"], **hparams.get("init_args", {}),
+                       **hparams.get("dict_kwargs", {})}
+        for key, value in applied_instantiation_links.items():  # linked arguments take their linked values
+            if not key.startswith(f"{self.key}."):
+                continue
+            key = key[len(f"{self.key}."):]
+            if key.startswith("init_args."):
+                key = key[len("init_args."):]
+            _set_dict_nested(hparams, key, value)
+        with _given_hyperparameters_context(hparams=hparams, instantiator="trainer.cli.instantiate_module"):
+            return class_type(*args, **kwargs)
+
+
+def instantiate_module(class_type: type, config: Dict[str, Any]) -> Any:
+    """``load_from_checkpoint``'s instantiator for a checkpoint written under LightningCLI: parses the saved
+    config against ``class_type``'s signature (nested classes included) and builds it."""
+    parser = ArgumentParser(exit_on_error=False)
+    if "_class_path" in config:
+        parser.add_subclass_arguments(class_type, "module", fail_untyped=False)
+        config = {"class_path": config["_class_path"],
+                  "dict_kwargs": {k: v for k, v in config.items() if k != "_class_path"}}
+    else:
+        parser.add_class_arguments(class_type, "module", fail_untyped=False)
+    cfg = parser.parse_object({"module": config})
+    return _instantiate(parser, cfg).module
+
+
 def _instantiate(parser: ArgumentParser, config: Namespace) -> Namespace:
     # jsonargparse 4.49 renamed `instantiate_classes` to `instantiate`
     method = getattr(parser, "instantiate", None) or parser.instantiate_classes

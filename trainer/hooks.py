@@ -206,9 +206,10 @@ class HookDispatcher:
         else:
             from trainer.module import LightningModule
 
-            self._module_noops = frozenset(
-                name for name in _NOOP_MODULE_HOOKS if not is_overridden(name, module, LightningModule)
-            )
+            noops = frozenset(name for name in _NOOP_MODULE_HOOKS if not is_overridden(name, module, LightningModule))
+            if self.trainer.profiler.enabled:  # a profiler records every hook Lightning calls, no-ops included
+                noops = noops & _CALLED_ONLY_WHEN_OVERRIDDEN
+            self._module_noops = noops
 
     def callbacks_for(self, hook_name: str) -> List[Any]:
         cbs = self._cache.get(hook_name)
@@ -257,12 +258,23 @@ class HookDispatcher:
         _setattr(pl_module, "_current_fx_name", hook_name)
         try:
             profiler = trainer.profiler
-            if profiler.enabled:
+            if profiler.enabled and hook_name not in _NOT_PROFILED:  # Lightning calls these directly
                 with profiler.profile(f"[LightningModule]{type(pl_module).__name__}.{hook_name}"):
                     return fn(*args, **kwargs)
             return fn(*args, **kwargs)
         finally:
             _setattr(pl_module, "_current_fx_name", prev_fx)
+
+    def call_strategy(self, hook_name: str, *args: Any, **kwargs: Any) -> Any:
+        """The strategy's ``hook_name`` (a strategy without it: nothing to run), recorded by an enabled profiler as
+        Lightning's ``[Strategy]<class>.<hook>`` action."""
+        strategy = self.trainer.strategy
+        fn = getattr(strategy, hook_name, None)
+        profiler = self.trainer.profiler
+        if not profiler.enabled:
+            return fn(*args, **kwargs) if fn is not None else None
+        with profiler.profile(f"[Strategy]{type(strategy).__name__}.{hook_name}"):
+            return fn(*args, **kwargs) if fn is not None else None
 
     def call_datamodule(self, hook_name: str, *args: Any, **kwargs: Any) -> Any:
         dm = self.trainer.datamodule
@@ -282,6 +294,12 @@ _NOOP_MODULE_HOOKS = tuple(
     if callable(fn) and not name.startswith("_") and getattr(fn, "__code__", None) is not None
     and fn.__code__.co_code == (lambda self: None).__code__.co_code
 ) + ("on_save_checkpoint", "on_load_checkpoint")
+
+# module methods Lightning calls directly, not as profiled hooks: the steps (recorded as the strategy's
+# ``[Strategy]<class>.<step>`` actions) and ``backward`` (inside ``[Strategy]<class>.backward``)
+_NOT_PROFILED = frozenset(("training_step", "validation_step", "test_step", "predict_step", "backward"))
+# hooks Lightning calls only when the module overrides them, profiler or not
+_CALLED_ONLY_WHEN_OVERRIDDEN = frozenset(("configure_model", "configure_sharded_model"))
 
 # nn.Module.__setattr__ runs several isinstance checks; this plain attribute is set ~20 times a step
 _setattr = object.__setattr__

@@ -9,6 +9,7 @@ import os
 import warnings
 from argparse import Namespace
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Callable, Dict, Generator, List, Mapping, Optional, Sequence, Union
 
 import torch
@@ -25,6 +26,21 @@ if TYPE_CHECKING:  # pragma: no cover
     from trainer.trainer import Trainer
 
 _GRAD_CLIP_ALGORITHMS = ("value", "norm")  # Lightning's GradClipAlgorithmType order (its error lists them)
+
+
+#: the hyper-parameters LightningCLI gives the class it instantiates (its config with ``_instantiator``)
+_given_hyperparameters: ContextVar[Optional[Dict[str, Any]]] = ContextVar("_given_hyperparameters", default=None)
+
+
+@contextmanager
+def _given_hyperparameters_context(hparams: Dict[str, Any], instantiator: str) -> Generator[None, None, None]:
+    """Inside, ``save_hyperparameters`` saves ``hparams`` plus the ``_instantiator`` that rebuilds the object
+    from them in ``load_from_checkpoint``."""
+    token = _given_hyperparameters.set({**hparams, "_instantiator": instantiator})
+    try:
+        yield
+    finally:
+        _given_hyperparameters.reset(token)
 
 
 class HyperparametersMixin:
@@ -55,7 +71,10 @@ class HyperparametersMixin:
             current = inspect.currentframe()
             frame = current.f_back if current is not None else None
         ignore = [ignore] if isinstance(ignore, str) else [name for name in (ignore or []) if isinstance(name, str)]
-        if dataclasses.is_dataclass(self):  # a dataclass module: its init fields are the arguments
+        given = _given_hyperparameters.get()
+        if given is not None:  # built by LightningCLI (load_from_checkpoint_support): its config, not the objects
+            found = given
+        elif dataclasses.is_dataclass(self):  # a dataclass module: its init fields are the arguments
             found = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
         else:
             found = _collect_init_args(frame, self)

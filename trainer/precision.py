@@ -111,8 +111,8 @@ class Precision:
             return  # manual optimization clips with self.clip_gradients()
         trainer = self.trainer
         assert trainer is not None
-        if not clip_val and not trainer._clipping_overridden:
-            return  # the default hook would clip by 0, i.e. do nothing
+        if not clip_val and not trainer._clipping_overridden and not trainer.profiler.enabled:
+            return  # the default hook would clip by 0, i.e. do nothing (a profiler records the call, as Lightning)
         trainer._hooks.call_module(
             "configure_gradient_clipping", optimizer, gradient_clip_val=clip_val, gradient_clip_algorithm=algorithm
         )

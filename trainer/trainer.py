@@ -43,7 +43,7 @@ from trainer.loggers.logger import Logger
 from trainer.loops.evaluation import EvaluationLoop, PredictionLoop
 from trainer.loops.fit import FitLoop
 from trainer.module import LightningModule
-from trainer.precision import Precision, build_precision
+from trainer.precision import Precision
 from trainer.profiler import Profiler, resolve_profiler
 from trainer.seed import isolate_rng
 from trainer.signals import SignalConnector
@@ -231,11 +231,14 @@ class Trainer:
         self._accelerator_obj = build_accelerator(acc)
         root_device = self._device_spec.root_device()
         self.strategy._root_device = root_device
-        self.strategy.precision_plugin = plugins.precision or build_precision(precision_flag, root_device.type)
+        self.strategy.precision_plugin = (plugins.precision
+                                          or self.strategy.default_precision_plugin(precision_flag, root_device.type))
         if plugins.checkpoint_io is not None:
             self.strategy.checkpoint_io = plugins.checkpoint_io
         if plugins.cluster_environment is not None and hasattr(self.strategy, "cluster_environment"):
             self.strategy.cluster_environment = plugins.cluster_environment
+        if hasattr(self.strategy, "layer_sync"):  # the parallel strategies (Lightning's ``_layer_sync``)
+            self.strategy.layer_sync = plugins.layer_sync
         self.strategy.precision_plugin.trainer = self
         self.strategy.trainer = self
 
@@ -1212,11 +1215,17 @@ class Trainer:
     def _transfer_batch(self, batch: Any, dataloader_idx: int) -> Any:
         """convert_input -> on_before_batch_transfer -> transfer_batch_to_device -> on_after_batch_transfer."""
         batch = self.strategy.precision_plugin.convert_input(batch)
+        if self.profiler.enabled:  # Lightning's actions: the strategy's batch_to_device around the three hooks
+            with self.profiler.profile(f"[Strategy]{type(self.strategy).__name__}.batch_to_device"):
+                return self._batch_transfer_hooks(batch, dataloader_idx)
         if not self._batch_hooks_overridden:  # the defaults: one move, no hook dispatch
             device = self.strategy.root_device
             if device.type == "cpu" and type(batch) in (list, tuple) and _all_cpu_tensors(batch):
                 return batch  # (x, y) already on the CPU: nothing to walk or move
             return move_data_to_device(batch, device)
+        return self._batch_transfer_hooks(batch, dataloader_idx)
+
+    def _batch_transfer_hooks(self, batch: Any, dataloader_idx: int) -> Any:
         batch = self._call_batch_hook("on_before_batch_transfer", batch, dataloader_idx)
         batch = self._call_batch_hook("transfer_batch_to_device", batch, self.strategy.root_device, dataloader_idx)
         return self._call_batch_hook("on_after_batch_transfer", batch, dataloader_idx)

@@ -148,3 +148,122 @@ def test_pytorch_profiler_dirpath_and_filename(tmp_path):
                                   "fit-p-[Strategy]SingleDeviceStrategy.validation_step"]
     assert len(names["trainer"]) == 2 and all(n.startswith("fit-p-[") for n in names["trainer"]), names["trainer"]
     assert sorted(n.rsplit(".", 1)[1] for n in names["trainer"]) == ["training_step", "validation_step"]
+
+
+def _recorded_actions(name: str, tmp_path: Any, overrides: bool) -> Dict[str, List[str]]:
+    """The SimpleProfiler action names of one fit (with validation), then validate, test and predict."""
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    L = import_framework(name)
+
+    class Recorded(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch[0]).pow(2).mean()
+
+        def validation_step(self, batch, batch_idx):
+            self.log("v", self.layer(batch[0]).mean())
+
+        def test_step(self, batch, batch_idx):
+            self.log("t", self.layer(batch[0]).mean())
+
+        def predict_step(self, batch, batch_idx):
+            return self.layer(batch[0])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    if overrides:  # hooks inside the step overridden: the compiled engine splits the step there
+
+        class Recorded(Recorded):  # type: ignore[no-redef]
+            def on_before_backward(self, loss):
+                self.seen_loss = float(loss)
+
+            def on_before_optimizer_step(self, optimizer):
+                self.seen_step = True
+
+    def loader() -> Any:
+        return DataLoader(TensorDataset(torch.randn(8, 4, generator=torch.Generator().manual_seed(0))), batch_size=4)
+
+    profiler = _profilers(name).SimpleProfiler()
+    kwargs = quiet_trainer_kwargs(tmp_path / name)
+    t = L.Trainer(**{**kwargs, "max_epochs": 2, "profiler": profiler})
+    model = Recorded()
+    t.fit(model, loader(), loader())
+    fit = sorted(profiler.recorded_durations)
+    t.validate(model, loader())
+    t.test(model, loader())
+    t.predict(model, loader())
+    return {"fit": fit, "all": sorted(profiler.recorded_durations)}
+
+
+# hooks that run inside the compiled training step's graph (the backward, the optimizer update and the calls
+# between them): the compiled engine runs no host-side call to time for them, so it records no action for them
+_IN_GRAPH = {"[LightningModule]Recorded.configure_gradient_clipping", "[LightningModule]Recorded.on_after_backward",
+             "[LightningModule]Recorded.on_before_backward", "[LightningModule]Recorded.on_before_optimizer_step",
+             "[LightningModule]Recorded.optimizer_step", "[LightningModule]Recorded.optimizer_zero_grad",
+             "[Strategy]SingleDeviceStrategy.backward"}
+
+
+@pytest.mark.parametrize("overrides", [False, True])
+def test_simple_profiler_records_lightnings_actions(tmp_path, overrides):
+    """The same fit/validate/test/predict records the same action names as Lightning: every module hook (no-op
+    defaults included), the strategy's hooks and steps (``[Strategy]...training_step``, ``batch_to_device``,
+    ``backward``), ``run_training_batch`` and the loops' ``[_TrainingEpochLoop].train_dataloader_next``,
+    ``[_EvaluationLoop].val_next``/``test_next`` and ``[_PredictionLoop].predict_next``."""
+    pl = _recorded_actions("lightning", tmp_path, overrides)
+    for action in ("run_training_batch", "[_TrainingEpochLoop].train_dataloader_next", "[_EvaluationLoop].val_next",
+                   "[_PredictionLoop].predict_next", "[Strategy]SingleDeviceStrategy.training_step",
+                   "[Strategy]SingleDeviceStrategy.batch_to_device", "[LightningModule]Recorded.on_train_start"):
+        assert action in pl["fit"] or action in pl["all"], action
+    assert "[LightningModule]Recorded.training_step" not in pl["all"]
+    ours = _recorded_actions("trainer", tmp_path, overrides)
+    if not compiled_engine():
+        assert ours == pl
+        return
+    in_graph = set(_IN_GRAPH)
+    if overrides:  # the split step calls these hooks on the host, between its graphs
+        in_graph -= {"[LightningModule]Recorded.on_before_backward",
+                     "[LightningModule]Recorded.on_before_optimizer_step"}
+    for stage in ("fit", "all"):
+        assert set(pl[stage]) - set(ours[stage]) <= in_graph
+        assert set(ours[stage]) <= set(pl[stage])
+
+
+def _manual_actions(name: str, tmp_path: Any) -> List[str]:
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    L = import_framework(name)
+
+    class Manual(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(4, 1)
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            opt.zero_grad()
+            self.manual_backward(self.layer(batch[0]).pow(2).mean())
+            opt.step()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    profiler = _profilers(name).SimpleProfiler()
+    t = L.Trainer(**{**quiet_trainer_kwargs(tmp_path / name), "max_epochs": 1, "profiler": profiler})
+    t.fit(Manual(), DataLoader(TensorDataset(torch.randn(8, 4)), batch_size=4))
+    return sorted(profiler.recorded_durations)
+
+
+def test_simple_profiler_actions_under_manual_optimization_match_lightning(tmp_path):
+    pl = _manual_actions("lightning", tmp_path)
+    assert "[Strategy]SingleDeviceStrategy.training_step" in pl and "optimizer_step" in pl
+    assert _manual_actions("trainer", tmp_path) == pl

@@ -106,7 +106,7 @@ def test_bad_arguments_raise_at_construction(kwargs, match):
 
 @needs_deepspeed
 def test_double_precision_is_refused_at_trainer_construction():
-    with pytest.raises(MisconfigurationException, match="not supported with DeepSpeed"):
+    with pytest.raises(ValueError, match=r"`Trainer\(strategy=.deepspeed., precision=.64-true.\)` is not supported"):
         _t(strategy="deepspeed_stage_2", precision="64-true")
 
 

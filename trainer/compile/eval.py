@@ -157,12 +157,7 @@ class EvalEngine:
         prev = module._current_fx_name
         _set_fx(module, name)
         try:
-            profiler = trainer.profiler
-            if profiler.enabled:
-                with profiler.profile(f"[LightningModule]{type(module).__name__}.{name}"):
-                    outs = graph.fn(*prefix, *tensors, *graph.free_inputs())
-            else:
-                outs = graph.fn(*prefix, *tensors, *graph.free_inputs())
+            outs = graph.fn(*prefix, *tensors, *graph.free_inputs())
             for log_name, src, args, kwargs in graph.log_calls:
                 module.log(log_name, src[1] if isinstance(src, tuple) else outs[src], *args, **kwargs)
         finally:
@@ -256,6 +251,14 @@ class EvalEngine:
 
 def eval_step(trainer: "Trainer", name: str, step_args: tuple) -> Any:
     """``trainer.strategy.<name>(*step_args)``, compiled when ``CompileConfig.eval_steps`` is on."""
+    profiler = trainer.profiler
+    if profiler.enabled:  # Lightning's action: the strategy's step (compiled or not)
+        with profiler.profile(f"[Strategy]{type(trainer.strategy).__name__}.{name}"):
+            return _eval_step(trainer, name, step_args)
+    return _eval_step(trainer, name, step_args)
+
+
+def _eval_step(trainer: "Trainer", name: str, step_args: tuple) -> Any:
     config = trainer._compile_config
     if not (config.enabled and config.eval_steps):
         return getattr(trainer.strategy, name)(*step_args)

@@ -128,14 +128,54 @@ def instantiate_from_checkpoint(cls: type, checkpoint: Dict[str, Any], overrides
     accepts_kwargs = any(
         p.kind == inspect.Parameter.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values()
     )
+    instantiator = _trusted_instantiator(cls, hparams.pop("_instantiator", None), hparams.get("_class_path"))
     saved_as = checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_NAME)
     if saved_as and saved_as in params:
         init_kwargs = {saved_as: hparams, **overrides}
     else:
         init_kwargs = hparams
     if not accepts_kwargs:
-        init_kwargs = {k: v for k, v in init_kwargs.items() if k in params}
-    return cls(**init_kwargs)
+        init_kwargs = {k: v for k, v in init_kwargs.items() if k in params or k == "_class_path"}
+        if instantiator is None:
+            init_kwargs.pop("_class_path", None)
+    return instantiator(cls, init_kwargs) if instantiator is not None else cls(**init_kwargs)
+
+
+#: the instantiators a checkpoint may name (Lightning's allowlist against code execution; a checkpoint written by
+#: Lightning's CLI is rebuilt by ours)
+_ALLOWED_INSTANTIATORS = {"trainer.cli.instantiate_module", "pytorch_lightning.cli.instantiate_module",
+                          "lightning.pytorch.cli.instantiate_module"}
+
+
+def _trusted_instantiator(cls: type, path: Any, class_path: Any) -> Optional[Any]:
+    """The function that rebuilds ``cls`` from a CLI's saved config, or ``None`` (``cls(**hparams)``); raises for
+    an instantiator or a class path the checkpoint may not name (Lightning's errors)."""
+    if path is None:
+        return None
+    if not isinstance(path, str) or path not in _ALLOWED_INSTANTIATORS:
+        raise ValueError(
+            f"The instantiator {path!r} from the checkpoint is not in the allowlist of trusted"
+            " instantiators and was blocked to prevent arbitrary code execution. If you trust this checkpoint,"
+            " add the path to `trainer.core.saving._ALLOWED_INSTANTIATORS` before loading."
+        )
+    if class_path is not None and not _is_imported_subclass(class_path, cls):
+        raise ValueError(
+            f"The class {class_path!r} requested by the checkpoint does not resolve to an already imported"
+            f" subclass of {cls.__name__} and was blocked to prevent arbitrary code execution. If you trust this"
+            " checkpoint, import the module that defines the class before loading."
+        )
+    from trainer.cli import instantiate_module
+
+    return instantiate_module
+
+
+def _is_imported_subclass(class_path: str, cls: type) -> bool:
+    import sys
+
+    module_name, _, name = class_path.rpartition(".")
+    module = sys.modules.get(module_name)
+    found = getattr(module, name, None) if module is not None else None
+    return isinstance(found, type) and issubclass(found, cls)
 
 
 def load_weights(model: "nn.Module", state_dict: Mapping[str, Any], strict: bool, checkpoint_path: Any) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, List, Optional, Tuple, Union
 
 from torch.utils.data import BatchSampler, DataLoader, IterableDataset, SequentialSampler
 
@@ -158,6 +158,12 @@ class Fetcher:
         self.done = False
         self.fetched = 0
         self.length: Optional[int] = None
+        self._profiled: Optional[Tuple[Any, str]] = None
+
+    def profile_fetches(self, profiler: Any, action: str) -> None:
+        """Each fetch is recorded by ``profiler`` (when enabled) as ``action``, Lightning's
+        ``[<loop>].<stage>_next``."""
+        self._profiled = (profiler, action) if profiler.enabled else None
 
     def reset_iterator(self) -> None:
         self.iterator = iter(self.iterable)
@@ -174,7 +180,11 @@ class Fetcher:
     def _raw_next(self) -> Any:
         assert self.iterator is not None
         try:
-            batch = next(self.iterator)
+            if self._profiled is None:
+                batch = next(self.iterator)
+            else:
+                with self._profiled[0].profile(self._profiled[1]):
+                    batch = next(self.iterator)
         except StopIteration:
             self.done = True
             raise

@@ -178,6 +178,7 @@ class EvaluationLoop:
                 set_sampler_epoch(dl, trainer.fit_loop.epoch_progress.current.processed)
         combined.limits = self.max_batches
         fetcher = Fetcher(combined)
+        fetcher.profile_fetches(trainer.profiler, f"[_EvaluationLoop].{self._prefix}_next")
         fetcher.reset_iterator()
         self._verify_dataloader_idx_requirement()
         hooks = trainer._hooks
@@ -187,6 +188,7 @@ class EvaluationLoop:
         hooks.call_module(f"on_{stage}_model_eval")
         hooks.call_callbacks(f"on_{stage}_start")
         hooks.call_module(f"on_{stage}_start")
+        hooks.call_strategy(f"on_{stage}_start")
         hooks.call_callbacks(f"on_{stage}_epoch_start")
         hooks.call_module(f"on_{stage}_epoch_start")
         takes_batch_idx = is_param_in_signature(getattr(module, self._step_name), "batch_idx", min_args=2)
@@ -253,6 +255,7 @@ class EvaluationLoop:
         connector.log_eval_end_metrics(all_logged)
         hooks.call_callbacks(f"on_{stage}_end")
         hooks.call_module(f"on_{stage}_end")
+        hooks.call_strategy(f"on_{stage}_end")
         connector.reset_results()
         module = trainer.lightning_module
         train_hook = f"on_{stage}_model_train"
@@ -459,9 +462,10 @@ class PredictionLoop:
         any_on_batch = any(w.interval.on_batch for w in writers)
         hooks.call_callbacks("on_predict_start")
         hooks.call_module("on_predict_start")
+        hooks.call_strategy("on_predict_start")
         hooks.call_callbacks("on_predict_epoch_start")
         hooks.call_module("on_predict_epoch_start")
-        batches = _combined_batches(combined, self.batch_progress)
+        batches = _combined_batches(combined, self.batch_progress, trainer.profiler)
         if pulls:
             self._run_steps_that_pull(batches)
         else:
@@ -474,6 +478,7 @@ class PredictionLoop:
         self.epoch_batch_indices = []
         hooks.call_callbacks("on_predict_end")
         hooks.call_module("on_predict_end")
+        hooks.call_strategy("on_predict_end")
         self._module_mode.restore(module)
         return results
 
@@ -570,10 +575,12 @@ class PredictionLoop:
         self.batch_progress.load_state_dict(state.get("batch_progress", {}))
 
 
-def _combined_batches(combined: CombinedLoader, progress: BatchProgress) -> Any:
+def _combined_batches(combined: CombinedLoader, progress: BatchProgress, profiler: Any = None) -> Any:
     """``(dataloader_idx, batch_idx, batch)`` of a sequential ``CombinedLoader`` (its limits applied), fetched as
     Lightning fetches them; ``progress.is_last_batch`` is set before each batch is handed out."""
     fetcher = Fetcher(combined)
+    if profiler is not None:
+        fetcher.profile_fetches(profiler, "[_PredictionLoop].predict_next")
     fetcher.reset_iterator()
     while True:
         try:

@@ -156,6 +156,13 @@ class TrainingEpochLoop:
             if not self._should_accumulate():
                 self._batches_that_stepped += 1
 
+    def _run_optimization(self, module: Any, batch_idx: int, args: tuple) -> Any:
+        if module.automatic_optimization:
+            return self.automatic_optimization.run(
+                self.trainer.strategy.optimizers[0], batch_idx, args, self._accumulating()
+            )
+        return self.manual_optimization.run(args)
+
     def advance(self, fetcher: Fetcher) -> None:
         trainer = self.trainer
         hooks = trainer._hooks
@@ -179,18 +186,20 @@ class TrainingEpochLoop:
                 hooks.call_callbacks("on_train_batch_start", batch, batch_idx)
             if "on_train_batch_start" not in noops:
                 skip_rest = hooks.call_module("on_train_batch_start", batch, batch_idx) == -1
+            profiler = trainer.profiler
+            if profiler.enabled:
+                hooks.call_strategy("on_train_batch_start", batch, batch_idx)
             if skip_rest:
                 bp.is_last_batch = True
             else:
                 bp.total.started += 1
                 bp.current.started += 1
                 args = (batch, batch_idx) if self._step_takes_batch_idx else (batch,)
-                if module.automatic_optimization:
-                    batch_output = self.automatic_optimization.run(
-                        trainer.strategy.optimizers[0], batch_idx, args, self._accumulating()
-                    )
+                if profiler.enabled:
+                    with profiler.profile("run_training_batch"):
+                        batch_output = self._run_optimization(module, batch_idx, args)
                 else:
-                    batch_output = self.manual_optimization.run(args)
+                    batch_output = self._run_optimization(module, batch_idx, args)
         bp.total.processed += 1
         bp.current.processed += 1
         if trainer.strategy.lr_scheduler_configs:
@@ -445,6 +454,7 @@ class FitLoop:
         combined.limits = limits
         self._combined_loader = combined
         self._fetcher = Fetcher(combined)
+        self._fetcher.profile_fetches(trainer.profiler, "[_TrainingEpochLoop].train_dataloader_next")
         self._new_epoch_iterator()
         n = sized_len(combined)  # known once iterated; infinite with an unsized loader the mode cannot bound
         self.max_batches = n if n is not None else float("inf")
@@ -625,6 +635,7 @@ class FitLoop:
             trainer.training = True
         trainer._hooks.call_callbacks("on_train_start")
         trainer._hooks.call_module("on_train_start")
+        trainer._hooks.call_strategy("on_train_start")
         self.epoch_loop.automatic_optimization.prepare()
 
     def on_advance_start(self) -> None:
@@ -679,6 +690,7 @@ class FitLoop:
         trainer = self.trainer
         trainer._hooks.call_callbacks("on_train_end")
         trainer._hooks.call_module("on_train_end")
+        trainer._hooks.call_strategy("on_train_end")
 
     def teardown(self) -> None:
         self._fetcher = None

@@ -83,7 +83,10 @@ class _Closure:
     def __call__(self) -> Optional[Tensor]:
         loop = self.loop
         trainer = loop.trainer
-        output = trainer.strategy.training_step(*self.args)
+        if trainer.profiler.enabled and not loop._profiling_compiled_step:
+            output = trainer._hooks.call_strategy("training_step", *self.args)
+        else:
+            output = trainer.strategy.training_step(*self.args)
         result = ClosureResult.from_training_step_output(output, trainer.accumulate_grad_batches)
         self.result = result
         if self.zero_grad:
@@ -100,7 +103,7 @@ class _Closure:
             if loop._plain_backward:  # no scaling and no backward hooks: what strategy.backward would do
                 result.closure_loss.backward()
             else:
-                trainer.strategy.backward(result.closure_loss, self.optimizer)
+                trainer._hooks.call_strategy("backward", result.closure_loss, self.optimizer)
         return result.closure_loss
 
 
@@ -113,6 +116,8 @@ class AutomaticOptimization:
         self._plain_backward = False
         self._plain_zero_grad = False
         self._plain_zero_grad_hooks = False  # nothing hooks on_before_zero_grad (optimizer_zero_grad may be)
+        # inside the compiled engine's profiled step (its regions tier runs the eager closure within it)
+        self._profiling_compiled_step = False
         self._engine: Any = None  # trainer.compile.engine.CompiledEngine, one per fit (see compile_report)
         self._engine_key: Any = None
         self.compile_report: Any = None
@@ -142,6 +147,7 @@ class AutomaticOptimization:
         observable: the skipped calls would only have run hooks nobody overrides.
         """
         from trainer.hooks import is_overridden
+        from trainer.plugins.precision.fsdp import FSDPPrecision
         from trainer.precision import MixedPrecision, Precision
         from trainer.strategies.single_device import Strategy
 
@@ -149,16 +155,18 @@ class AutomaticOptimization:
         module = trainer.lightning_module
         hooks = trainer._hooks
         prec = trainer.precision_plugin
-        unscaled = type(prec) is Precision or (type(prec) is MixedPrecision and prec.scaler is None)
+        unscaled = type(prec) is Precision or (type(prec) in (MixedPrecision, FSDPPrecision) and prec.scaler is None)
+        profiled = trainer.profiler.enabled  # a profiler records each of these hooks: nothing is skipped
         self._plain_backward = (
-            unscaled
+            not profiled
+            and unscaled
             and type(trainer.strategy).backward is Strategy.backward
             and not hooks.callbacks_for("on_before_backward")
             and not hooks.callbacks_for("on_after_backward")
             and not any(is_overridden(n, module) for n in ("on_before_backward", "on_after_backward", "backward"))
         )
-        self._plain_zero_grad_hooks = not hooks.callbacks_for("on_before_zero_grad") and not is_overridden(
-            "on_before_zero_grad", module)
+        self._plain_zero_grad_hooks = not profiled and not hooks.callbacks_for("on_before_zero_grad") and not \
+            is_overridden("on_before_zero_grad", module)
         self._plain_zero_grad = self._plain_zero_grad_hooks and not is_overridden("optimizer_zero_grad", module)
 
     def _compiled_engine(self) -> Any:
@@ -178,13 +186,6 @@ class AutomaticOptimization:
         return self._engine
 
     def run(self, optimizer: Any, batch_idx: int, args: tuple, should_accumulate: bool) -> Dict[str, Any]:
-        profiler = self.trainer.profiler
-        if profiler.enabled:  # Lightning's action for the strategy's step; the compiled step is all of it
-            with profiler.profile(f"[Strategy]{type(self.trainer.strategy).__name__}.training_step"):
-                return self._run(optimizer, batch_idx, args, should_accumulate)
-        return self._run(optimizer, batch_idx, args, should_accumulate)
-
-    def _run(self, optimizer: Any, batch_idx: int, args: tuple, should_accumulate: bool) -> Dict[str, Any]:
         trainer = self.trainer
         engine = None
         if trainer._compile_config.enabled:
@@ -192,7 +193,16 @@ class AutomaticOptimization:
             if engine is None or self._engine_key[0] != id(trainer.lightning_module):
                 engine = self._compiled_engine()
         if engine is not None and not self._skip_backward:
-            out = engine.run(self, optimizer, batch_idx, args, should_accumulate)
+            profiler = trainer.profiler
+            if profiler.enabled:  # Lightning's action for the strategy's step; the compiled step is all of it
+                self._profiling_compiled_step = True
+                try:
+                    with profiler.profile(f"[Strategy]{type(trainer.strategy).__name__}.training_step"):
+                        out = engine.run(self, optimizer, batch_idx, args, should_accumulate)
+                finally:
+                    self._profiling_compiled_step = False
+            else:
+                out = engine.run(self, optimizer, batch_idx, args, should_accumulate)
             if out is not None:
                 return out
         return self.run_eager(batch_idx, args, should_accumulate)
@@ -259,7 +269,7 @@ class ManualOptimization:
             opt._on_before_step = self._on_before_step
             opt._on_after_step = self._on_after_step
         try:
-            output = trainer.strategy.training_step(*args)
+            output = trainer._hooks.call_strategy("training_step", *args)  # Lightning's [Strategy] action
         finally:
             from trainer.core.optimizer import _do_nothing_closure
 

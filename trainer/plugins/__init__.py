@@ -1,11 +1,14 @@
 """Lightning's ``lightning.pytorch.plugins``: ``Trainer(plugins=[...])`` takes a precision plugin, a cluster
-environment and a checkpoint IO plugin (at most one of each)."""
+environment, a checkpoint IO plugin and a layer-sync plugin (at most one of each)."""
 from trainer._unavailable import requires
 from trainer.plugins.environments import ClusterEnvironment
-from trainer.plugins.io import AsyncCheckpointIO, CheckpointIO, TorchCheckpointIO
+from trainer.plugins.io import AsyncCheckpointIO, CheckpointIO, TorchCheckpointIO, XLACheckpointIO
+from trainer.plugins.layer_sync import LayerSync, TorchSyncBatchNorm
 from trainer.plugins.precision import (
     BitsandbytesPrecision,
+    DeepSpeedPrecision,
     DoublePrecision,
+    FSDPPrecision,
     HalfPrecision,
     MixedPrecision,
     Precision,
@@ -13,18 +16,20 @@ from trainer.plugins.precision import (
     XLAPrecision,
 )
 
-XLACheckpointIO = requires("XLACheckpointIO", "torch_xla", "pip install torch_xla", "TPU checkpoint IO")
-
 __all__ = [
     "AsyncCheckpointIO",
     "BitsandbytesPrecision",
     "CheckpointIO",
     "ClusterEnvironment",
+    "DeepSpeedPrecision",
     "DoublePrecision",
+    "FSDPPrecision",
     "HalfPrecision",
+    "LayerSync",
     "MixedPrecision",
     "Precision",
     "TorchCheckpointIO",
+    "TorchSyncBatchNorm",
     "TransformerEnginePrecision",
     "XLACheckpointIO",
     "XLAPrecision",

@@ -1,5 +1,6 @@
-"""``Trainer(plugins=...)``: sorts the plugins into the precision plugin, cluster environment and checkpoint IO,
-with Lightning's errors (an unknown kind, two of one kind, a precision plugin together with ``precision=``)."""
+"""``Trainer(plugins=...)``: sorts the plugins into the precision plugin, cluster environment, checkpoint IO and
+layer sync (``sync_batchnorm=True`` is a ``TorchSyncBatchNorm``), with Lightning's errors (an unknown kind, two of
+one kind, a precision plugin together with ``precision=``, another layer sync together with ``sync_batchnorm``)."""
 from __future__ import annotations
 
 from collections import Counter
@@ -9,6 +10,7 @@ from typing import Any, Iterable, Optional
 from trainer.exceptions import MisconfigurationException
 from trainer.plugins.environments import ClusterEnvironment
 from trainer.plugins.io import CheckpointIO
+from trainer.plugins.layer_sync import LayerSync, TorchSyncBatchNorm
 from trainer.plugins.precision import Precision
 
 
@@ -17,11 +19,13 @@ class Plugins:
     precision: Optional[Precision] = None
     cluster_environment: Optional[ClusterEnvironment] = None
     checkpoint_io: Optional[CheckpointIO] = None
+    layer_sync: Optional[LayerSync] = None
 
 
-def resolve_plugins(plugins: Any, precision: Any) -> Plugins:
-    """``plugins``: None, one plugin or an iterable of them; ``precision``: the Trainer's ``precision`` argument."""
-    found = Plugins()
+def resolve_plugins(plugins: Any, precision: Any, sync_batchnorm: bool = False) -> Plugins:
+    """``plugins``: None, one plugin or an iterable of them; ``precision`` and ``sync_batchnorm``: the Trainer's
+    arguments."""
+    found = Plugins(layer_sync=TorchSyncBatchNorm() if sync_batchnorm else None)
     if plugins is None:
         return found
     if isinstance(plugins, str) or not isinstance(plugins, Iterable):
@@ -37,6 +41,14 @@ def resolve_plugins(plugins: Any, precision: Any) -> Plugins:
         elif isinstance(plugin, ClusterEnvironment):
             found.cluster_environment = plugin
             kinds["ClusterEnvironment"] += 1
+        elif isinstance(plugin, LayerSync):
+            if sync_batchnorm and not isinstance(plugin, TorchSyncBatchNorm):
+                raise MisconfigurationException(
+                    f"You set `Trainer(sync_batchnorm=True)` and provided a `{type(plugin).__name__}`"
+                    " plugin, but this is not allowed. Choose one or the other."
+                )
+            found.layer_sync = plugin
+            kinds["TorchSyncBatchNorm"] += 1
         else:
             raise MisconfigurationException(
                 f"Found invalid type for plugin {plugin}. Expected one of: Precision, "

@@ -35,6 +35,7 @@ from trainer.strategies.single_device import Strategy
 from trainer.utilities import apply_to_collection
 
 if TYPE_CHECKING:  # pragma: no cover
+    from trainer.plugins.layer_sync import LayerSync
     from trainer.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,8 @@ class DDPStrategy(Strategy):
         **kwargs: Any,
     ) -> None:
         super().__init__("cpu", precision_plugin)
+        #: a ``LayerSync`` plugin (``Trainer(sync_batchnorm=True)`` or ``plugins=[...]``): applied when fit sets up
+        self.layer_sync: Optional[LayerSync] = None
         if start_method not in _START_METHODS:
             raise MisconfigurationException(
                 f"`DDPStrategy(start_method={start_method!r})` is invalid: allowed values are {list(_START_METHODS)}."
@@ -249,8 +252,8 @@ class DDPStrategy(Strategy):
     def setup(self, trainer: "Trainer") -> None:
         assert self._lightning_module is not None
         self.model_to_device()
-        if trainer.state.fn == "fit" and trainer.sync_batchnorm:
-            nn.SyncBatchNorm.convert_sync_batchnorm(self._lightning_module)
+        if trainer.state.fn == "fit" and self.layer_sync is not None:
+            self._lightning_module = self.layer_sync.apply(self._lightning_module)
         self.precision_plugin.convert_module(self._lightning_module)
         if trainer.state.fn == "fit":
             self._model = self.setup_module(self._lightning_module)
@@ -359,6 +362,10 @@ class DDPStrategy(Strategy):
     # ---------------------------------------------------------------- teardown
     def teardown(self) -> None:
         self._model = self._lightning_module
+        trainer = self.trainer
+        if self.layer_sync is not None and self._lightning_module is not None and trainer is not None \
+                and trainer.state.fn == "fit":
+            self._lightning_module = self._model = self.layer_sync.revert(self._lightning_module)
         super().teardown()
 
 

@@ -53,9 +53,9 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from trainer.exceptions import MisconfigurationException
+from trainer.plugins.precision.deepspeed import DeepSpeedPrecision
 from trainer.precision import Precision
 from trainer.strategies.ddp import DDPStrategy, default_pg_timeout
-from trainer.utilities import apply_to_collection
 
 if TYPE_CHECKING:  # pragma: no cover
     from trainer.trainer import Trainer
@@ -76,8 +76,6 @@ DEEPSPEED_STRATEGIES: Dict[str, Dict[str, Any]] = {
     },
 }
 DEEPSPEED_ENV_VAR = "PL_DEEPSPEED_CONFIG_PATH"
-_INSTALL_HINT = "pip install deepspeed"
-_PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
 #: keys DeepSpeed itself writes into a checkpoint's model-states file (the rest is the Trainer's ``client_state``)
 _DEEPSPEED_KEYS = frozenset({
     "module", "buffer_names", "optimizer", "param_shapes", "frozen_param_shapes", "shared_params",
@@ -95,10 +93,10 @@ def deepspeed_available() -> bool:
 def _require_deepspeed(name: str) -> None:
     if not deepspeed_available():
         raise MisconfigurationException(
-            f"`Trainer(strategy={name!r})` needs the `deepspeed` package, which is not installed. Install it with"
-            f" `{_INSTALL_HINT}` (or `pip install \"trainer[deepspeed]\"`; on a machine without a CUDA toolkit use"
-            " `DS_BUILD_OPS=0 pip install deepspeed`), or use `strategy='fsdp'` (sharded parameters/gradients/optimizer"
-            " state through PyTorch alone)."
+            "To use the `DeepSpeedStrategy`, you must have DeepSpeed installed. Install it by running"
+            f" `pip install -U deepspeed`. (`Trainer(strategy={name!r})`; `pip install \"trainer[deepspeed]\"` also"
+            " installs it, `DS_BUILD_OPS=0 pip install deepspeed` on a machine without a CUDA toolkit; or use"
+            " `strategy='fsdp'`: sharded parameters/gradients/optimizer state through PyTorch alone.)"
         )
 
 
@@ -117,59 +115,6 @@ def _import_deepspeed(accelerator: str) -> Any:
             " in the environment before anything imports `deepspeed`."
         )
     return deepspeed
-
-
-class DeepSpeedPrecision(Precision):
-    """Precision under DeepSpeed: the engine casts the module (``fp16``/``bf16`` config sections) and scales the
-    loss; this plugin casts floating-point inputs, runs ``engine.backward`` and ``engine.step``, and leaves
-    clipping to the engine (``gradient_clipping``)."""
-
-    def __init__(self, precision: str, strategy: "DeepSpeedStrategy") -> None:
-        super().__init__()
-        if precision not in _PRECISIONS:
-            raise MisconfigurationException(
-                f"`Trainer(precision={precision!r})` is not supported with DeepSpeed; use one of {list(_PRECISIONS)}."
-            )
-        self.precision = precision
-        self._strategy = strategy
-        self._warned_backward = False
-
-    @property
-    def dtype(self) -> torch.dtype:
-        if self.precision.startswith("bf16"):
-            return torch.bfloat16
-        if self.precision.startswith("16"):
-            return torch.float16
-        return torch.float32
-
-    def convert_input(self, data: Any) -> Any:
-        dtype = self.dtype
-        if dtype == torch.float32:
-            return data
-        return apply_to_collection(data, Tensor, lambda t: t.to(dtype) if torch.is_floating_point(t) else t)
-
-    def backward(self, tensor: Tensor, model: Any, optimizer: Optional[Optimizer], *args: Any, **kwargs: Any) -> None:
-        from trainer.hooks import is_overridden
-
-        if not self._warned_backward and model is not None and is_overridden("backward", model):
-            self._warned_backward = True
-            warnings.warn(
-                "You have overridden the `LightningModule.backward` hook but it will be ignored since DeepSpeed handles"
-                " the backward logic internally."
-            )
-        self._strategy._engine_backward(tensor, *args, **kwargs)
-
-    def optimizer_step(self, optimizer: Optimizer, model: Any, closure: Callable[[], Any], **kwargs: Any) -> Any:
-        result = closure()
-        self._after_closure(model, optimizer)
-        if getattr(model, "automatic_optimization", False) and result is None:
-            raise MisconfigurationException(
-                "Skipping backward by returning `None` from your `training_step` is not supported by DeepSpeed."
-            )
-        return self._strategy.deepspeed_engine.step(**kwargs)
-
-    def clip_gradients(self, optimizer: Optimizer, clip_val: float = 0.0, algorithm: str = "norm") -> None:
-        """DeepSpeed clips inside ``engine.step()`` (``gradient_clipping`` in its config)."""
 
 
 class DeepSpeedStrategy(DDPStrategy):
@@ -319,9 +264,12 @@ class DeepSpeedStrategy(DDPStrategy):
     def precision_plugin(self, plugin: Precision) -> None:
         if not isinstance(plugin, DeepSpeedPrecision):
             trainer = getattr(plugin, "trainer", None)
-            plugin = DeepSpeedPrecision(getattr(plugin, "precision", "32-true"), self)
+            plugin = DeepSpeedPrecision(getattr(plugin, "precision", "32-true"))
             plugin.trainer = trainer
         self._precision_plugin = plugin
+
+    def default_precision_plugin(self, precision: str, device_type: str) -> Precision:
+        return DeepSpeedPrecision(precision)
 
     # ---------------------------------------------------------------- config
     def _load_config(self, config: Any) -> Optional[Dict[str, Any]]:
@@ -550,10 +498,11 @@ class DeepSpeedStrategy(DDPStrategy):
             self._accumulating = False
 
     def backward(self, closure_loss: Tensor, optimizer: Optional[Any], *args: Any, **kwargs: Any) -> Tensor:
-        # the base runs the backward hooks around DeepSpeedPrecision.backward -> _engine_backward
+        # the base runs the backward hooks around DeepSpeedPrecision.backward -> engine_backward
         return super(DDPStrategy, self).backward(closure_loss, optimizer, *args, **kwargs)
 
-    def _engine_backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+    def engine_backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        """``engine.backward(loss)``, marking whether this micro-batch ends an accumulation window."""
         engine = self.deepspeed_engine
         engine.set_gradient_accumulation_boundary(not self._accumulating)
         kwargs.setdefault("scale_wrt_gas", False)  # the loop already divided by accumulate_grad_batches

@@ -29,7 +29,10 @@ from torch.optim import Optimizer
 
 from trainer.checkpoint import atomic_save, load_checkpoint_file
 from trainer.exceptions import MisconfigurationException
+from trainer.plugins.precision.fsdp import FSDPPrecision
+from trainer.precision import Precision
 from trainer.strategies.ddp import DDPStrategy, _LightningModuleWrapper, default_pg_timeout
+from trainer.utilities import apply_to_collection
 
 if TYPE_CHECKING:  # pragma: no cover
     from trainer.trainer import Trainer
@@ -91,7 +94,8 @@ class FSDPStrategy(DDPStrategy):
     ) -> None:
         super().__init__(
             accelerator=accelerator, parallel_devices=parallel_devices, cluster_environment=cluster_environment,
-            checkpoint_io=checkpoint_io, precision_plugin=precision_plugin, process_group_backend=process_group_backend,
+            checkpoint_io=checkpoint_io, precision_plugin=precision_plugin or FSDPPrecision("32-true"),
+            process_group_backend=process_group_backend,
             timeout=timeout, start_method=start_method,
         )
         if kwargs:
@@ -116,12 +120,12 @@ class FSDPStrategy(DDPStrategy):
             )
         self._state_dict_type = state_dict_type
         if mixed_precision is not None:
-            from torch.distributed.fsdp import MixedPrecisionPolicy
+            from torch.distributed.fsdp import MixedPrecision, MixedPrecisionPolicy
 
-            if not isinstance(mixed_precision, MixedPrecisionPolicy):
+            if not isinstance(mixed_precision, (MixedPrecisionPolicy, MixedPrecision)):
                 raise MisconfigurationException(
-                    "`FSDPStrategy(mixed_precision=...)` must be a `torch.distributed.fsdp.MixedPrecisionPolicy`,"
-                    f" got {type(mixed_precision).__name__}."
+                    "`FSDPStrategy(mixed_precision=...)` must be a `torch.distributed.fsdp.MixedPrecisionPolicy`"
+                    f" (or Lightning's `torch.distributed.fsdp.MixedPrecision`), got {type(mixed_precision).__name__}."
                 )
         self.mixed_precision = mixed_precision
         self.cpu_offload = cpu_offload
@@ -136,6 +140,41 @@ class FSDPStrategy(DDPStrategy):
         self.activation_checkpointing_policy = activation_checkpointing_policy
         self._mesh: Optional[Any] = None
         self._fsdp_wrapper: Optional[nn.Module] = None
+
+    # ---------------------------------------------------------------- precision: always an FSDPPrecision
+    @property  # type: ignore[override]
+    def precision_plugin(self) -> FSDPPrecision:
+        return self._precision_plugin
+
+    @precision_plugin.setter
+    def precision_plugin(self, plugin: Optional[Precision]) -> None:
+        if plugin is None:
+            plugin = FSDPPrecision("32-true")
+        if not isinstance(plugin, FSDPPrecision):
+            raise TypeError(f"The FSDP strategy can only work with the `FSDPPrecision` plugin, found {plugin}")
+        self._precision_plugin = plugin
+
+    def default_precision_plugin(self, precision: str, device_type: str) -> Precision:
+        return FSDPPrecision(precision)
+
+    @property
+    def mixed_precision_config(self) -> Optional[Any]:
+        """Lightning's: ``FSDPStrategy(mixed_precision=...)`` when given, else the precision plugin's config."""
+        if self.mixed_precision:
+            return self.mixed_precision
+        return self.precision_plugin.mixed_precision_config
+
+    def _mp_policy(self) -> Optional[Any]:
+        """The FSDP2 ``MixedPrecisionPolicy`` for ``mixed_precision_config`` (``None``: all fp32, nothing to cast).
+        An FSDP1 ``MixedPrecision`` gives its param and reduce dtypes (FSDP2 does not cast buffers)."""
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        if self.mixed_precision is None and self.precision_plugin.precision == "32-true":
+            return None
+        config = self.mixed_precision_config
+        if config is None or isinstance(config, MixedPrecisionPolicy):
+            return config
+        return MixedPrecisionPolicy(param_dtype=config.param_dtype, reduce_dtype=config.reduce_dtype)
 
     @property
     def state_dict_type(self) -> str:
@@ -159,13 +198,25 @@ class FSDPStrategy(DDPStrategy):
         from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy
 
         kwargs: Dict[str, Any] = {"mesh": self._device_mesh(), "reshard_after_forward": self._reshard_after_forward}
-        if self.mixed_precision is not None:
-            kwargs["mp_policy"] = self.mixed_precision
+        policy = self._mp_policy()
+        if policy is not None:
+            kwargs["mp_policy"] = policy
         if self.cpu_offload:
             kwargs["offload_policy"] = self.cpu_offload if isinstance(self.cpu_offload, OffloadPolicy) else CPUOffloadPolicy(
                 pin_memory=self.root_device.type == "cuda"
             )
         return kwargs
+
+    def _full_precision_classes(self) -> tuple:
+        """The module classes an FSDP1 ``MixedPrecision`` keeps in full precision (its ``_module_classes_to_ignore``:
+        batch norms by default) when it lowers the parameter dtype of an fp32 module (the "-true" precisions cast
+        the whole module first, so nothing stays in fp32)."""
+        config = self.mixed_precision_config
+        if self._mp_policy() is None or config is None or not hasattr(config, "_module_classes_to_ignore"):
+            return ()
+        if "true" in self.precision_plugin.precision and self.mixed_precision is None:
+            return ()
+        return tuple(config._module_classes_to_ignore)
 
     def _wants_unit(self, module: nn.Module, free_params: int) -> bool:
         policy = self.auto_wrap_policy
@@ -183,8 +234,13 @@ class FSDPStrategy(DDPStrategy):
         if self.activation_checkpointing_policy is not None:
             self._apply_activation_checkpointing(module)
 
+        full_precision = self._full_precision_classes()
+
         def visit(m: nn.Module) -> int:
             free = sum(visit(child) for child in m.children()) + sum(p.numel() for p in m.parameters(recurse=False))
+            if m is not module and full_precision and isinstance(m, full_precision):
+                _keep_full_precision(m, free, kwargs)
+                return 0
             if m is not module and not isinstance(m, FSDPModule) and free > 0 and self._wants_unit(m, free):
                 fully_shard(m, **kwargs)
                 return 0
@@ -209,6 +265,8 @@ class FSDPStrategy(DDPStrategy):
         wrapper = self._fsdp_wrapper
         if wrapper is None or wrapper.module is not self._lightning_module:  # shard once; later runs reuse it
             self.model_to_device()
+            if trainer.state.fn == "fit" and self.layer_sync is not None:
+                self.layer_sync.apply(self._lightning_module)
             self.precision_plugin.convert_module(self._lightning_module)
             wrapper = self._fsdp_wrapper = self.setup_module(self._lightning_module)
         self._model = wrapper
@@ -382,6 +440,21 @@ class FSDPStrategy(DDPStrategy):
                 shutil.rmtree(path, ignore_errors=True)
             elif os.path.isfile(path) or os.path.islink(path):
                 os.remove(path)
+
+
+def _keep_full_precision(module: nn.Module, free_params: int, kwargs: Dict[str, Any]) -> None:
+    """FSDP1's treatment of a module class its ``MixedPrecision`` ignores, on FSDP2: its own unit with fp32
+    parameters (when it has any), and its floating inputs cast to fp32."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    if free_params > 0:
+        fully_shard(module, **{**kwargs, "mp_policy": MixedPrecisionPolicy(param_dtype=torch.float32,
+                                                                           reduce_dtype=torch.float32)})
+    module.register_forward_pre_hook(_inputs_to_fp32)
+
+
+def _inputs_to_fp32(module: nn.Module, args: Any) -> Any:
+    return apply_to_collection(args, Tensor, lambda t: t.float() if torch.is_floating_point(t) else t)
 
 
 def _to_dtensor_like(value: Any, like: Any) -> Any:

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from trainer.core.optimizer import LightningOptimizer, LRSchedulerConfig, parse_optimizers
-from trainer.precision import Precision
+from trainer.precision import Precision, build_precision
 
 if TYPE_CHECKING:  # pragma: no cover
     from trainer.module import LightningModule
@@ -35,6 +35,39 @@ class Strategy:
         self._lightning_optimizers: List[LightningOptimizer] = []
         self.lr_scheduler_configs: List[LRSchedulerConfig] = []
         self.trainer: Optional["Trainer"] = None
+
+    def default_precision_plugin(self, precision: str, device_type: str) -> Precision:
+        """The plugin ``Trainer(precision=...)`` gives this strategy when ``plugins=`` holds none (Lightning's
+        accelerator connector: FSDP and DeepSpeed strategies get their own kinds)."""
+        return build_precision(precision, device_type)
+
+    # ---------------------------------------------------------------- Lightning's strategy hooks (no-ops here)
+    def on_train_start(self) -> None:
+        """Called when training begins (after the module's ``on_train_start``)."""
+
+    def on_train_end(self) -> None:
+        """Called when training ends."""
+
+    def on_validation_start(self) -> None:
+        """Called when validation begins."""
+
+    def on_validation_end(self) -> None:
+        """Called when validation ends."""
+
+    def on_test_start(self) -> None:
+        """Called when testing begins."""
+
+    def on_test_end(self) -> None:
+        """Called when testing ends."""
+
+    def on_predict_start(self) -> None:
+        """Called when predicting begins."""
+
+    def on_predict_end(self) -> None:
+        """Called when predicting ends."""
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Called in the training loop before anything happens for that batch."""
 
     # ---------------------------------------------------------------- placement
     @property

@@ -93,4 +93,6 @@ def _gathered_batches(sampler_iter: Iterator[Any], tensors: Tuple[torch.Tensor, 
 
 
 
-__all__ = ["loader_iter", "sized_len"]
+from trainer.utilities import extract_batch_size  # noqa: E402 - Lightning's path for it
+
+__all__ = ["extract_batch_size", "loader_iter", "sized_len"]
