@@ -48,7 +48,7 @@ from trainer.profiler import Profiler, resolve_profiler
 from trainer.seed import isolate_rng
 from trainer.signals import SignalConnector
 from trainer.strategies import resolve_strategy
-from trainer.strategies.single_device import Strategy
+from trainer.strategies.strategy import Strategy
 from trainer.utilities import move_data_to_device
 from trainer.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from trainer.utilities.warnings import PossibleUserWarning

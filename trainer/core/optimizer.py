@@ -12,7 +12,7 @@ from torch.optim import Optimizer
 from trainer.exceptions import MisconfigurationException
 
 if TYPE_CHECKING:  # pragma: no cover
-    from trainer.strategies.single_device import Strategy
+    from trainer.strategies.strategy import Strategy
 
 _SCHEDULER_KEYS = {"scheduler", "name", "interval", "frequency", "reduce_on_plateau", "monitor", "strict"}
 

@@ -149,7 +149,7 @@ class AutomaticOptimization:
         from trainer.hooks import is_overridden
         from trainer.plugins.precision.fsdp import FSDPPrecision
         from trainer.precision import MixedPrecision, Precision
-        from trainer.strategies.single_device import Strategy
+        from trainer.strategies.strategy import Strategy
 
         trainer = self.trainer
         module = trainer.lightning_module

@@ -19,7 +19,8 @@ from trainer.strategies.environment import (
     detect_environment,
 )
 from trainer.strategies.fsdp import FSDPStrategy, convert_sharded_checkpoint
-from trainer.strategies.single_device import SingleDeviceStrategy, Strategy
+from trainer.strategies.single_device import SingleDeviceStrategy
+from trainer.strategies.strategy import Strategy
 
 #: Lightning's registered strategy names this Trainer accepts
 STRATEGY_NAMES = (

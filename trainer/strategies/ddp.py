@@ -31,7 +31,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Rando
 
 from trainer.exceptions import MisconfigurationException
 from trainer.strategies.environment import ClusterEnvironment, LightningEnvironment
-from trainer.strategies.single_device import Strategy
+from trainer.strategies.strategy import Strategy
 from trainer.utilities import apply_to_collection
 
 if TYPE_CHECKING:  # pragma: no cover
