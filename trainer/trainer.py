@@ -4,7 +4,7 @@ Every constructor argument is checked here, at construction, and a bad one raise
 ``MisconfigurationException`` naming the argument, the value and what is allowed. Where Lightning
 2.6.6 rejects the same input, the exception class and message are Lightning's (a ``TypeError`` for a
 non-number ``gradient_clip_val``, a ``ValueError`` for a feature combined with ``barebones=True``),
-with our details after Lightning's words; ``tests/parity/test_lightning_own_behaviour.py`` checks it.
+with our details after Lightning's words (:mod:`trainer.arguments`).
 
 Run order (``_run``), each step's constraint noted where it matters:
   connect module -> configure_callbacks (callbacks must be final before any hook runs) ->

@@ -4,9 +4,8 @@ While the training step is captured on the CPU, calls of ``F.scaled_dot_product_
 this kernel covers are traced as ``trainer::small_attention_fwd`` (and its backward,
 ``trainer::small_attention_bwd``) instead of ATen's flash-attention kernels, which are blocked for
 long sequences: at the sizes of small language models (sequence <= 128, head size <= 128) one
-(batch, head) pair fits in the caches and is best done in one go (measured on the benchmark GPT's
-attention, B=16, H=4, T=64, D=32, causal, 2 threads: forward 242 vs 268 us, forward + backward
-613 vs 950 us). Results agree with ATen's within float rounding (~1e-6 relative, tested).
+(batch, head) pair fits in the caches and is best done in one go (timings: benchmarks/RESULTS.md).
+Results agree with ATen's within float rounding.
 
 Covered: float32 CPU tensors ``[B, H, T, D]`` of one shape with a contiguous head dimension, no
 ``attn_mask``, ``dropout_p=0``, causal or not, any ``scale``, no GQA. Anything else goes to

@@ -37,9 +37,7 @@ ops, drawn anew at every call. On the CPU the engine compiles with inductor's ``
 random ops call ATen's ``bernoulli_`` on torch's default generator in the eager order, so a seeded
 compiled fit draws the eager engine's masks bit for bit (several dropouts too, e.g. BERT's);
 on CUDA inductor draws with its own kernels, seeded from torch's generator at each call: the same
-distribution, other bits. tests/compile/test_dropout.py has both: the statistical test
-(``test_dropout_statistics``: zeroed fraction within a binomial bound of p, a new independent mask
-every step, the 1/(1-p) scaling) and ``test_cpu_dropout_masks_equal_eager``.
+distribution (a new independent mask every step, the 1/(1-p) scaling), other bits.
 """
 from __future__ import annotations
 

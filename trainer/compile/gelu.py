@@ -2,12 +2,11 @@
 
 In a transformer MLP the exact GELU reads a GEMM's output: ``gelu(addmm(bias, x, w))`` forward and
 ``gelu_backward(grad, addmm(...))`` backward. inductor turns each into a loop around ATen's
-vectorised ``erf`` and Sleef's ``exp`` (with the bias add fused in by :mod:`lowering`); on the
-benchmark GPT these two kernels took ~0.35 and ~0.47 ms per layer. :func:`fold_bias_gelu` rewrites
-such a pair before inductor to ``mm`` plus ``trainer::bias_gelu`` / ``trainer::bias_gelu_backward``,
-kernels that add the bias and evaluate the same erf approximation as ATen with one cheaper ``exp``
-shared by the erf and the density (forward 130-150 vs 205 us, backward 135-155 vs 257 us at
-[1024, 512], two cores; within ~1.5e-6 of ATen's GELU, as close to float64 as ATen's own). Only
+vectorised ``erf`` and Sleef's ``exp`` (with the bias add fused in by :mod:`lowering`).
+:func:`fold_bias_gelu` rewrites such a pair before inductor to ``mm`` plus ``trainer::bias_gelu`` /
+``trainer::bias_gelu_backward``, kernels that add the bias and evaluate the same erf approximation
+as ATen with one cheaper ``exp`` shared by the erf and the density (as close to float64 as ATen's
+own GELU; timings: benchmarks/RESULTS.md). Only
 float32 CPU graphs whose GELU input is a GEMM output (materialised anyway) are rewritten: a GELU of
 anything else stays with inductor, which fuses it into its producer.
 """

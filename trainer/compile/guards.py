@@ -18,7 +18,7 @@ with the source line at anything it cannot represent as one graph (data-dependen
 what ``make_fx`` froze is what dynamo guarded. The backend given to dynamo never lets the traced
 frame run: it raises before the first operation, so the step's Python runs once (in the capture),
 not twice. The guards are dynamo's compiled guard manager (C++), kept and called directly with the
-frame's locals each step: about 2 us for a small module. Tensors are not guarded by value: the
+frame's locals each step (microseconds; benchmarks/RESULTS.md). Tensors are not guarded by value: the
 parameters, buffers and the batch are graph inputs, and so is every other tensor the step reads
 (class weights in a global, a tensor in a closure or a plain attribute, one in a list): dynamo names
 where it was read (its source), the capture traces it as an input (:class:`FreeTensor`), and each

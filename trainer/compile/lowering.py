@@ -1,14 +1,13 @@
 """Compile choices for the captured step graph on its way into inductor (CPU training).
 
-Measured on the small GPT of ``benchmarks/compare.py`` (2 cores, AVX-512; see
-benchmarks/RESULTS.md, "Small GPT, compiled (profile)"): with the GEMMs (MKL, ~20 ms of a ~35 ms
-step) and the fused flash-attention kernels (~4 ms) the same ATen calls as in eager, what the
-compiled step can win is in what inductor generates around them. Two of its defaults cost more
-than eager there:
+With the GEMMs and the attention kernels the same ATen calls as in eager, what the compiled step
+can win is in what inductor generates around them; where one of inductor's CPU defaults costs more
+than eager (profiles and timings: benchmarks/RESULTS.md, "Small GPT, compiled (profile)"), this
+module changes it:
 
 - ``embedding_dense_backward``: inductor decomposes it into an index_put scatter-add that its C++
-  backend runs as one *atomic* float add per element (``atomic_add_vec``; 1024 x 128 per step for
-  the token embedding): 0.8 ms, where ATen's kernel takes ~0.05 ms. :func:`decompositions` keeps
+  backend runs as one *atomic* float add per element (``atomic_add_vec``), many times slower than
+  ATen's kernel for a token embedding. :func:`decompositions` keeps
   the op whole and registers an explicit ATen fallback lowering for it, so inductor calls ATen's
   kernel (same arithmetic as eager). Relying on inductor's *implicit* fallback instead fails under
   ``CI=1``, where inductor asserts that an op with a decomposition never reaches an implicit fallback.
@@ -23,7 +22,7 @@ than eager there:
   ``exp(-x^2/2)`` inside, and then ``exp(-x^2/2)`` once more for the density. :func:`gelu_backward`
   spells the same erf out in pointwise ops so that both uses share one ``exp`` (inductor CSEs it
   within the fused kernel): the same polynomial and constants as ATen's, within 1e-6 of
-  ``aten.gelu_backward``; 305 -> 241 us at [1024, 512] on 2 cores.
+  ``aten.gelu_backward``.
 """
 from __future__ import annotations
 

@@ -54,14 +54,7 @@ collectives, so a rank that falls back alone still matches its peers); a region 
 keeps the compiled regions and runs torch.optim's ``step()`` (``fallback_reason`` says so,
 ``update_compiled`` is False).
 
-Measured (tests/distributed/test_fsdp_compiled.py, 2 ranks, gloo, CPU): fp32 weights after 16 steps within 1e-7
-relative of one process (SGD), 1e-5 (AdamW, which amplifies ulp differences of inductor's kernels: the
-single-device compiled engine differs from eager by the same); bf16-mixed within the same 2e-2 absolute as the
-single-device compiled engine; a sharded checkpoint of a compiled run resumes bit-exactly. Speed on the 2-core
-CPU machine (``benchmarks/bench_ddp.py --fsdp``): equal to eager within noise (1.00x; 0.92x of eager's step time
-in a quieter pair): FSDP2's all-gather/reduce-scatter and their copies are ~60% of the step there, the matmuls
-~10%. What compiling removes is visible in the profile: the optimizer's DTensor dispatch (2,300
-``PythonSubclass`` calls per 10 steps in eager) and the per-op overhead inside each block.
+Accuracy and speed against the eager FSDP path: benchmarks/RESULTS.md ("Compiled FSDP").
 
 Limits: the compiled regions are FSDP units and the glue between them, never one graph for the whole step
 (FSDP2's hooks are graph breaks); a unit called inside a Python loop in ``forward`` (``for block in
