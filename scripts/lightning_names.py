@@ -30,9 +30,6 @@ KNOWN_ABSENT: Dict[tuple, str] = {
     (".utilities.parsing", "get_init_args"): "internal; LightningModule.save_hyperparameters collects them",
     (".utilities.parsing", "parse_class_init_keys"): "internal to Lightning's hparams handling",
     (".utilities.parsing", "save_hyperparameters"): "use LightningModule.save_hyperparameters",
-    (".utilities.memory", "is_cuda_out_of_memory"): "internal; is_oom_error covers it",
-    (".utilities.memory", "is_cudnn_snafu"): "internal; is_oom_error covers it",
-    (".utilities.memory", "is_out_of_cpu_memory"): "internal; is_oom_error covers it",
     (".utilities.model_summary", "DeepSpeedSummary"): "DeepSpeed's partitioned-parameter summary is not implemented",
     (".utilities.deepspeed", "ds_checkpoint_dir"): "internal helper of the conversion",
     (".utilities.data", "has_len_all_ranks"): "internal to Lightning's data connector (trainer's loops size loaders"

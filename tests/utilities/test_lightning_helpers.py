@@ -92,3 +92,22 @@ def test_unavailable_classes_name_their_package(path, name, package):
     cls = getattr(importlib.import_module(path), name)
     with pytest.raises(ModuleNotFoundError, match=f"`{package}`.*pip install"):
         cls()
+
+
+@pytest.mark.parametrize("exception", [
+    RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED. This error may appear if you passed in a non-contiguous"
+                 " input."),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to"
+                 " allocate 1099511627776 bytes."),
+    RuntimeError("CUDA out of memory.", "a second argument"),  # not ATen's one-message form
+    ValueError("CUDA out of memory."),
+    RuntimeError("shape mismatch"),
+], ids=["cuda", "cudnn", "cpu", "two_args", "value_error", "other"])
+def test_out_of_memory_predicates_as_lightning(exception):
+    import pytorch_lightning.utilities.memory as PM
+
+    import trainer.utilities.memory as TM
+
+    for name in ("is_oom_error", "is_cuda_out_of_memory", "is_cudnn_snafu", "is_out_of_cpu_memory"):
+        assert getattr(TM, name)(exception) == getattr(PM, name)(exception), name

@@ -19,17 +19,32 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 
+def _one_message(exception: BaseException) -> str:
+    """The message of a ``RuntimeError`` raised with exactly one string argument (how ATen reports running
+    out of memory), else ''."""
+    if isinstance(exception, RuntimeError) and len(exception.args) == 1 and isinstance(exception.args[0], str):
+        return exception.args[0]
+    return ""
+
+
+def is_cuda_out_of_memory(exception: BaseException) -> bool:
+    message = _one_message(exception)
+    return "CUDA" in message and "out of memory" in message
+
+
+def is_cudnn_snafu(exception: BaseException) -> bool:
+    """cuDNN's 'not supported' error, which a too large batch also raises."""
+    return "cuDNN error: CUDNN_STATUS_NOT_SUPPORTED." in _one_message(exception)
+
+
+def is_out_of_cpu_memory(exception: BaseException) -> bool:
+    return "DefaultCPUAllocator: can't allocate memory" in _one_message(exception)
+
+
 def is_oom_error(exception: BaseException) -> bool:
     """CUDA out of memory, the cuDNN 'not supported' error that means the same, or the CPU allocator failing
     (Lightning's ``utilities.memory.is_oom_error``: a ``RuntimeError`` with that one message)."""
-    if not isinstance(exception, RuntimeError) or len(exception.args) != 1 or not isinstance(exception.args[0], str):
-        return False
-    message = exception.args[0]
-    return (
-        ("CUDA" in message and "out of memory" in message)
-        or "cuDNN error: CUDNN_STATUS_NOT_SUPPORTED." in message
-        or "DefaultCPUAllocator: can't allocate memory" in message
-    )
+    return is_cuda_out_of_memory(exception) or is_cudnn_snafu(exception) or is_out_of_cpu_memory(exception)
 
 
 def garbage_collection_cuda() -> None:

@@ -5,7 +5,13 @@ from typing import Any
 
 from torch import Tensor
 
-from trainer.tuner.batch_size_scaling import garbage_collection_cuda, is_oom_error
+from trainer.tuner.batch_size_scaling import (
+    garbage_collection_cuda,
+    is_cuda_out_of_memory,
+    is_cudnn_snafu,
+    is_oom_error,
+    is_out_of_cpu_memory,
+)
 from trainer.utilities import apply_to_collection
 
 
@@ -19,4 +25,5 @@ def recursive_detach(in_dict: Any, to_cpu: bool = False) -> Any:
     return apply_to_collection(in_dict, Tensor, detach)
 
 
-__all__ = ["garbage_collection_cuda", "is_oom_error", "recursive_detach"]
+__all__ = ["garbage_collection_cuda", "is_cuda_out_of_memory", "is_cudnn_snafu", "is_oom_error", "is_out_of_cpu_memory",
+           "recursive_detach"]
