@@ -94,6 +94,24 @@ def case_helper_appends(L):
     return M(), []
 
 
+def case_float_attribute_decayed_in_step(L):
+    """Lightning's own test_top_k: the step reads a float attribute and decays it (``self.c *= 0.999``). A
+    side effect, so regions; plain torch.compile of such a training step stops writing the attribute back
+    once dynamo makes the float symbolic (torch 2.13), so the regions specialise floats."""
+    class M(_base(L)):
+        def __init__(self):
+            super().__init__()
+            self.last_coeff = 10.0
+
+        def training_step(self, batch, batch_idx):
+            loss = self.mse(batch) + self.last_coeff
+            self.log("coeff_loss", loss)
+            self.last_coeff *= 0.999
+            return loss
+
+    return M(), []
+
+
 def case_callback_attribute(L):
     class M(_base(L)):
         beta = 1.0
@@ -341,6 +359,7 @@ CASES = {
     "epoch_helper": (case_epoch_helper, ("recompiles", 2)),
     "global_step_helper": (case_global_step_helper, ("regions", "at every step")),
     "helper_appends": (case_helper_appends, ("regions", "self.seen")),
+    "float_attribute_decayed_in_step": (case_float_attribute_decayed_in_step, ("regions", "self.last_coeff")),
     "callback_attribute": (case_callback_attribute, ("recompiles", 2)),
     "module_global": (case_module_global, ("recompiles", 2)),  # SCALE becomes a graph input
     "annealed_every_step": (case_annealed_every_step, ("recompiles", 2)),
@@ -385,6 +404,8 @@ def _observed(model, trainer):
         out[f"WEIGHTS[{i}]"] = w
     if hasattr(model, "seen"):
         out["seen"] = len(model.seen)
+    if hasattr(model, "last_coeff"):
+        out["last_coeff"] = model.last_coeff
     for i, step in enumerate(getattr(model, "history", ())):
         for j, value in enumerate(step):
             out[f"history[{i}][{j}]"] = value

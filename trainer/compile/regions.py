@@ -153,8 +153,12 @@ class RegionStep:
         try:
             from trainer.compile.guards import once_logging_ignored
 
-            # a region that fails to compile runs eagerly
-            with torch._dynamo.config.patch(suppress_errors=True), once_logging_ignored(self._once_done):
+            # a region that fails to compile runs eagerly. Floats specialised (a guard on the value, a new
+            # compile when it changes, eager for the frame after dynamo's recompile limit): once dynamo makes a
+            # float symbolic, a training graph that writes it back (``self.c *= 0.999``) stops writing it
+            # (torch 2.13: the write-back is lost when the graph has a backward), a wrong run
+            with torch._dynamo.config.patch(suppress_errors=True, specialize_float=True), \
+                    once_logging_ignored(self._once_done):
                 out = self._step(module, *args, **kwargs) if self._bound else self._step(*args, **kwargs)
         finally:
             _state.owner = None
