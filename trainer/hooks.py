@@ -214,7 +214,7 @@ class HookDispatcher:
         if cbs is None:
             from trainer.callbacks.callback import Callback
 
-            cbs = [cb for cb in self.trainer.callbacks if is_overridden(hook_name, cb, Callback)]
+            cbs = [cb for cb in self.trainer.callbacks if _runs_hook(cb, hook_name, Callback)]
             self._cache[hook_name] = cbs
         return cbs
 
@@ -301,3 +301,14 @@ def _is_monitoring(cb: Any) -> bool:
     except ImportError:  # pragma: no cover - the callbacks package is always shipped
         return False
     return isinstance(cb, EarlyStopping)
+
+
+def _runs_hook(cb: Any, hook_name: str, base: type) -> bool:
+    """Lightning calls every callback's hook; leaving out the ones that are ``Callback``'s own no-op is this
+    Trainer's shortcut, so anything that is not plainly that inherited no-op runs: an override, a hook set on the
+    instance, or an object whose class does not carry the hook at all (``Mock(spec=Callback)``)."""
+    if is_overridden(hook_name, cb, base):
+        return True
+    if hook_name in getattr(cb, "__dict__", {}):
+        return callable(cb.__dict__[hook_name])
+    return getattr(type(cb), hook_name, None) is None and callable(getattr(cb, hook_name, None))

@@ -42,3 +42,64 @@ def test_validation_step_set_to_none_skips_validation(tmp_path, framework, overf
     assert trainer.num_val_batches == []
     assert trainer.num_training_batches == 1
     assert trainer.state.finished
+
+
+def _hook_calls_of_mock_callbacks(L, tmp_path):
+    from unittest.mock import Mock
+
+    from tests.helpers.frameworks import quiet_trainer_kwargs
+    from tests.helpers.models import boring_model_class
+
+    from_model = Mock(spec=L.Callback)
+
+    class Model(boring_model_class(L)):
+        def configure_callbacks(self):
+            return [from_model]
+
+    passed = Mock(spec=L.Callback)
+    trainer = L.Trainer(fast_dev_run=True, callbacks=[passed], **quiet_trainer_kwargs(tmp_path))
+    trainer.fit(Model())
+    return [c[0] for c in passed.method_calls], [c[0] for c in from_model.method_calls], trainer.callbacks[-1]
+
+
+def test_mock_callback_gets_every_hook_like_lightning(tmp_path):
+    """A `Mock(spec=Callback)` overrides nothing by class, yet Lightning calls each of its hooks (Lightning's own
+    test_callbacks_configured_in_model compares the two mocks' call lists); trainer skipped them all."""
+    from tests.helpers import import_framework
+
+    L = import_framework("lightning")
+    l_passed, l_from_model, l_last = _hook_calls_of_mock_callbacks(L, tmp_path / "l")
+    assert "on_fit_start" in l_passed and "on_train_batch_end" in l_passed  # the oracle first
+    assert l_from_model == l_passed
+
+    T = import_framework("trainer")
+    t_passed, t_from_model, t_last = _hook_calls_of_mock_callbacks(T, tmp_path / "t")
+    assert t_passed == l_passed
+    assert t_from_model == t_passed
+
+
+def _resume_past_max_epochs(L, tmp_path):
+    from tests.helpers.frameworks import misconfiguration_exception, quiet_trainer_kwargs
+    from tests.helpers.models import boring_model_class
+
+    model = boring_model_class(L)()
+    kwargs = quiet_trainer_kwargs(tmp_path)
+    trainer = L.Trainer(max_epochs=3, **kwargs)
+    trainer.fit(model)
+    ckpt = str(tmp_path / "three_epochs.ckpt")
+    trainer.save_checkpoint(ckpt)
+    with pytest.raises(misconfiguration_exception(L)) as err:
+        L.Trainer(max_epochs=1, **kwargs).fit(model, ckpt_path=ckpt)
+    # resuming up to exactly max_epochs is fine (nothing left to train)
+    L.Trainer(max_epochs=3, **kwargs).fit(model, ckpt_path=ckpt)
+    return str(err.value)
+
+
+def test_resume_past_max_epochs_raises_like_lightning(tmp_path):
+    """Lightning refuses to resume a fit from a checkpoint already past `max_epochs` (MisconfigurationException
+    "You restored a checkpoint with current_epoch=..."); trainer silently trained nothing."""
+    from tests.helpers import import_framework
+
+    expected = "You restored a checkpoint with current_epoch=3, but you have set Trainer(max_epochs=1)."
+    assert _resume_past_max_epochs(import_framework("lightning"), tmp_path / "l") == expected
+    assert _resume_past_max_epochs(import_framework("trainer"), tmp_path / "t") == expected
