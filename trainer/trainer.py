@@ -550,8 +550,6 @@ class Trainer:
         self.fit_loop = FitLoop(self, min_epochs=min_epochs, max_epochs=max_epochs)
         self.fit_loop.epoch_loop.min_steps = min_steps
         self.fit_loop.epoch_loop.max_steps = max_steps
-        self._min_epochs_arg = min_epochs
-        self._max_epochs_arg = max_epochs
         self.validate_loop = EvaluationLoop(self, "validate", "validate", verbose=True, inference_mode=inference_mode)
         self.test_loop = EvaluationLoop(self, "test", "test", verbose=True, inference_mode=inference_mode)
         self.predict_loop = PredictionLoop(self, inference_mode=inference_mode)
@@ -606,7 +604,6 @@ class Trainer:
             self.fit_loop.epoch_loop.max_steps = n
             self.num_sanity_val_steps = 0
             self.fit_loop.max_epochs = 1
-            self._max_epochs_arg = 1
             self.val_check_interval = 1.0
             self._val_check_time_interval = None  # time does not apply to fast_dev_run (Lightning's)
             self.check_val_every_n_epoch = 1
@@ -1367,8 +1364,9 @@ class Trainer:
                             log_dir=self.log_dir)
 
     def _loop_limits(self) -> tuple:
-        max_epochs = self._max_epochs_arg
-        min_epochs = self._min_epochs_arg
+        # from the loop's current values, as Lightning: `trainer.fit_loop.max_epochs = 4` between two fits holds
+        max_epochs = self.fit_loop.max_epochs
+        min_epochs = self.fit_loop.min_epochs
         if max_epochs is None:
             from trainer.callbacks import Timer
 

@@ -103,3 +103,26 @@ def test_resume_past_max_epochs_raises_like_lightning(tmp_path):
     expected = "You restored a checkpoint with current_epoch=3, but you have set Trainer(max_epochs=1)."
     assert _resume_past_max_epochs(import_framework("lightning"), tmp_path / "l") == expected
     assert _resume_past_max_epochs(import_framework("trainer"), tmp_path / "t") == expected
+
+
+@pytest.mark.parametrize("framework", ["lightning", "trainer"])
+def test_fit_loop_max_epochs_set_between_fits_is_kept(tmp_path, framework):
+    """`trainer.fit_loop.max_epochs = 4` after a 2-epoch fit makes the next fit run epochs 2 and 3 (Lightning
+    reparses the limits from the loop; trainer reset them from the constructor arguments and ran nothing)."""
+    from tests.helpers import import_framework
+    from tests.helpers.frameworks import quiet_trainer_kwargs
+    from tests.helpers.models import boring_model_class
+
+    L = import_framework(framework)
+    epochs = []
+
+    class Model(boring_model_class(L)):
+        def on_train_epoch_end(self):
+            epochs.append(self.current_epoch)
+
+    trainer = L.Trainer(max_epochs=2, limit_train_batches=1, limit_val_batches=1, **quiet_trainer_kwargs(tmp_path))
+    trainer.fit(Model())
+    trainer.fit_loop.max_epochs = 4
+    trainer.fit(Model())
+    assert epochs == [0, 1, 2, 3]
+    assert trainer.max_epochs == 4
