@@ -5,6 +5,7 @@ the hook, so an un-overridden hook costs one empty-list check per call site.
 """
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import torch
@@ -56,7 +57,7 @@ class ModelHooks:
     def on_predict_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
 
     def on_validation_model_zero_grad(self) -> None:
-        self.zero_grad(set_to_none=True)  # type: ignore[attr-defined]
+        self.zero_grad()  # type: ignore[attr-defined]  # set_to_none is the default, as in Lightning
 
     def on_validation_model_eval(self) -> None:
         self.trainer.model.eval()  # type: ignore[attr-defined]
@@ -166,6 +167,40 @@ def is_overridden(method_name: str, instance: Any, parent: Optional[type] = None
     instance_fn = getattr(instance_attr, "__code__", None) or getattr(instance_attr, "fget", None)
     parent_fn = getattr(parent_attr, "__code__", None) or getattr(parent_attr, "fget", None)
     return instance_fn is not parent_fn
+
+
+def lightning_is_overridden(method_name: str, instance: Any, parent: Optional[type] = None) -> bool:
+    """Lightning's ``is_overridden`` exactly (``lightning.pytorch.utilities.model_helpers.is_overridden``): a hook
+    set on the instance counts only if what it wraps (``functools.wraps``/``partial``/``Mock(wraps=...)``) is not
+    the parent's own code; a bare ``Mock()`` or a wrapper of ``None`` is not an override.
+
+    Lightning gates only a few calls on it (``configure_model``, ``configure_sharded_model``, the step checks); it
+    calls every other hook. This Trainer skips the hooks nobody overrode with :func:`is_overridden`, which counts
+    any callable set on the instance, so that what Lightning would call still runs."""
+    if instance is None:
+        return False
+    if parent is None:
+        parent = next((base for base in _base_classes() if isinstance(instance, base)), None)
+        if parent is None:
+            raise ValueError(f"Expected a LightningModule, LightningDataModule or Callback, got {type(instance)}")
+    attr = getattr(instance, method_name, None)
+    if attr is None:
+        return False
+    if hasattr(attr, "__wrapped__"):
+        attr = attr.__wrapped__
+    from unittest.mock import Mock
+
+    if isinstance(attr, Mock):
+        attr = attr._mock_wraps
+    elif isinstance(attr, functools.partial):
+        attr = attr.func
+    if attr is None:
+        return False
+    parent_attr = getattr(parent, method_name, None)
+    if parent_attr is None:
+        raise ValueError(f"{parent.__name__} does not define `{method_name}`")
+    parent_attr = getattr(parent_attr, "__wrapped__", parent_attr)
+    return getattr(attr, "__code__", None) != getattr(parent_attr, "__code__", None)
 
 
 _BASE_CLASSES: tuple = ()

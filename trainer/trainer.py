@@ -37,7 +37,7 @@ from trainer.callbacks.callback import Callback, Checkpoint
 from trainer.checkpoint import CheckpointConnector, dump_checkpoint
 from trainer.datamodule import LightningDataModule
 from trainer.exceptions import MisconfigurationException, _TunerExitException
-from trainer.hooks import HookDispatcher, is_overridden
+from trainer.hooks import HookDispatcher, is_overridden, lightning_is_overridden
 from trainer.loggers.logger import Logger
 from trainer.logging import LoggerConnector
 from trainer.loops.evaluation import EvaluationLoop, PredictionLoop
@@ -1327,9 +1327,11 @@ class Trainer:
             if hasattr(logger, "experiment"):
                 _ = logger.experiment
         self._call_setup_hook()
-        if is_overridden("configure_sharded_model", model):
+        # Lightning gates these two (and only these) on its own is_overridden
+        if lightning_is_overridden("configure_sharded_model", model):
             self._hooks.call_module("configure_sharded_model")
-        self._hooks.call_module("configure_model")
+        if lightning_is_overridden("configure_model", model):
+            self._hooks.call_module("configure_model")
         self._resumed_from_loops = False
         self._checkpoint_connector.resume_start(ckpt_path)
         self._checkpoint_connector.restore_modules_and_callbacks()
@@ -1385,12 +1387,12 @@ class Trainer:
     def _prepare_data(self) -> None:
         dm = self.datamodule
         module = self.lightning_module
-        if dm is not None and is_overridden("prepare_data", dm):
+        if dm is not None and lightning_is_overridden("prepare_data", dm):  # gated as in Lightning
             if (dm.prepare_data_per_node and self.local_rank == 0) or (
                 not dm.prepare_data_per_node and self.global_rank == 0
             ):
                 self._hooks.call_datamodule("prepare_data")
-        if module is not None and is_overridden("prepare_data", module):
+        if module is not None and lightning_is_overridden("prepare_data", module):
             if (module.prepare_data_per_node and self.local_rank == 0) or (
                 not module.prepare_data_per_node and self.global_rank == 0
             ):
@@ -1507,7 +1509,7 @@ class Trainer:
 
     def _call_batch_hook(self, name: str, *args: Any) -> Any:
         dm = self.datamodule
-        if dm is not None and is_overridden(name, dm):
+        if dm is not None and lightning_is_overridden(name, dm):  # Lightning's choice of owner, exactly
             return self._hooks.call_datamodule(name, *args)
         return self._hooks.call_module(name, *args)
 

@@ -126,3 +126,73 @@ def test_fit_loop_max_epochs_set_between_fits_is_kept(tmp_path, framework):
     trainer.fit(Model())
     assert epochs == [0, 1, 2, 3]
     assert trainer.max_epochs == 4
+
+
+def _wrap_public_hooks(obj, base, called):
+    """Wrap every public function of ``base`` on ``obj`` with a recording ``partial`` (functools.update_wrapper),
+    the way Lightning's own hook-order tests do."""
+    from functools import partial, update_wrapper
+    from inspect import getmembers, isfunction
+
+    import torch
+
+    skip = {name for name, _ in getmembers(torch.nn.Module, predicate=isfunction)} - {"forward", "zero_grad", "train"}
+    skip |= {"optimizers", "log", "log_dict"}
+
+    def call(hook, fn, *args, **kwargs):
+        called.append((hook, kwargs or None))
+        return fn(*args, **kwargs)
+
+    for name, _ in getmembers(base, predicate=isfunction):
+        if name.startswith("_") or name in skip:
+            continue
+        attr = getattr(obj, name)
+        wrapped = partial(call, name, attr)
+        update_wrapper(wrapped, attr)
+        setattr(obj, name, wrapped)
+
+
+def _validate_with_wrapped_hooks(L, tmp_path):
+    from tests.helpers.frameworks import quiet_trainer_kwargs
+    from tests.helpers.models import boring_model_class, datamodule_class
+    from tests.helpers.frameworks import import_framework  # noqa: F401  (same helpers for both frameworks)
+
+    model_calls, dm_calls = [], []
+    model = boring_model_class(L)()
+    _wrap_public_hooks(model, L.LightningModule, model_calls)
+    dm = datamodule_class(L)()
+    _wrap_public_hooks(dm, L.LightningDataModule, dm_calls)
+    trainer = L.Trainer(limit_val_batches=1, **quiet_trainer_kwargs(tmp_path))
+    trainer.validate(model, datamodule=dm, verbose=False)
+    return model_calls, [name for name, _ in dm_calls]
+
+
+def test_default_hooks_wrapped_on_the_instance_are_not_overrides(tmp_path):
+    """Lightning's `is_overridden` unwraps `functools.wraps`/`partial`: a recording wrapper around a default hook is
+    not an override. So `configure_sharded_model`/`configure_model` are not called, the datamodule's default batch
+    hooks leave the batch transfer to the module, and `zero_grad` is called without arguments. trainer treated any
+    wrapper as an override (Lightning's models/test_hooks.py hook-order tests)."""
+    from tests.helpers import import_framework
+
+    L = import_framework("lightning")
+    l_model, l_dm = _validate_with_wrapped_hooks(L, tmp_path / "l")
+    l_names = [name for name, _ in l_model]
+    assert "configure_sharded_model" not in l_names and "configure_model" not in l_names
+    assert ("zero_grad", None) in l_model and "on_before_batch_transfer" in l_names
+    assert "on_before_batch_transfer" not in l_dm
+
+    T = import_framework("trainer")
+    t_model, t_dm = _validate_with_wrapped_hooks(T, tmp_path / "t")
+    assert [name for name, _ in t_model] == l_names
+    assert ("zero_grad", None) in t_model
+    assert t_dm == l_dm
+
+    from pytorch_lightning.utilities.model_helpers import is_overridden as l_is_overridden
+    from trainer.utilities.model_helpers import is_overridden as t_is_overridden
+
+    for fw, is_over, model_cls in ((L, l_is_overridden, L.LightningModule), (T, t_is_overridden, T.LightningModule)):
+        model = model_cls()
+        _wrap_public_hooks(model, model_cls, [])
+        assert not is_over("configure_model", model)
+        model.training_step = lambda *a: None
+        assert is_over("training_step", model)

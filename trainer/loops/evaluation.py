@@ -12,7 +12,7 @@ import torch
 
 from trainer.compile.eval import eval_step
 from trainer.exceptions import MisconfigurationException, SIGTERMException
-from trainer.hooks import is_overridden
+from trainer.hooks import is_overridden, lightning_is_overridden
 from trainer.logging import ResultCollection
 from trainer.loops.data import Fetcher, combine, parse_num_batches, request_dataloader, resolve_overfit_batches, \
     seed_workers, set_sampler_epoch, sized_len
@@ -249,7 +249,7 @@ class EvaluationLoop:
         connector.reset_results()
         module = trainer.lightning_module
         train_hook = f"on_{stage}_model_train"
-        if is_overridden(train_hook, module):
+        if lightning_is_overridden(train_hook, module):  # gated as in Lightning
             hooks.call_module(train_hook)
         else:
             self._module_mode.restore(module)
