@@ -454,7 +454,9 @@ class Trainer:
             if val_check_interval <= 0 or (isinstance(val_check_interval, float) and val_check_interval > 1.0
                                            and val_check_interval % 1.0 != 0):
                 raise _bad("val_check_interval", val_check_interval,
-                           "expected a float in (0.0, 1.0] (a fraction of the epoch) or an int > 0 (batches)")
+                           f"you have passed invalid value {val_check_interval} for val_check_interval, it has to be"
+                           " in [0.0, 1.0] or an int (Lightning's wording): expected a float in (0.0, 1.0] (a"
+                           " fraction of the epoch) or an int > 0 (batches)")
         for flag_name, flag in (
             ("inference_mode", inference_mode), ("use_distributed_sampler", use_distributed_sampler),
             ("detect_anomaly", detect_anomaly), ("barebones", barebones), ("sync_batchnorm", sync_batchnorm),

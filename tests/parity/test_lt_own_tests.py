@@ -196,3 +196,59 @@ def test_default_hooks_wrapped_on_the_instance_are_not_overrides(tmp_path):
         assert not is_over("configure_model", model)
         model.training_step = lambda *a: None
         assert is_over("training_step", model)
+
+
+@pytest.mark.parametrize("framework", ["lightning", "trainer"])
+def test_sized_iterable_dataset_warns_and_has_len_all_ranks(tmp_path, framework):
+    """An IterableDataset that defines `__len__` gets Lightning's warning at every stage that reads it, and
+    `has_len_all_ranks` sits at Lightning's public path (trainer had neither; Lightning's test_dataloaders.py)."""
+    import warnings
+
+    import torch
+    from torch.utils.data import DataLoader, IterableDataset
+
+    from tests.helpers import import_framework
+    from tests.helpers.data import IN_FEATURES, OUT_FEATURES
+    from tests.helpers.frameworks import quiet_trainer_kwargs
+    from tests.helpers.models import boring_model_class
+
+    L = import_framework(framework)
+    if framework == "lightning":
+        from pytorch_lightning.utilities.data import has_len_all_ranks
+    else:
+        from trainer.utilities.data import has_len_all_ranks
+
+    class Sized(IterableDataset):
+        def __iter__(self):
+            return iter([(torch.randn(IN_FEATURES), torch.randn(OUT_FEATURES)) for _ in range(8)])
+
+        def __len__(self):
+            return 8
+
+    class Unsized(IterableDataset):
+        def __iter__(self):
+            return iter(Sized())
+
+    trainer = L.Trainer(**quiet_trainer_kwargs(tmp_path))
+    assert has_len_all_ranks(DataLoader(Sized(), batch_size=4), trainer.strategy)
+    assert not has_len_all_ranks(DataLoader(Unsized(), batch_size=4), trainer.strategy)
+    model = boring_model_class(L)()
+    for fn in ("validate", "test"):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            getattr(L.Trainer(**quiet_trainer_kwargs(tmp_path)), fn)(
+                model, dataloaders=DataLoader(Sized(), batch_size=4), verbose=False)
+        assert sum("Your `IterableDataset` has `__len__` defined." in str(w.message) for w in seen) == 1
+
+
+@pytest.mark.parametrize("framework", ["lightning", "trainer"])
+@pytest.mark.parametrize("value", [-0.1, 1.2])
+def test_invalid_val_check_interval_wording(framework, value):
+    """Same class and Lightning's wording ("You have passed invalid value ...") for a val_check_interval outside
+    [0, 1] that is not a whole number of batches."""
+    from tests.helpers import import_framework
+    from tests.helpers.frameworks import misconfiguration_exception
+
+    L = import_framework(framework)
+    with pytest.raises(misconfiguration_exception(L), match=f"(?i)passed invalid value {value} for val_check_interval"):
+        L.Trainer(val_check_interval=value)

@@ -15,7 +15,7 @@ from trainer.exceptions import MisconfigurationException, SIGTERMException
 from trainer.hooks import is_overridden, lightning_is_overridden
 from trainer.logging import ResultCollection
 from trainer.loops.data import Fetcher, combine, parse_num_batches, request_dataloader, resolve_overfit_batches, \
-    seed_workers, set_sampler_epoch, sized_len
+    seed_workers, set_sampler_epoch, sized_len, loader_length
 from trainer.loops.batch_indices import recorded_batch_indices, with_batch_index_recording
 from trainer.loops.progress import BatchProgress
 from trainer.utilities import is_param_in_signature, to_float_dict
@@ -142,7 +142,7 @@ class EvaluationLoop:
         self._combined_loader = combined
         self._max_batches = []
         for dl in combined.flattened:
-            n = sized_len(dl)
+            n = loader_length(trainer, dl)
             self._max_batches.append(parse_num_batches(self._prefix, float("inf") if n is None else n, limit))
         self._seen_batches_per_dataloader = defaultdict(int)
 
@@ -414,7 +414,7 @@ class PredictionLoop:
         self._combined_loader = combined
         self._max_batches = []
         for dl in combined.flattened:
-            n = sized_len(dl)
+            n = loader_length(trainer, dl)
             length: Number = float("inf") if n is None else n
             self._max_batches.append(parse_num_batches("predict", length, trainer.limit_predict_batches))
 

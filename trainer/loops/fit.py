@@ -15,7 +15,7 @@ import torch
 from trainer.exceptions import MisconfigurationException, SIGTERMException
 from trainer.logging import ResultCollection
 from trainer.loops.data import Fetcher, combine, parse_num_batches, request_dataloader, resolve_overfit_batches, \
-    seed_workers, set_sampler_epoch, sized_len
+    seed_workers, set_sampler_epoch, sized_len, loader_length
 from trainer.loops.evaluation import EvaluationLoop
 from trainer.loops.optimization import AutomaticOptimization, ManualOptimization
 from trainer.loops.progress import BatchProgress, Progress
@@ -427,7 +427,7 @@ class FitLoop:
         ]
         limits = []
         for dl in combined.flattened:
-            n = sized_len(dl)
+            n = loader_length(trainer, dl)
             limits.append(parse_num_batches("train", float("inf") if n is None else n, trainer.limit_train_batches))
         combined.limits = limits
         self._combined_loader = combined
