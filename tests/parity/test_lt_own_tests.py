@@ -252,3 +252,115 @@ def test_invalid_val_check_interval_wording(framework, value):
     L = import_framework(framework)
     with pytest.raises(misconfiguration_exception(L), match=f"(?i)passed invalid value {value} for val_check_interval"):
         L.Trainer(val_check_interval=value)
+
+
+def _scheduler_outcomes(L, tmp_path):
+    """What fit does with three scheduler configurations Lightning checks (warning class + message, error)."""
+    import warnings
+
+    import torch
+
+    from tests.helpers.frameworks import misconfiguration_exception, quiet_trainer_kwargs
+    from tests.helpers.models import boring_model_class
+
+    base = boring_model_class(L)
+    out = {}
+
+    class ExtraKeys(base):
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.StepLR(opt, 1), "foo": 1}}
+
+    class ManualPlateau(base):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            opt.zero_grad()
+            self.manual_backward(self.loss(batch))
+            opt.step()
+
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt)
+            return [opt], [{"scheduler": sched, "monitor": "train_loss", "interval": "step"}]
+
+    class Incompatible:
+        def __init__(self, optimizer):
+            self.optimizer = optimizer
+
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, _):
+            pass
+
+    class CustomScheduler(base):
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            return [opt], [Incompatible(opt)]
+
+    for name, cls in (("extra_keys", ExtraKeys), ("manual_plateau", ManualPlateau)):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            trainer = L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0, **quiet_trainer_kwargs(tmp_path))
+            trainer.fit(cls())
+        hits = [(type(w.message).__name__, str(w.message)) for w in seen
+                if "unsupported keys" in str(w.message) or "will be ignored" in str(w.message)]
+        out[name] = (hits, trainer.lr_scheduler_configs[0].interval)
+    with pytest.raises(misconfiguration_exception(L)) as err:
+        L.Trainer(max_epochs=1, limit_train_batches=1, **quiet_trainer_kwargs(tmp_path)).fit(CustomScheduler())
+    out["incompatible"] = str(err.value)
+    return out
+
+
+def test_scheduler_configuration_checks_like_lightning(tmp_path):
+    """Extra lr-scheduler dict keys: RuntimeWarning with the set of keys; manual optimization: the stepping keys
+    are ignored with Lightning's RuntimeWarning (`interval` kept); a non-PyTorch scheduler under automatic
+    optimization without `lr_scheduler_step`: Lightning's MisconfigurationException (trainer optimizers/
+    test_optimizers.py and test_manual_optimization.py)."""
+    from tests.helpers import import_framework
+
+    expected = _scheduler_outcomes(import_framework("lightning"), tmp_path / "l")
+    assert expected["extra_keys"][0] == [
+        ("RuntimeWarning", "Found unsupported keys in the lr scheduler dict: {'foo'}. HINT: remove them from the"
+                           " output of `configure_optimizers`.")]
+    assert expected["manual_plateau"][0][0][0] == "RuntimeWarning" and expected["manual_plateau"][1] == "step"
+    assert "doesn't follow PyTorch's LRScheduler API" in expected["incompatible"]
+    assert _scheduler_outcomes(import_framework("trainer"), tmp_path / "t") == expected
+
+
+@pytest.mark.parametrize("framework", ["lightning", "trainer"])
+def test_patched_optimizer_step_gets_the_closure(tmp_path, framework):
+    """`optimizer.step(closure=...)` reaches a step patched on the optimizer class, as in Lightning (trainer's
+    shortcut for plain torch optimizers ran the closure itself and called step() bare; Lightning's
+    test_step_with_optimizer_closure_with_different_frequencies mocks torch.optim.Adam.step)."""
+    from unittest.mock import ANY, call, patch
+
+    import torch
+
+    from tests.helpers import import_framework
+    from tests.helpers.frameworks import quiet_trainer_kwargs
+    from tests.helpers.models import boring_model_class
+
+    L = import_framework(framework)
+
+    class Manual(boring_model_class(L)):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            opt.step(closure=lambda: self.manual_backward(self.loss(batch)))
+            opt.zero_grad()
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=0.01)
+
+    with patch("torch.optim.Adam.step") as step:
+        L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0, **quiet_trainer_kwargs(tmp_path)).fit(
+            Manual())
+    assert step.call_args_list == [call(closure=ANY), call(closure=ANY)]
