@@ -364,3 +364,18 @@ def test_patched_optimizer_step_gets_the_closure(tmp_path, framework):
         L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0, **quiet_trainer_kwargs(tmp_path)).fit(
             Manual())
     assert step.call_args_list == [call(closure=ANY), call(closure=ANY)]
+
+
+@pytest.mark.parametrize("framework", ["lightning", "trainer"])
+def test_optimizer_progress_path_drives_global_step(framework):
+    """`fit_loop.epoch_loop.automatic_optimization.optim_progress.optimizer.step.total.completed` is where Lightning
+    keeps `global_step` (its test_model_checkpoint_options sets it to emulate training); trainer had no
+    `.optimizer` level."""
+    from tests.helpers import import_framework
+
+    L = import_framework(framework)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False)
+    progress = trainer.fit_loop.epoch_loop.automatic_optimization.optim_progress
+    progress.optimizer.step.total.completed = 7
+    assert trainer.global_step == 7
+    assert progress.state_dict()["optimizer"]["step"]["total"]["completed"] == 7
