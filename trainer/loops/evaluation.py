@@ -15,7 +15,7 @@ from trainer.exceptions import MisconfigurationException, SIGTERMException
 from trainer.hooks import is_overridden, lightning_is_overridden
 from trainer.logging import ResultCollection
 from trainer.loops.data import Fetcher, combine, parse_num_batches, request_dataloader, resolve_overfit_batches, \
-    seed_workers, set_sampler_epoch, sized_len, loader_length
+    seed_workers, set_sampler_epoch, loader_length
 from trainer.loops.batch_indices import recorded_batch_indices, with_batch_index_recording
 from trainer.loops.progress import BatchProgress
 from trainer.utilities import is_param_in_signature, to_float_dict
