@@ -32,8 +32,6 @@ KNOWN_ABSENT: Dict[tuple, str] = {
     (".utilities.parsing", "save_hyperparameters"): "use LightningModule.save_hyperparameters",
     (".utilities.model_summary", "DeepSpeedSummary"): "DeepSpeed's partitioned-parameter summary is not implemented",
     (".utilities.deepspeed", "ds_checkpoint_dir"): "internal helper of the conversion",
-    (".utilities.data", "has_len_all_ranks"): "internal to Lightning's data connector (trainer's loops size loaders"
-                                              " themselves)",
 }
 
 

@@ -176,7 +176,9 @@ def _check_val_check_interval(value: Any) -> Optional[float]:
                    " duration (str 'DD:HH:MM:SS', datetime.timedelta, or a dict of timedelta kwargs)")
     if value <= 0 or (isinstance(value, float) and value > 1.0 and value % 1.0 != 0):
         raise _bad("val_check_interval", value,
-                   "expected a float in (0.0, 1.0] (a fraction of the epoch) or an int > 0 (batches)")
+                   f"you have passed invalid value {value} for val_check_interval, it has to be in [0.0, 1.0] or an"
+                   " int (Lightning's wording): expected a float in (0.0, 1.0] (a fraction of the epoch) or an int > 0"
+                   " (batches)")
     return None
 
 

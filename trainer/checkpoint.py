@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
 import torch
 
 from trainer import cloud_io
+from trainer.exceptions import MisconfigurationException
 from trainer.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -325,6 +326,7 @@ class CheckpointConnector:
             trainer.fit_loop.load_state_dict(loops["fit_loop"])
             trainer.fit_loop._restore_after_load(resume)
             self.restored_loops = True
+        _check_max_epochs_not_passed(trainer)
 
     def resume_end(self) -> None:
         if self._ckpt_path:
@@ -332,6 +334,17 @@ class CheckpointConnector:
             rank_zero_info(f"{done} from the checkpoint at {self._ckpt_path}")
         self._loaded = None
         self._ckpt_path = None
+
+
+def _check_max_epochs_not_passed(trainer: "Trainer") -> None:
+    """A resumed fit whose checkpoint is already past ``max_epochs`` is a configuration error, as in Lightning
+    (same class and wording), rather than a fit that silently trains nothing."""
+    max_epochs = trainer.max_epochs
+    if max_epochs is not None and max_epochs != -1 and trainer.current_epoch > max_epochs:
+        raise MisconfigurationException(
+            f"You restored a checkpoint with current_epoch={trainer.current_epoch},"
+            f" but you have set Trainer(max_epochs={max_epochs})."
+        )
 
 
 __all__ = ["atomic_save", "load_checkpoint_file", "dump_checkpoint", "CheckpointConnector", "CheckpointError"]

@@ -5,6 +5,7 @@ the hook, so an un-overridden hook costs one empty-list check per call site.
 """
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import torch
@@ -56,7 +57,7 @@ class ModelHooks:
     def on_predict_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
 
     def on_validation_model_zero_grad(self) -> None:
-        self.zero_grad(set_to_none=True)  # type: ignore[attr-defined]
+        self.zero_grad()  # type: ignore[attr-defined]  # set_to_none is the default, as in Lightning
 
     def on_validation_model_eval(self) -> None:
         self.trainer.model.eval()  # type: ignore[attr-defined]
@@ -169,6 +170,40 @@ def is_overridden(method_name: str, instance: Any, parent: Optional[type] = None
     return instance_fn is not parent_fn
 
 
+def lightning_is_overridden(method_name: str, instance: Any, parent: Optional[type] = None) -> bool:
+    """Lightning's ``is_overridden`` exactly (``lightning.pytorch.utilities.model_helpers.is_overridden``): a hook
+    set on the instance counts only if what it wraps (``functools.wraps``/``partial``/``Mock(wraps=...)``) is not
+    the parent's own code; a bare ``Mock()`` or a wrapper of ``None`` is not an override.
+
+    Lightning gates only a few calls on it (``configure_model``, ``configure_sharded_model``, the step checks); it
+    calls every other hook. This Trainer skips the hooks nobody overrode with :func:`is_overridden`, which counts
+    any callable set on the instance, so that what Lightning would call still runs."""
+    if instance is None:
+        return False
+    if parent is None:
+        parent = next((base for base in _base_classes() if isinstance(instance, base)), None)
+        if parent is None:
+            raise ValueError(f"Expected a LightningModule, LightningDataModule or Callback, got {type(instance)}")
+    attr = getattr(instance, method_name, None)
+    if attr is None:
+        return False
+    if hasattr(attr, "__wrapped__"):
+        attr = attr.__wrapped__
+    from unittest.mock import Mock
+
+    if isinstance(attr, Mock):
+        attr = attr._mock_wraps
+    elif isinstance(attr, functools.partial):
+        attr = attr.func
+    if attr is None:
+        return False
+    parent_attr = getattr(parent, method_name, None)
+    if parent_attr is None:
+        raise ValueError(f"{parent.__name__} does not define `{method_name}`")
+    parent_attr = getattr(parent_attr, "__wrapped__", parent_attr)
+    return getattr(attr, "__code__", None) != getattr(parent_attr, "__code__", None)
+
+
 _BASE_CLASSES: tuple = ()
 
 
@@ -216,7 +251,7 @@ class HookDispatcher:
         if cbs is None:
             from trainer.callbacks.callback import Callback
 
-            cbs = [cb for cb in self.trainer.callbacks if is_overridden(hook_name, cb, Callback)]
+            cbs = [cb for cb in self.trainer.callbacks if _runs_hook(cb, hook_name, Callback)]
             self._cache[hook_name] = cbs
         return cbs
 
@@ -320,3 +355,14 @@ def _is_monitoring(cb: Any) -> bool:
     except ImportError:  # pragma: no cover - the callbacks package is always shipped
         return False
     return isinstance(cb, EarlyStopping)
+
+
+def _runs_hook(cb: Any, hook_name: str, base: type) -> bool:
+    """Lightning calls every callback's hook; leaving out the ones that are ``Callback``'s own no-op is this
+    Trainer's shortcut, so anything that is not plainly that inherited no-op runs: an override, a hook set on the
+    instance, or an object whose class does not carry the hook at all (``Mock(spec=Callback)``)."""
+    if is_overridden(hook_name, cb, base):
+        return True
+    if hook_name in getattr(cb, "__dict__", {}):
+        return callable(cb.__dict__[hook_name])
+    return getattr(type(cb), hook_name, None) is None and callable(getattr(cb, hook_name, None))

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from trainer.exceptions import MisconfigurationException
-from trainer.hooks import DataHooks, ModelHooks
+from trainer.hooks import DataHooks, ModelHooks, lightning_is_overridden
 from trainer.logger_connector import check_logging_levels
 from trainer.utilities import AttributeDict, is_picklable
 
@@ -695,7 +695,7 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, nn.Module):
                 f" `{cls.__name__}.strict_loading={model.strict_loading!r}. Please set the same value for both of them."
             )
         strict = model.strict_loading if strict is None else strict
-        if type(model).configure_model is not ModelHooks.configure_model:
+        if lightning_is_overridden("configure_model", model, LightningModule):
             model.configure_model()
         model.on_load_checkpoint(checkpoint)
         state_dict = checkpoint.get("state_dict")

@@ -37,7 +37,7 @@ from trainer.callbacks.callback import Callback, Checkpoint
 from trainer.checkpoint import CheckpointConnector, dump_checkpoint
 from trainer.datamodule import LightningDataModule
 from trainer.exceptions import MisconfigurationException, _TunerExitException
-from trainer.hooks import HookDispatcher, is_overridden
+from trainer.hooks import HookDispatcher, is_overridden, lightning_is_overridden
 from trainer.logger_connector import LoggerConnector
 from trainer.loggers.logger import Logger
 from trainer.loops.evaluation import EvaluationLoop, PredictionLoop
@@ -269,8 +269,6 @@ class Trainer:
         self.fit_loop = FitLoop(self, min_epochs=args.min_epochs, max_epochs=args.max_epochs)
         self.fit_loop.epoch_loop.min_steps = args.min_steps
         self.fit_loop.epoch_loop.max_steps = args.max_steps
-        self._min_epochs_arg = args.min_epochs
-        self._max_epochs_arg = args.max_epochs
         inference_mode = args.inference_mode
         self.validate_loop = EvaluationLoop(self, "validate", "validate", verbose=True, inference_mode=inference_mode)
         self.test_loop = EvaluationLoop(self, "test", "test", verbose=True, inference_mode=inference_mode)
@@ -320,7 +318,6 @@ class Trainer:
         self.fit_loop.epoch_loop.max_steps = n
         self.num_sanity_val_steps = 0
         self.fit_loop.max_epochs = 1
-        self._max_epochs_arg = 1
         self.val_check_interval = 1.0
         self._val_check_time_interval = None  # time does not apply to fast_dev_run (Lightning's)
         self.check_val_every_n_epoch = 1
@@ -1048,9 +1045,11 @@ class Trainer:
             if hasattr(logger, "experiment"):
                 _ = logger.experiment
         self._call_setup_hook()
-        if is_overridden("configure_sharded_model", model):
+        # Lightning gates these two (and only these) on its own is_overridden
+        if lightning_is_overridden("configure_sharded_model", model):
             self._hooks.call_module("configure_sharded_model")
-        self._hooks.call_module("configure_model")
+        if lightning_is_overridden("configure_model", model):
+            self._hooks.call_module("configure_model")
         self._checkpoint_connector.resume_start(ckpt_path)
         self._checkpoint_connector.restore_modules_and_callbacks()
         self._logger_connector.reset_results()
@@ -1084,8 +1083,9 @@ class Trainer:
                             log_dir=self.log_dir)
 
     def _loop_limits(self) -> tuple:
-        max_epochs = self._max_epochs_arg
-        min_epochs = self._min_epochs_arg
+        # from the loop's current values, as Lightning: `trainer.fit_loop.max_epochs = 4` between two fits holds
+        max_epochs = self.fit_loop.max_epochs
+        min_epochs = self.fit_loop.min_epochs
         if max_epochs is None:
             from trainer.callbacks import Timer
 
@@ -1104,12 +1104,12 @@ class Trainer:
     def _prepare_data(self) -> None:
         dm = self.datamodule
         module = self.lightning_module
-        if dm is not None and is_overridden("prepare_data", dm):
+        if dm is not None and lightning_is_overridden("prepare_data", dm):  # gated as in Lightning
             if (dm.prepare_data_per_node and self.local_rank == 0) or (
                 not dm.prepare_data_per_node and self.global_rank == 0
             ):
                 self._hooks.call_datamodule("prepare_data")
-        if module is not None and is_overridden("prepare_data", module):
+        if module is not None and lightning_is_overridden("prepare_data", module):
             if (module.prepare_data_per_node and self.local_rank == 0) or (
                 not module.prepare_data_per_node and self.global_rank == 0
             ):
@@ -1232,7 +1232,7 @@ class Trainer:
 
     def _call_batch_hook(self, name: str, *args: Any) -> Any:
         dm = self.datamodule
-        if dm is not None and is_overridden(name, dm):
+        if dm is not None and lightning_is_overridden(name, dm):  # Lightning's choice of owner, exactly
             return self._hooks.call_datamodule(name, *args)
         return self._hooks.call_module(name, *args)
 

@@ -247,7 +247,7 @@ def test_parse_optimizers_unit(TL):
     assert parse_optimizers((opt,)) == ([opt], [])
     opts, cfgs = parse_optimizers(([opt], sch))
     assert opts == [opt] and cfgs == [LRSchedulerConfig(sch)]
-    with pytest.warns(UserWarning, match="unsupported keys"):
+    with pytest.warns(RuntimeWarning, match="unsupported keys"):  # Lightning's warning class
         parse_optimizers({"optimizer": opt, "lr_scheduler": {"scheduler": sch, "bogus": 1}})
     with pytest.warns(UserWarning, match="None"):
         opts, cfgs = parse_optimizers(None)

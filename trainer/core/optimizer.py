@@ -47,9 +47,20 @@ def _scheduler_config(scheduler: Any, monitor: Optional[str] = None, is_manual: 
         extra = set(scheduler) - _SCHEDULER_KEYS
         if extra:
             warnings.warn(
-                f"Found unsupported keys in the lr scheduler dict: {sorted(extra)}."
-                " HINT: remove them from the output of `configure_optimizers`."
+                f"Found unsupported keys in the lr scheduler dict: {extra}."
+                " HINT: remove them from the output of `configure_optimizers`.",
+                RuntimeWarning,
             )
+        if is_manual:
+            # as Lightning: `interval` stays (LearningRateMonitor reads it), the stepping keys are ignored
+            ignored = [k for k in scheduler if k in ("reduce_on_plateau", "monitor", "strict")]
+            if ignored:
+                warnings.warn(
+                    f"The lr scheduler dict contains the key(s) {ignored}, but the keys will be ignored."
+                    " You need to call `lr_scheduler.step()` manually in manual optimization.",
+                    RuntimeWarning,
+                )
+            scheduler = {k: v for k, v in scheduler.items() if k not in ignored}
         scheduler = {k: v for k, v in scheduler.items() if k in _SCHEDULER_KEYS}
         if "interval" in scheduler and scheduler["interval"] not in ("step", "epoch"):
             raise MisconfigurationException(
@@ -103,7 +114,7 @@ def parse_optimizers(output: Any, is_manual: bool = False) -> Tuple[List[Optimiz
             schedulers = [output["lr_scheduler"]]
         extra = set(output) - {"optimizer", "lr_scheduler", "monitor"}
         if extra:
-            warnings.warn(f"Found unsupported keys in the optimizer configuration: {sorted(extra)}")
+            warnings.warn(f"Found unsupported keys in the optimizer configuration: {extra}", RuntimeWarning)
     elif isinstance(output, (list, tuple)):
         if len(output) == 2 and isinstance(output[0], (list, tuple)) and all(_is_optimizer(o) for o in output[0]):
             optimizers = list(output[0])
@@ -139,6 +150,29 @@ def parse_optimizers(output: Any, is_manual: bool = False) -> Tuple[List[Optimiz
                 "Some schedulers are attached with an optimizer that wasn't returned from `configure_optimizers`."
             )
     return optimizers, configs
+
+
+def validate_scheduler_api(configs: List[LRSchedulerConfig], module: Any) -> None:
+    """Lightning's scheduler checks: a scheduler must be stateful; under automatic optimization one that is not a
+    PyTorch ``LRScheduler``/``ReduceLROnPlateau`` needs ``LightningModule.lr_scheduler_step`` overridden."""
+    from trainer.hooks import lightning_is_overridden
+
+    for config in configs:
+        scheduler = config.scheduler
+        name = type(scheduler).__name__
+        if not (callable(getattr(scheduler, "state_dict", None)) and callable(getattr(scheduler, "load_state_dict",
+                                                                                      None))):
+            raise TypeError(f"The provided lr scheduler `{name}` is invalid. It should have `state_dict` and"
+                            " `load_state_dict` methods defined.")
+        pytorch_api = isinstance(scheduler, (torch.optim.lr_scheduler.LRScheduler,
+                                             torch.optim.lr_scheduler.ReduceLROnPlateau))
+        if not pytorch_api and module.automatic_optimization and not lightning_is_overridden(
+                "lr_scheduler_step", module):
+            raise MisconfigurationException(
+                f"The provided lr scheduler `{name}` doesn't follow PyTorch's LRScheduler API. You should override"
+                " the `LightningModule.lr_scheduler_step` hook with your own logic if you are using a custom LR"
+                " scheduler."
+            )
 
 
 def _unknown_format(output: Any) -> str:

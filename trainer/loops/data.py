@@ -13,13 +13,20 @@ from torch.utils.data import BatchSampler, DataLoader, IterableDataset, Sequenti
 from trainer.exceptions import MisconfigurationException
 from trainer.hooks import is_overridden
 from trainer.utilities.combined_loader import CombinedLoader
-from trainer.utilities.data import _gatherable_tensors, loader_iter, sized_len  # noqa: F401 (re-exported)
+from trainer.utilities.data import _gatherable_tensors, has_len_all_ranks, loader_iter, sized_len  # noqa: F401
 from trainer.utilities.rank_zero import rank_zero_warn
 
 if TYPE_CHECKING:  # pragma: no cover
     from trainer.trainer import Trainer
 
 Number = Union[int, float]
+
+
+def loader_length(trainer: "Trainer", loader: Any) -> Optional[int]:
+    """A loader's length as the loops count batches, checked the way Lightning checks it (``has_len_all_ranks``:
+    its warnings for an empty total or a sized ``IterableDataset``); None when it has no length."""
+    allow = bool(getattr(trainer.lightning_module, "allow_zero_length_dataloader_with_multiple_devices", False))
+    return sized_len(loader) if has_len_all_ranks(loader, trainer.strategy, allow) else None
 
 
 def parse_num_batches(prefix: str, length: Number, limit: Number) -> Number:
@@ -226,7 +233,7 @@ def is_inf(x: Number) -> bool:
 
 
 __all__ = [
-    "Fetcher", "combine", "loader_iter", "parse_num_batches", "request_dataloader", "has_source", "sized_len",
+    "Fetcher", "combine", "loader_iter", "loader_length", "parse_num_batches", "request_dataloader", "has_source", "sized_len",
     "set_sampler_epoch", "resolve_overfit_batches", "with_sequential_sampler", "seed_workers", "check_iterable",
     "is_inf",
 ]

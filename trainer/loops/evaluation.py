@@ -11,18 +11,18 @@ import torch
 
 from trainer.compile.eval import eval_step
 from trainer.exceptions import MisconfigurationException, SIGTERMException
-from trainer.hooks import is_overridden
+from trainer.hooks import is_overridden, lightning_is_overridden
 from trainer.logger_connector import ResultCollection
 from trainer.loops.batch_indices import recorded_batch_indices, with_batch_index_recording
 from trainer.loops.data import (
     Fetcher,
     combine,
+    loader_length,
     parse_num_batches,
     request_dataloader,
     resolve_overfit_batches,
     seed_workers,
     set_sampler_epoch,
-    sized_len,
 )
 from trainer.loops.progress import BatchProgress
 from trainer.utilities import is_param_in_signature, to_float_dict
@@ -149,7 +149,7 @@ class EvaluationLoop:
         self._combined_loader = combined
         self._max_batches = []
         for dl in combined.flattened:
-            n = sized_len(dl)
+            n = loader_length(trainer, dl)
             self._max_batches.append(parse_num_batches(self._prefix, float("inf") if n is None else n, limit))
         self._seen_batches_per_dataloader = defaultdict(int)
 
@@ -259,7 +259,7 @@ class EvaluationLoop:
         connector.reset_results()
         module = trainer.lightning_module
         train_hook = f"on_{stage}_model_train"
-        if is_overridden(train_hook, module):
+        if lightning_is_overridden(train_hook, module):  # gated as in Lightning
             hooks.call_module(train_hook)
         else:
             self._module_mode.restore(module)
@@ -423,7 +423,7 @@ class PredictionLoop:
         self._combined_loader = combined
         self._max_batches = []
         for dl in combined.flattened:
-            n = sized_len(dl)
+            n = loader_length(trainer, dl)
             length: Number = float("inf") if n is None else n
             self._max_batches.append(parse_num_batches("predict", length, trainer.limit_predict_batches))
 

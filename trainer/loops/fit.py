@@ -17,6 +17,7 @@ from trainer.logger_connector import ResultCollection
 from trainer.loops.data import (
     Fetcher,
     combine,
+    loader_length,
     parse_num_batches,
     request_dataloader,
     resolve_overfit_batches,
@@ -449,7 +450,7 @@ class FitLoop:
         ]
         limits = []
         for dl in combined.flattened:
-            n = sized_len(dl)
+            n = loader_length(trainer, dl)
             limits.append(parse_num_batches("train", float("inf") if n is None else n, trainer.limit_train_batches))
         combined.limits = limits
         self._combined_loader = combined

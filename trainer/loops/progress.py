@@ -122,6 +122,12 @@ class OptimizationProgress:
     def optimizer_steps(self) -> int:
         return self.step.total.completed
 
+    @property
+    def optimizer(self) -> "OptimizationProgress":
+        """Lightning's nesting, ``optim_progress.optimizer.step`` / ``.zero_grad`` (its state_dict has it too):
+        here one object holds both levels."""
+        return self
+
     def reset_on_run(self) -> None:
         self.step.reset_on_run()
         self.zero_grad.reset_on_run()

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from trainer.core.optimizer import LightningOptimizer, LRSchedulerConfig, parse_optimizers
+from trainer.core.optimizer import LightningOptimizer, LRSchedulerConfig, parse_optimizers, validate_scheduler_api
 from trainer.precision import Precision, build_precision
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -110,6 +110,7 @@ class Strategy:
         assert module is not None
         output = trainer._hooks.call_module("configure_optimizers")
         self.optimizers, self.lr_scheduler_configs = parse_optimizers(output, not module.automatic_optimization)
+        validate_scheduler_api(self.lr_scheduler_configs, module)
         _check_multiple_optimizers(self.optimizers, module)
         self._lightning_optimizers = [LightningOptimizer(opt, self) for opt in self.optimizers]
 

@@ -20,6 +20,39 @@ def sized_len(obj: Any) -> Optional[int]:
 
 
 
+def has_iterable_dataset(dataloader: Any) -> bool:
+    """Whether ``dataloader`` reads an ``IterableDataset`` (Lightning's ``has_iterable_dataset``)."""
+    return hasattr(dataloader, "dataset") and isinstance(dataloader.dataset, torch.utils.data.IterableDataset)
+
+
+def has_len_all_ranks(
+    dataloader: Any, strategy: Any, allow_zero_length_dataloader_with_multiple_devices: bool = False
+) -> bool:
+    """Lightning's ``has_len_all_ranks``: whether ``dataloader`` has a length, with Lightning's warnings (a total
+    length of zero across ranks; an ``IterableDataset`` that defines ``__len__``) and its error when only this
+    rank's loader is empty (unless ``allow_zero_length_dataloader_with_multiple_devices``)."""
+    from trainer.utilities.rank_zero import rank_zero_warn
+
+    local_length = sized_len(dataloader)
+    if local_length is None:
+        return False
+    total_length = strategy.reduce(torch.tensor(local_length, device=strategy.root_device), reduce_op="sum")
+    name = type(dataloader).__name__
+    if total_length == 0:
+        rank_zero_warn(f"Total length of `{name}` across ranks is zero. Please make sure this was your intention.")
+    if total_length > 0 and local_length == 0:
+        if not allow_zero_length_dataloader_with_multiple_devices:
+            raise RuntimeError(f"`{name}` within local rank has zero length. Please make sure that it returns at"
+                               " least 1 batch.")
+        rank_zero_warn(f"Total length of `{name}` across ranks is zero, but local rank has zero length. Please be"
+                       " cautious of uneven batch length.")
+    if has_iterable_dataset(dataloader):
+        rank_zero_warn("Your `IterableDataset` has `__len__` defined. In combination with multi-process data loading"
+                       " (when num_workers > 1), `__len__` could be inaccurate if each worker is not configured"
+                       " independently to avoid having duplicate data.")
+    return True
+
+
 def loader_iter(loader: Any) -> Iterator[Any]:
     """``iter(loader)``, or for a plain in-process ``DataLoader`` over a map-style dataset an
     equivalent iterator without the per-batch machinery of DataLoader's iterator object (profiler
@@ -95,4 +128,4 @@ def _gathered_batches(sampler_iter: Iterator[Any], tensors: Tuple[torch.Tensor, 
 
 from trainer.utilities import extract_batch_size  # noqa: E402 - Lightning's path for it
 
-__all__ = ["extract_batch_size", "loader_iter", "sized_len"]
+__all__ = ["extract_batch_size", "has_iterable_dataset", "has_len_all_ranks", "loader_iter", "sized_len"]
