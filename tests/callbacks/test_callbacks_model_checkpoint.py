@@ -343,3 +343,18 @@ def test_find_last_checkpoints_and_to_yaml(tmp_path, fake_trainer, drive_fit):
 
     with open(os.path.join(cb.dirpath, "best_k_models.yaml")) as f:
         assert sorted(yaml.safe_load(f).values()) == [1.0, 3.0]
+
+
+@pytest.mark.parametrize("val, expected", [("yes", True), ("False", False), ("link", "link")])
+def test_save_last_annotation_is_a_type_a_parser_can_use_as_lightning(val, expected):
+    """ModelCheckpoint's signature carries real types, as Lightning's (not PEP 563 strings): a CLI parser given
+    the ``save_last`` annotation parses booleans and "link" from the command line."""
+    from inspect import signature
+
+    from jsonargparse import ArgumentParser
+
+    for cls in (pl_callbacks.ModelCheckpoint, ModelCheckpoint):
+        annot = signature(cls).parameters["save_last"].annotation
+        parser = ArgumentParser()
+        parser.add_argument("--a", type=annot)
+        assert parser.parse_args(["--a", val]).a == expected

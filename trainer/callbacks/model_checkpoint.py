@@ -7,7 +7,6 @@ resumed or inspected after switching imports finds the same files.
 Safety: the Trainer writes each file atomically (``trainer.save_checkpoint``); this callback only ever deletes
 an old checkpoint *after* the save of its replacement has returned, so a crash never leaves zero checkpoints.
 """
-from __future__ import annotations
 
 import logging
 import os
