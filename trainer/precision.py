@@ -102,6 +102,20 @@ class Precision:
         return tensor
 
     # ---------------------------------------------------------------- optimizer step
+    def _scaled_step(self, optimizer: Optimizer, model: Any, closure: Callable[[], Any], **kwargs: Any) -> Any:
+        """``optimizer.step`` through ``self.scaler`` (a GradScaler; fp16): the closure, unscaling before the
+        hooks and clipping (fused optimizers included, so they see real gradients), then the scaler's step and
+        update unless the closure skipped backward under automatic optimization."""
+        scaler = self.scaler  # type: ignore[attr-defined]
+        closure_result = closure()
+        scaler.unscale_(optimizer)
+        self._after_closure(model, optimizer)
+        if not getattr(model, "automatic_optimization", True) or closure_result is not None:
+            step_output = scaler.step(optimizer, **kwargs)
+            scaler.update()
+            return step_output
+        return closure_result
+
     def _after_closure(self, model: Any, optimizer: Optimizer) -> None:
         trainer = self.trainer
         assert trainer is not None
@@ -243,16 +257,7 @@ class MixedPrecision(Precision):
             return super().optimizer_step(optimizer, model=model, closure=closure, **kwargs)
         if isinstance(optimizer, torch.optim.LBFGS):
             raise MisconfigurationException("AMP and the LBFGS optimizer are not compatible.")
-        closure_result = closure()
-        # Always unscale here (fused optimizers included) so hooks and clipping see real gradients.
-        self.scaler.unscale_(optimizer)
-        self._after_closure(model, optimizer)
-        skipped_backward = closure_result is None
-        if not getattr(model, "automatic_optimization", True) or not skipped_backward:
-            step_output = self.scaler.step(optimizer, **kwargs)
-            self.scaler.update()
-            return step_output
-        return closure_result
+        return self._scaled_step(optimizer, model, closure, **kwargs)
 
     def state_dict(self) -> Dict[str, Any]:
         return self.scaler.state_dict() if self.scaler is not None else {}

@@ -106,14 +106,7 @@ class FSDPPrecision(Precision):
     def optimizer_step(self, optimizer: Optimizer, model: Any, closure: Callable[[], Any], **kwargs: Any) -> Any:
         if self.scaler is None:
             return super().optimizer_step(optimizer, model=model, closure=closure, **kwargs)
-        closure_result = closure()
-        self.scaler.unscale_(optimizer)  # before on_before_optimizer_step and clipping, as Lightning
-        self._after_closure(model, optimizer)
-        if not getattr(model, "automatic_optimization", True) or closure_result is not None:
-            step_output = self.scaler.step(optimizer, **kwargs)
-            self.scaler.update()
-            return step_output
-        return closure_result
+        return self._scaled_step(optimizer, model, closure, **kwargs)
 
     def state_dict(self) -> Dict[str, Any]:
         return self.scaler.state_dict() if self.scaler is not None else {}
