@@ -355,6 +355,156 @@ def case_tensor_needing_grad(L):
 # stayed one graph; ("regions", text) = not one graph (text: the cause), so training_step ran as compiled
 # regions (trainer/compile/regions.py) without a warning; ("eager", text) = fell back with one
 # CompileWarning containing text.
+def case_buffer_counter_in_step(L):
+    """``self.count += 1`` on a registered buffer: the store puts back the tensor ``+=`` changed in place
+    (no side effect: one graph); the loss reads the new count."""
+    class M(_base(L)):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("count", torch.zeros(()))
+
+        def training_step(self, batch, batch_idx):
+            self.count += 1
+            return self.mse(batch) * (1 + 0.05 * self.count)
+
+    return M(), []
+
+
+def case_buffer_changed_in_place_in_regions(L):
+    """A step that is regions (a data-dependent branch) and changes a buffer in place that its loss reads:
+    AOTAutograd (torch 2.13, plain torch.compile too) differentiates that loss with the buffer's value after
+    the change, so that region runs eagerly."""
+    class M(_base(L)):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("count", torch.zeros(()))
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            if x.sum() > 1e6:  # never taken, but a graph break
+                x = x * 0
+            self.count.add_(1)
+            return F.mse_loss(self.net(x), y) * (1 + 0.05 * self.count)
+
+    return M(), []
+
+
+def case_data_assigned_by_callback(L):
+    """A callback gives a weight new storage (``p.data = ...``) between steps: the graphs held the old one."""
+    class M(_base(L, momentum=0.9)):
+        def training_step(self, batch, batch_idx):
+            return self.mse(batch)
+
+    class Shrink(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 5:
+                pl_module.net[0].weight.data = pl_module.net[0].weight.data * 0.5
+
+    return M(), [Shrink()]
+
+
+def case_buffer_replaced_by_callback(L):
+    class M(_base(L)):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("gain", torch.ones(()))
+
+        def training_step(self, batch, batch_idx):
+            return self.mse(batch) * self.gain
+
+    class Replace(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                pl_module.gain = torch.full((), 0.5)  # a new tensor registered under the buffer's name
+
+    return M(), [Replace()]
+
+
+def case_optimizer_state_reloaded(L):
+    """``optimizer.load_state_dict`` mid-fit puts new state tensors in place of the ones the graph updates."""
+    class M(_base(L, momentum=0.9)):
+        def training_step(self, batch, batch_idx):
+            return self.mse(batch)
+
+    class Reset(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                opt = trainer.optimizers[0]
+                state = opt.state_dict()
+                for entry in state["state"].values():
+                    entry["momentum_buffer"] = entry["momentum_buffer"] * 0
+                opt.load_state_dict(state)
+
+    return M(), [Reset()]
+
+
+def case_data_assigned_in_step(L):
+    """``.data`` assigned inside the step (regions): the compiled update must update the new storage."""
+    class M(_base(L, momentum=0.9)):
+        def training_step(self, batch, batch_idx):
+            if batch_idx == 2:
+                self.net[0].bias.data = self.net[0].bias.data * 0.5
+            return self.mse(batch)
+
+    return M(), []
+
+
+def case_gradient_hook_at_init(L):
+    """``Tensor.register_hook`` on a weight: eager's backward runs it; a graph that computes the gradients
+    itself would not (regions: autograd's backward)."""
+    class M(_base(L)):
+        def __init__(self):
+            super().__init__()
+            self.net[0].weight.register_hook(lambda g: g * 0.1)
+
+        def training_step(self, batch, batch_idx):
+            return self.mse(batch)
+
+    return M(), []
+
+
+def _shrink_grad(p):
+    p.grad.mul_(0.1)
+
+
+def case_post_accumulate_grad_hook(L):
+    class M(_base(L)):
+        def __init__(self):
+            super().__init__()
+            self.net[0].bias.register_post_accumulate_grad_hook(_shrink_grad)
+
+        def training_step(self, batch, batch_idx):
+            return self.mse(batch)
+
+    return M(), []
+
+
+def _hook_added_at_epoch_1(L, add):
+    class M(_base(L)):
+        def training_step(self, batch, batch_idx):
+            return self.mse(batch)
+
+    class AddHook(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                add(pl_module.net)
+
+    return M(), [AddHook()]
+
+
+def case_forward_hook_added_by_callback(L):
+    return _hook_added_at_epoch_1(L, lambda net: net[0].register_forward_hook(lambda mod, args, out: out * 0.5))
+
+
+def case_gradient_hook_added_by_callback(L):
+    return _hook_added_at_epoch_1(L, lambda net: net[-1].weight.register_hook(lambda g: g * 0.1))
+
+
+def case_backward_hook_added_by_callback(L):
+    return _hook_added_at_epoch_1(L, lambda net: net[-1].register_full_backward_hook(
+        lambda mod, grad_in, grad_out: (grad_in[0] * 0.1,)))
+
+
 CASES = {
     "epoch_helper": (case_epoch_helper, ("recompiles", 2)),
     "global_step_helper": (case_global_step_helper, ("regions", "at every step")),
@@ -375,6 +525,17 @@ CASES = {
     "global_tensor": (case_global_tensor, ("recompiles", 0)),
     "attribute_closure_and_list_tensors": (case_attribute_closure_and_list_tensors, ("recompiles", 0)),
     "tensor_needing_grad": (case_tensor_needing_grad, ("regions", "`self.gain`, a tensor that needs a gradient")),
+    "buffer_counter_in_step": (case_buffer_counter_in_step, ("recompiles", 0)),
+    "buffer_changed_in_place_in_regions": (case_buffer_changed_in_place_in_regions, ("regions", "not one graph")),
+    "data_assigned_by_callback": (case_data_assigned_by_callback, ("recompiles", 1)),
+    "buffer_replaced_by_callback": (case_buffer_replaced_by_callback, ("recompiles", 1)),
+    "optimizer_state_reloaded": (case_optimizer_state_reloaded, ("recompiles", 1)),
+    "data_assigned_in_step": (case_data_assigned_in_step, ("regions", "`.data`")),
+    "gradient_hook_at_init": (case_gradient_hook_at_init, ("regions", "`net.0.weight` has a gradient hook")),
+    "post_accumulate_grad_hook": (case_post_accumulate_grad_hook, ("regions", "`net.0.bias` has a gradient hook")),
+    "forward_hook_added_by_callback": (case_forward_hook_added_by_callback, ("recompiles", 1)),
+    "gradient_hook_added_by_callback": (case_gradient_hook_added_by_callback, ("regions", "gradient hook")),
+    "backward_hook_added_by_callback": (case_backward_hook_added_by_callback, ("regions", "`net.3` has a backward hook")),
 }
 
 
@@ -457,6 +618,59 @@ def test_compiled_step_matches_lightning(name, lightning_runs):
 def test_recompile_reason_names_the_value():
     _, trainer, _ = _fit("callback_attribute", "trainer", compile_on=True)
     assert trainer.compile_report.recompile_reasons == ["self.beta == 1.0", "self.beta == 0.5"]
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("data_assigned_by_callback", "`net.0.weight` holds new data (`.data` was assigned)"),
+    ("buffer_replaced_by_callback", "`gain` was replaced by another tensor"),
+    ("optimizer_state_reloaded", "the optimizer's state was replaced (load_state_dict)"),
+])
+def test_a_tensor_moved_between_steps_is_named(name, reason):
+    _, trainer, _ = _fit(name, "trainer", compile_on=True)
+    assert trainer.compile_report.recompile_reasons == [reason]
+
+
+def test_a_region_changing_an_input_its_gradient_reads_runs_eagerly():
+    _, trainer, _ = _fit("buffer_changed_in_place_in_regions", "trainer", compile_on=True)
+    eager = [r for r in trainer.compile_report.regions if "runs eagerly" in r]
+    assert len(eager) == 1 and "`self.count` in place" in eager[0], trainer.compile_report.regions
+
+
+@pytest.mark.parametrize("how", ["+=", "add_", "add_ after the loss"])
+def test_the_region_backend_differentiates_what_eager_does(how):
+    """torch.compile of a step that changes a buffer its loss reads, with the regions' backend: eager's
+    gradient (inductor's own AOTAutograd path reads the changed value in the backward, torch 2.13)."""
+    from trainer.compile.regions import _backend
+
+    class Counter(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = nn.Linear(8, 4)
+            self.register_buffer("count", torch.zeros(()))
+
+        def forward(self, x, y):
+            if how == "+=":
+                self.count += 1
+            elif how == "add_":
+                self.count.add_(1)
+            loss = F.mse_loss(self.net(x), y) * (1 + 0.01 * self.count)
+            if how == "add_ after the loss":
+                self.count.add_(1)
+            return loss
+
+    x, y = torch.randn(16, 8), torch.randn(16, 4)
+    grads = []
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        m = Counter()
+        step = torch.compile(m, backend=_backend) if compiled else m
+        for _ in range(2):
+            m.zero_grad()
+            step(x, y).backward()
+        grads.append((m.net.weight.grad.clone(), m.count.clone()))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-6, atol=1e-7)
+    assert float(grads[1][1]) == float(grads[0][1]) == 2.0
 
 
 def test_a_float_changing_every_step_becomes_a_graph_input():

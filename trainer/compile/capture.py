@@ -115,6 +115,70 @@ class Layout:
         return r + ([("scale", 0), ("growth", 0)] if self.scaler is not None else [])
 
 
+class TensorSources:
+    """Where each tensor a graph is given comes from, as found when its inputs were gathered: the
+    module's registration (``owner._parameters``/``_buffers``) and the storage, and the optimizer's state
+    entry. The engine hands graphs detached aliases of those tensors once per set-up; eager reads them
+    anew every step. ``p.data = t`` (a weight swap for validation, a constraint, a dtype change), a
+    parameter or buffer registered anew, or the optimizer's state loaded again (``load_state_dict``
+    puts new tensors there) would leave a graph computing on the old storage: :meth:`moved` names the
+    first such change so the engine sets up again, and (``hooks``) a gradient hook registered since, which
+    a graph computing the gradients would skip (:func:`gradient_hook`)."""
+
+    __slots__ = ("_entries", "_opt", "_state")
+
+    def __init__(self, module: torch.nn.Module, names: Dict[int, str], opt: Any = None,
+                 params: Sequence[Tensor] = (), state_keys: Sequence[str] = (), hooks: bool = True) -> None:
+        entries: List[Tuple[Any, Any, Any, Optional[int], str, bool]] = []  # (where, key, value, data_ptr, name, hooks)
+        for owner, kind, leaf, value in _tensor_slots(module):
+            name = names.get(id(value))
+            if name is not None and isinstance(value, Tensor):
+                entries.append((getattr(owner, kind), leaf, value, value.data_ptr(), f"`{name}`", hooks))
+        self._opt, self._state = opt, getattr(opt, "state", None)
+        if opt is not None:
+            for p in params:
+                st = opt.state.get(p)
+                if st is None:
+                    continue
+                entries.append((opt.state, p, st, None, f"the optimizer's state of `{names.get(id(p))}`", False))
+                for key in state_keys:
+                    t = st.get(key)
+                    if isinstance(t, Tensor):
+                        entries.append((st, key, t, t.data_ptr(), f"the optimizer's `{key}` of `{names.get(id(p))}`",
+                                        False))
+        self._entries = entries
+
+    def moved(self) -> Optional[str]:
+        """The first tensor that is no longer where (or what) it was, in words; None when none moved."""
+        if self._opt is not None and self._opt.state is not self._state:
+            return "the optimizer's state was replaced (load_state_dict)"
+        for slots, key, value, ptr, name, hooks in self._entries:
+            if slots.get(key) is not value:
+                return f"{name} was replaced by another tensor"
+            if ptr is not None and value.data_ptr() != ptr:
+                return f"{name} holds new data (`.data` was assigned)"
+            if hooks and (value._backward_hooks or value._post_accumulate_grad_hooks):
+                return f"{name} has a gradient hook now"
+        return None
+
+
+def gradient_hook(module: torch.nn.Module) -> Optional[str]:
+    """A hook eager's ``backward`` runs that a graph computing the gradients itself (``torch.func.grad``
+    over the module's tensors as inputs) would skip, in words; None when there is none. Such a step is
+    compiled as regions, whose backward is autograd's and runs the hooks."""
+    from torch.nn.modules import module as torch_module
+
+    if torch_module._global_backward_hooks or torch_module._global_backward_pre_hooks:
+        return "a global module backward hook is registered (register_module_full_backward_hook)"
+    for name, sub in module.named_modules():
+        if sub._backward_hooks or sub._backward_pre_hooks:
+            return f"`{name or type(sub).__name__}` has a backward hook (register_full_backward_hook)"
+    for name, t in [*module.named_parameters(), *module.named_buffers()]:
+        if t._backward_hooks or t._post_accumulate_grad_hooks:
+            return f"`{name}` has a gradient hook (register_hook / register_post_accumulate_grad_hook)"
+    return None
+
+
 @dataclass
 class Captured:
     gm: fx.GraphModule
@@ -227,6 +291,9 @@ def capture(  # noqa: C901
     :class:`trainer.compile.guards.StepGuard` of the same call (same batch signature, arguments and
     lifted floats) traced for another variant; it is traced here when None. Either way it is ``.guard``
     of the result."""
+    hook = gradient_hook(module)
+    if hook is not None:
+        raise CaptureError(f"{hook}: the graph computes gradients without autograd's hooks")
     leaves, spec = tree_flatten(batch)
     t_pos = [i for i, v in enumerate(leaves) if isinstance(v, Tensor)]
     const_leaves = list(leaves)

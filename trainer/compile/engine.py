@@ -40,7 +40,7 @@ from torch import Tensor
 from torch.utils._pytree import tree_flatten
 
 from trainer.compile import CompileConfig, CompileError, allocator
-from trainer.compile.capture import Captured, CaptureError, Layout, capture
+from trainer.compile.capture import Captured, CaptureError, Layout, TensorSources, capture
 from trainer.compile.passes import StepConfig, Variant, run_passes
 from trainer.compile.reads_before_writes import cache_key_pass, realize_reads_before_writes
 from trainer.compile.report import CompileReport, Tier
@@ -314,6 +314,8 @@ class CompiledEngine:
         self._graph_backend = None  # cudagraphs' capture backend, made on the first recorded graph
         self._opt: Any = None
         self._groups_sig: Tuple[int, ...] = ()
+        self._sources: Optional[TensorSources] = None  # the full/fwd_bwd graphs' tensors, checked every step
+        self._usources: Optional[TensorSources] = None  # the update graph's
         self._scaler_cfg: Optional[Tuple[float, float, int]] = None
         self._update_graph = False  # fwd_bwd tier: optimizer.step() replaced by a compiled update graph
         self._sync: Optional[Tuple[str, int, int]] = None  # DDP: (group name, world size, bucket bytes)
@@ -448,6 +450,7 @@ class CompiledEngine:
                                 int(scaler._growth_interval))
         self.layout = layout
         self._prefix = layout.prefix()
+        self._sources = self._tensor_sources(layout, opt if self.tier is Tier.FULL else None)
         if self._cudagraphs:
             from trainer.compile import cudagraphs
 
@@ -557,6 +560,14 @@ class CompiledEngine:
             return "no trainable parameters"
         return None
 
+    def _tensor_sources(self, layout: Layout, opt: Any, hooks: bool = True) -> TensorSources:
+        """Where the tensors of ``layout`` (and, with ``opt``, their optimizer state) come from now;
+        ``hooks``: its graphs compute gradients (a gradient hook registered later is a change)."""
+        names = {id(t): n for n, t in zip(layout.param_names, layout.params)}
+        names.update((id(t), n) for n, t in zip(layout.other_names, layout.others))
+        names.update((id(t), n) for n, t in zip(layout.buffer_names, layout.buffers))
+        return TensorSources(self.trainer.lightning_module, names, opt, layout.params, layout.state_keys, hooks)
+
     def _setup_optimizer(self, layout: Layout, opt: Any) -> None:
         adam = not isinstance(opt, torch.optim.SGD)
         layout.opt_kind = "adam" if adam else "sgd"
@@ -600,6 +611,7 @@ class CompiledEngine:
             st = opt.state.get(layout.params[i])
             if st is not None and not any(isinstance(v, Tensor) and v.ndim and bool(v.any()) for v in st.values()):
                 opt.state.pop(layout.params[i], None)
+        self._sources = self._tensor_sources(layout, opt)  # the entries dropped here are not a change
 
     # ------------------------------------------------------------------ graphs
     def _build(self, key: Any, variant: Variant, batch: Any, step_args: tuple) -> _Graph:
@@ -744,12 +756,16 @@ class CompiledEngine:
             type(opt).step(opt)  # torch.optim skips params without a gradient: let it (state stays torch's)
             return loss
         layout = self._ulayout
+        if layout is not None and self._usources.moved() is not None:  # `.data` assigned, state loaded again
+            self._graphs.pop((Variant.UPDATE,), None)
+            layout = self._ulayout = None
         if layout is None:  # first update: torch.optim's state, created as its first step() would
             # a Layout of its own: the fwd+bwd graphs' inputs must not change under them
             layout = self._ulayout = Layout(param_names=self.layout.param_names, params=params,
                                             group_of=self.layout.group_of, other_names=[], others=[],
                                             buffer_names=[], buffers=[], opt_kind=None)
             self._setup_optimizer(layout, opt)
+            self._usources = self._tensor_sources(layout, opt, hooks=False)
         self._refresh_hparams(layout)
         graph = self._graphs.get((Variant.UPDATE,))
         if graph is None:
@@ -814,11 +830,11 @@ class CompiledEngine:
             # counts as a recompile)
             self._drop_graphs()
             self.tier, self.layout, self._ulayout = None, None, None
-        if self.tier in (Tier.FULL, Tier.FWD_BWD) and self._groups_sig != _param_groups_signature(self._opt):
-            # a param group was added mid-fit (BaseFinetuning.unfreeze_and_add_param_group): the graphs update
-            # the tensors the optimizer held when they were built; set up again for the new groups
-            self.report.recompile_reasons.append("the optimizer's param groups changed")
-            self._set_up_again()
+        if self.tier in (Tier.FULL, Tier.FWD_BWD):
+            changed = self._inputs_changed()
+            if changed is not None:  # the graphs update the tensors they were set up with
+                self.report.recompile_reasons.append(changed)
+                self._set_up_again()
         if self.tier is None:
             self._setup(optimizer, batch_idx)
             if self.config.cudagraphs and not self._cudagraphs and self.report.cudagraph_reason is None:
@@ -853,6 +869,14 @@ class CompiledEngine:
             if not self._rebuild_after(e.why, e.source):
                 return self._run_regions(loop, batch_idx, args, should_accumulate) if self.tier is Tier.REGIONS else None
             return self.run(loop, optimizer, batch_idx, args, should_accumulate)
+
+    def _inputs_changed(self) -> Optional[str]:
+        """Why the set-up's tensors are no longer the ones the step reads and updates, or None: a param
+        group added mid-fit (BaseFinetuning.unfreeze_and_add_param_group), a parameter, buffer or
+        optimizer state replaced (:class:`~trainer.compile.capture.TensorSources`)."""
+        if self._groups_sig != _param_groups_signature(self._opt):
+            return "the optimizer's param groups changed"
+        return self._sources.moved() if self._sources is not None else None
 
     def _set_up_again(self) -> None:
         """Drop the graphs and the set-up (a window's gradients handed back to ``.grad``): the next

@@ -35,6 +35,7 @@ sends the step to eager after a bounded number of rebuilds.
 """
 from __future__ import annotations
 
+import operator
 import re
 from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
 
@@ -72,9 +73,10 @@ def _entry(name: str) -> Callable[..., Any]:
 def _readable(source: str) -> str:
     """Dynamo's source names in the user's words: ``L['module'].net.p`` -> ``self.net.p``."""
     source = source.replace("L['module']", "self").replace("L['batch']", "batch").replace("L['rest'][0]", "batch_idx")
+    source = re.sub(r"^L\['([A-Za-z_][A-Za-z0-9_]*)'\]", r"\1", source)  # a local of the traced frame
     source = re.sub(r"G\['__import_[^']*'\]\.", "", source)
     source = re.sub(r"G\['([^']*)'\]", r"\1", source)
-    return re.sub(r"\._modules\['([^']*)'\]", r".\1", source)
+    return re.sub(r"\._(?:modules|parameters|buffers)\['([^']*)'\]", r".\1", source)
 
 
 def _user_line(exc: BaseException) -> str:
@@ -223,6 +225,55 @@ def once_logging_ignored(active: bool) -> ContextManager[Any]:
     return torch._dynamo.config.patch(ignore_logging_functions=set(torch._dynamo.config.ignore_logging_functions) | once)
 
 
+_INPLACE_OPERATORS = frozenset({
+    operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv, operator.imod,
+    operator.ipow, operator.imatmul, operator.iand, operator.ior, operator.ixor, operator.ilshift,
+    operator.irshift, operator.setitem,
+})
+_NOT_DATA = frozenset({"requires_grad_", "retain_grad", "share_memory_", "record_stream"})
+
+
+def changed_in_place(node: torch.fx.Node) -> Optional[torch.fx.Node]:
+    """The node whose tensor ``node`` (a dynamo graph's call) writes in place, or None."""
+    if node.op == "call_method":
+        name = str(node.target)
+        if name.endswith("_") and not name.startswith("_") and name not in _NOT_DATA and node.args:
+            return node.args[0] if isinstance(node.args[0], torch.fx.Node) else None
+    elif node.op == "call_function":
+        target = node.target
+        name = getattr(target, "__name__", "")
+        if target in _INPLACE_OPERATORS or node.kwargs.get("inplace") is True or (
+                name.endswith("_") and not name.startswith("_") and name not in _NOT_DATA):
+            first = node.args[0] if node.args else None
+            return first if isinstance(first, torch.fx.Node) else None
+        out = node.kwargs.get("out")
+        if isinstance(out, torch.fx.Node):
+            return out
+    return None
+
+
+def _put_back(var: Any) -> bool:
+    """Whether a dict that existed before the call (a module's ``_buffers``) ends holding what it held:
+    every entry the original object, or the original tensor changed in place (``self.count += 1`` on a
+    buffer stores back the tensor ``+=`` changed: the change is in the graph, the store changes nothing)."""
+    items, original = getattr(var, "items", None), getattr(var, "original_items", None)
+    if items is None or original is None or len(items) != len(original):
+        return False
+    for key, value in items.items():
+        before = original.get(key.vt)
+        if before is None:
+            return False
+        if not var.is_new_item(before, value):
+            continue
+        base = getattr(getattr(before.realize(), "proxy", None), "node", None)
+        node = getattr(getattr(value, "proxy", None), "node", None)
+        while node is not None and node is not base:
+            node = changed_in_place(node)
+        if base is None or node is not base:
+            return False
+    return True
+
+
 def _restored(side_effects: Any, var: Any) -> bool:
     """Whether every attribute the step writes on ``var`` (an object that existed before the call)
     ends with the value it has now, so replaying the writes would change nothing: the value is the
@@ -312,6 +363,8 @@ class StepGuard:
             for var in side_effects._get_modified_vars():
                 if isinstance(var.mutation_type, AttributeMutationExisting) and _restored(side_effects, var):
                     continue  # set and put back within the step (a context manager's global): no net change
+                if isinstance(var.mutation_type, ValueMutationExisting) and _put_back(var):
+                    continue  # `self.count += 1` on a buffer: the in-place add is in the graph
                 if isinstance(var.mutation_type, (AttributeMutationExisting, ValueMutationExisting)):
                     where = _readable(var.source.name) if var.source is not None else type(var).__name__
                     attrs = side_effects.store_attr_mutations.get(var) if var.source is not None else None
@@ -345,6 +398,7 @@ class StepGuard:
         module.__dict__["log"] = _log_stub
         try:
             with torch._dynamo.config.patch(specialize_int=True, specialize_float=True, allow_empty_graphs=True,
+                                            skip_nnmodule_hook_guards=False,
                                             automatic_dynamic_shapes=False, assume_static_by_default=True), \
                     once_logging_ignored(True), context(), _Substituted(lifted):
                 compiled(module, batch, rest, _PROBE)

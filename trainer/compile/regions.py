@@ -40,10 +40,15 @@ def _short(path: str) -> str:
 
 
 def _backend(gm: torch.fx.GraphModule, example_inputs: List[Any]) -> Callable[..., Any]:
-    """Dynamo's backend for every region: record it, then inductor (with backward via AOTAutograd)."""
+    """Dynamo's backend for every region: record it, then inductor (with backward via AOTAutograd);
+    a region whose gradient AOTAutograd would compute wrongly (:func:`mutated_input_read_by_grad`) runs
+    as the eager ops dynamo recorded."""
     owner: Optional[RegionStep] = getattr(_state, "owner", None)
+    unsafe = mutated_input_read_by_grad(gm) if torch.is_grad_enabled() else None
     if owner is not None:
-        owner._describe(gm)
+        owner._describe(gm, eager_because=unsafe)
+    if unsafe is not None:
+        return gm.forward
     from torch._inductor import config as inductor_config
     from torch._inductor.compile_fx import compile_fx
 
@@ -53,6 +58,66 @@ def _backend(gm: torch.fx.GraphModule, example_inputs: List[Any]) -> Callable[..
     # on the CPU, random ops as ATen calls on torch's generator: eager's dropout masks (see capture.py)
     with isa_probe_memo(), inductor_config.patch(fallback_random=cpu or inductor_config.fallback_random):
         return compile_fx(gm, example_inputs)
+
+
+def mutated_input_read_by_grad(gm: torch.fx.GraphModule) -> Optional[str]:
+    """Why AOTAutograd would give this region a wrong gradient, or None.
+
+    A region that writes one of its inputs in place (``self.count += 1`` on a buffer, ``x.mul_(2)``)
+    and computes something differentiable from it: AOTAutograd (torch 2.13, inductor and aot_eager
+    alike) puts the write-back ``input.copy_(new)`` in the forward graph, and its partitioner may
+    recompute a value the backward needs from the input itself, after the write: the backward then
+    reads the new value (``self.count += 1; loss = mse * (1 + 0.01 * self.count)`` differentiated with
+    ``count + 2``). Dynamo's ``torch.compile`` gives that run silently; here such a region runs eagerly.
+    BatchNorm's running statistics are written inside its op (no in-place call in the dynamo graph)
+    and its ``num_batches_tracked += 1`` feeds nothing differentiable: not affected."""
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    from trainer.compile.guards import _readable, changed_in_place
+
+    def storage(node: Any) -> Optional[Any]:
+        value = node.meta.get("example_value") if isinstance(node, torch.fx.Node) else None
+        if not isinstance(value, torch.Tensor):
+            return None
+        try:
+            return StorageWeakRef(value.untyped_storage())
+        except Exception:  # no storage (a sparse or nested tensor): not an aliasing input here
+            return None
+
+    inputs = {}
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            ref = storage(node)
+            if ref is not None:
+                inputs.setdefault(ref, node)
+    if not inputs:
+        return None
+    for node in gm.graph.nodes:
+        target = changed_in_place(node)
+        ref = storage(target) if target is not None else None
+        placeholder = inputs.get(ref) if ref is not None else None
+        if placeholder is None or not _feeds_grad(placeholder):
+            continue
+        source = getattr(placeholder.meta.get("grapharg"), "source", None)
+        name = _readable(source.name) if source is not None else placeholder.name
+        return (f"it changes `{name}` in place and computes a gradient from it (AOTAutograd's backward would read"
+                " the changed value)")
+    return None
+
+
+def _feeds_grad(node: torch.fx.Node) -> bool:
+    """Whether a value that needs a gradient is computed from ``node`` (or is ``node``)."""
+    seen, todo = set(), [node]
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        value = n.meta.get("example_value")
+        if isinstance(value, torch.Tensor) and value.requires_grad:
+            return True
+        todo.extend(n.users)
+    return False
 
 
 class _BreakHandler(logging.Handler):
@@ -104,7 +169,7 @@ class RegionStep:
         self._bound = own is None
         self._step = torch.compile(type(module).training_step if own is None else own, backend=_backend)
 
-    def _describe(self, gm: torch.fx.GraphModule) -> None:
+    def _describe(self, gm: torch.fx.GraphModule, eager_because: Optional[str] = None) -> None:
         from torch._dynamo.symbolic_convert import InstructionTranslator
 
         ops = [n for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module")]
@@ -126,7 +191,7 @@ class RegionStep:
             ends = f", ends at a break{at}"
         report = self.report
         report.region_compiles += 1
-        text = f"{len(ops)} ops{where}{ends}"
+        text = f"{len(ops)} ops{where}{ends}" + (f", runs eagerly: {eager_because}" if eager_because else "")
         if text not in report.regions:  # compiled again (a guard failed, a new shape): the same region
             report.regions.append(text)
 
@@ -153,11 +218,14 @@ class RegionStep:
         try:
             from trainer.compile.guards import once_logging_ignored
 
-            # a region that fails to compile runs eagerly. Floats specialised (a guard on the value, a new
-            # compile when it changes, eager for the frame after dynamo's recompile limit): once dynamo makes a
-            # float symbolic, a training graph that writes it back (``self.c *= 0.999``) stops writing it
-            # (torch 2.13: the write-back is lost when the graph has a backward), a wrong run
-            with torch._dynamo.config.patch(suppress_errors=True, specialize_float=True), \
+            # a region that fails to compile runs eagerly. Module hooks guarded (dynamo's default does not
+            # notice a forward hook added after the compile and keeps running the graph without it). Floats
+            # specialised (a guard on the value, a new compile when it changes, eager for the frame after
+            # dynamo's recompile limit): once dynamo makes a float symbolic, a training graph that writes it
+            # back (``self.c *= 0.999``) stops writing it (torch 2.13: the write-back is lost when the graph
+            # has a backward), a wrong run
+            with torch._dynamo.config.patch(suppress_errors=True, specialize_float=True,
+                                            skip_nnmodule_hook_guards=False), \
                     once_logging_ignored(self._once_done):
                 out = self._step(module, *args, **kwargs) if self._bound else self._step(*args, **kwargs)
         finally:
