@@ -27,6 +27,7 @@ from trainer.compile.engine import CompileWarning
 EPOCHS = 3  # 4 batches each: 12 optimizer steps
 SCALE = 1.0  # read by a training_step, changed by a callback (case "module_global")
 WEIGHTS = torch.ones(4)  # per-output loss weights read by a training_step (case "global_tensor")
+TOKENS = torch.randint(0, 20, (16, 3), generator=torch.Generator().manual_seed(5))  # "embedding_max_norm_..."
 
 
 def _data():
@@ -505,6 +506,35 @@ def case_backward_hook_added_by_callback(L):
         lambda mod, grad_in, grad_out: (grad_in[0] * 0.1,)))
 
 
+def case_embedding_max_norm_beside_dropout(L):
+    """Dropout in a graph where inductor fused the mask's readers with the kernel that allocates the mask,
+    ahead of ``bernoulli_`` filling it (torch 2.13; here beside an ``nn.Embedding(max_norm=...)``)."""
+    class M(_base(L, dropout=0.3)):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(20, 4, max_norm=0.5)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return F.mse_loss(self.net(x) + self.emb(TOKENS).sum(1), y)
+
+    return M(), []
+
+
+def case_double_backward(L):
+    """A gradient penalty (``torch.autograd.grad(..., create_graph=True)``): compiled regions would crash
+    in the second backward (AOTAutograd has no double backward), so the step runs eagerly."""
+    class M(_base(L)):
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            x = x.clone().requires_grad_(True)
+            out = self.net(x)
+            (g,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+            return F.mse_loss(out, y) + 0.1 * g.pow(2).mean()
+
+    return M(), []
+
+
 CASES = {
     "epoch_helper": (case_epoch_helper, ("recompiles", 2)),
     "global_step_helper": (case_global_step_helper, ("regions", "at every step")),
@@ -536,6 +566,8 @@ CASES = {
     "forward_hook_added_by_callback": (case_forward_hook_added_by_callback, ("recompiles", 1)),
     "gradient_hook_added_by_callback": (case_gradient_hook_added_by_callback, ("regions", "gradient hook")),
     "backward_hook_added_by_callback": (case_backward_hook_added_by_callback, ("regions", "`net.3` has a backward hook")),
+    "embedding_max_norm_beside_dropout": (case_embedding_max_norm_beside_dropout, ("recompiles", 0)),
+    "double_backward": (case_double_backward, ("eager", "differentiates twice")),
 }
 
 

@@ -300,6 +300,7 @@ class CompiledEngine:
         report.enabled = True
         self.tier: Optional[Tier] = None
         self._retried_first = False  # the first capture failed, one step ran eagerly, the capture was retried
+        self._differentiates_twice = False  # that eager step ran a backward with create_graph=True
         self.layout: Optional[Layout] = None
         self._prefix: List[Tensor] = []
         self._graphs: Dict[Any, _Graph] = {}
@@ -852,23 +853,47 @@ class CompiledEngine:
                 return self._sharded.run(loop, batch_idx, args, should_accumulate)
             return self._run_split(loop, batch_idx, args, should_accumulate)
         except CaptureError as e:
-            if not isinstance(e, CompilerFailed) and not self._retried_first and self.tier in (Tier.FULL, Tier.FWD_BWD) \
-                    and self.report.steps_run == 0:
-                # a first step that does something once (transformers sets `config.problem_type` at the first
-                # call) may be one graph from its second call on: this batch runs eagerly, the next is captured
-                # again (and compiled regions, if it comes to them, skip the `*_once` logging calls done by now)
-                self._retried_first = True
-                self._set_up_again()
-                self.report.recompile_reasons.append(f"captured again after one eager step: {e.cause}")
-                return None
-            if not isinstance(e, CompilerFailed) and self._enter_regions(e.cause):
-                return self._run_regions(loop, batch_idx, args, should_accumulate)
-            self._fail(e.cause)
-            return None
+            return self._capture_failed(e, loop, batch_idx, args, should_accumulate)
         except _GuardFailed as e:
             if not self._rebuild_after(e.why, e.source):
                 return self._run_regions(loop, batch_idx, args, should_accumulate) if self.tier is Tier.REGIONS else None
             return self.run(loop, optimizer, batch_idx, args, should_accumulate)
+
+    def _capture_failed(self, e: CaptureError, loop: "AutomaticOptimization", batch_idx: int, args: tuple,
+                        should_accumulate: bool) -> Optional[Dict[str, Any]]:
+        """The step is not one graph (``e``): one eager step and a second try at the first step, else
+        compiled regions, else the eager engine (None)."""
+        if not isinstance(e, CompilerFailed) and not self._retried_first and self.tier in (Tier.FULL, Tier.FWD_BWD) \
+                and self.report.steps_run == 0:
+            # a first step that does something once (transformers sets `config.problem_type` at the first
+            # call) may be one graph from its second call on: this batch runs eagerly, the next is captured
+            # again (and compiled regions, if it comes to them, skip the `*_once` logging calls done by now)
+            self._retried_first = True
+            self._set_up_again()
+            self.report.recompile_reasons.append(f"captured again after one eager step: {e.cause}")
+            return self._watched_eager_step(loop, batch_idx, args, should_accumulate)
+        if not isinstance(e, CompilerFailed) and self._differentiates_twice:
+            self._fail(f"{e.cause}; compiled regions cannot run it either: the step differentiates twice"
+                       " (a backward with create_graph=True, e.g. torch.autograd.grad for a gradient penalty),"
+                       " which AOTAutograd's compiled regions do not support")
+            return None
+        if not isinstance(e, CompilerFailed) and self._enter_regions(e.cause):
+            return self._run_regions(loop, batch_idx, args, should_accumulate)
+        self._fail(e.cause)
+        return None
+
+    def _watched_eager_step(self, loop: "AutomaticOptimization", batch_idx: int, args: tuple,
+                            should_accumulate: bool) -> Dict[str, Any]:
+        """The eager engine's batch, watched for a backward that builds a graph of its own
+        (``create_graph=True``): a saved tensor unpacked with grad mode on. Compiled regions would
+        crash on its second backward (AOTAutograd has no double backward), so such a step runs eagerly."""
+        def unpacked(t: Any) -> Any:
+            if torch.is_grad_enabled():
+                self._differentiates_twice = True
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: t, unpacked):
+            return loop.run_eager(batch_idx, args, should_accumulate)
 
     def _inputs_changed(self) -> Optional[str]:
         """Why the set-up's tensors are no longer the ones the step reads and updates, or None: a param

@@ -13,6 +13,13 @@ registered (and scheduled) first. It patches ``GraphLowering.run_node`` only whi
 compile; a user's ``torch.compile`` elsewhere in the process is left alone. Code compiled without the fix
 must not come back from inductor's on-disk caches: :func:`cache_key_pass` puts this file's digest into
 their key.
+
+The same context lowers ``aten.bernoulli.p`` (dropout's mask where random ops fall back to ATen, as the
+engine has them on the CPU) into a fresh buffer that ``bernoulli_`` fills. Inductor's own lowering fills a
+``clone`` of its input in place, and the scheduler could fuse that clone's kernel with the mask's readers
+(``mask / (1 - p) * x``): the fused loop read the buffer before ``bernoulli_`` had filled it (torch 2.13: a
+dropout MLP beside an embedding with ``max_norm`` trained on uninitialised masks, 1.7e-2 off eager in one
+step). A fresh buffer has no kernel to fuse with.
 """
 from __future__ import annotations
 
@@ -62,9 +69,35 @@ def realize_reads_before_writes() -> Iterator[None]:
 
     GraphLowering.run_node = run_node  # type: ignore[method-assign]
     try:
-        yield
+        with _bernoulli_into_fresh_buffer():
+            yield
     finally:
         GraphLowering.run_node = original  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def _bernoulli_into_fresh_buffer() -> Iterator[None]:
+    import torch
+    from torch._inductor import ir
+    from torch._inductor import lowering as L
+
+    aten = torch.ops.aten
+    original = L.lowerings.get(aten.bernoulli.p)
+    if original is None:  # pragma: no cover - inductor without this lowering: nothing to replace
+        yield
+        return
+
+    def bernoulli_p(x: Any, *args: Any) -> Any:
+        out = L.empty_strided(list(x.get_size()), None, dtype=x.get_dtype(), device=x.get_device())
+        overload = aten.bernoulli_.float if not args or isinstance(args[0], float) else aten.bernoulli_.Tensor
+        ir.InplaceBernoulliFallback(overload, out, *args)
+        return out
+
+    L.lowerings[aten.bernoulli.p] = bernoulli_p
+    try:
+        yield
+    finally:
+        L.lowerings[aten.bernoulli.p] = original
 
 
 def cache_key_pass() -> Any:

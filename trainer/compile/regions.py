@@ -53,10 +53,15 @@ def _backend(gm: torch.fx.GraphModule, example_inputs: List[Any]) -> Callable[..
     from torch._inductor.compile_fx import compile_fx
 
     from trainer.compile.engine import isa_probe_memo
+    from trainer.compile.reads_before_writes import cache_key_pass, realize_reads_before_writes
 
     cpu = all(t.device.type == "cpu" for t in example_inputs if isinstance(t, torch.Tensor))
-    # on the CPU, random ops as ATen calls on torch's generator: eager's dropout masks (see capture.py)
-    with isa_probe_memo(), inductor_config.patch(fallback_random=cpu or inductor_config.fallback_random):
+    # on the CPU, random ops as ATen calls on torch's generator: eager's dropout masks (see capture.py);
+    # inductor's mutation-ordering fixes as for the engine's own graphs (trainer/compile/reads_before_writes.py)
+    patches: Dict[str, Any] = {"fallback_random": cpu or inductor_config.fallback_random}
+    if inductor_config.post_grad_custom_pre_pass is None:
+        patches["post_grad_custom_pre_pass"] = cache_key_pass()
+    with isa_probe_memo(), inductor_config.patch(patches), realize_reads_before_writes():
         return compile_fx(gm, example_inputs)
 
 
