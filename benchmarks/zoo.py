@@ -24,7 +24,10 @@ median samples/s of the steps after ``--skip`` (5); warm-up is what the first ``
 beyond as many steady steps (capture and compile happen there). The final loss is the mean training loss of the last
 5 steps. Compiled
 runners run twice: ``cold`` with an empty inductor cache directory, ``cached`` with the directory the
-cold run filled (a new process: what the second run of a script pays).
+cold run filled (a new process: what the second run of a script pays). ``--repeat N`` adds N rounds in
+which every runner runs once more (compiled runners from their cache, the runners' order rotated each
+round); the table then shows each runner's median samples/s over all its runs of the model: same-graph
+runs move by up to 20 % on the shared VM, so single runs make noisy ratios.
 """
 from __future__ import annotations
 
@@ -236,6 +239,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--bf16", action="store_true", help="llama under bf16-mixed")
     p.add_argument("--quick", action="store_true", help="gpt2 and bert, 3 steps: a smoke run")
     p.add_argument("--no-cached", action="store_true", help="compiled runners: the cold run only")
+    p.add_argument("--repeat", type=int, default=0,
+                   help="rounds of extra steady-state runs per model after the cold/cached ones, each runner once per"
+                        " round (compiled runners from their cache), in rotated order; the table's samples/s and"
+                        " ratios are then each runner's median over all its runs (the VM moves same-graph runs by"
+                        " up to 20 %%)")
     p.add_argument("--timeout", type=int, default=1800)
     p.add_argument("--json")
     p.add_argument("--one", nargs=2, metavar=("MODEL", "RUNNER"), help=argparse.SUPPRESS)
@@ -255,18 +263,25 @@ def main(argv: Optional[List[str]] = None) -> int:
         models, args.steps, args.skip, args.no_cached = [m for m in models if m in ("gpt2", "bert")] or models[:1], 3, 1, True
     results: List[Dict[str, Any]] = []
     for m in models:
-        for r in args.runners:
-            with tempfile.TemporaryDirectory(prefix="zoo-cache-") as cache:
-                res = _subprocess(m, r, args, cache)
+        with tempfile.TemporaryDirectory(prefix="zoo-cache-") as root:
+            caches = {r: os.path.join(root, str(i)) for i, r in enumerate(args.runners)}
+            for r in args.runners:
+                res = _subprocess(m, r, args, caches[r])
                 res["cache"] = "cold"
                 results.append(res)
                 _print_row(res)
                 if r in COMPILED and not args.no_cached and "error" not in res:
-                    warm = _subprocess(m, r, args, cache)
+                    warm = _subprocess(m, r, args, caches[r])
                     warm["cache"] = "cached"
                     results.append(warm)
                     _print_row(warm)
-    _print_table(results, models, args.runners)
+            for k in range(args.repeat):
+                for r in args.runners[k % len(args.runners):] + args.runners[:k % len(args.runners)]:
+                    res = _subprocess(m, r, args, caches[r])
+                    res["cache"] = f"repeat {k + 1}"
+                    results.append(res)
+                    _print_row(res)
+    _print_table(results, models, args.runners, median=args.repeat > 0)
     if args.json:
         meta = dict(python=platform.python_version(), machine=platform.machine(), processor=platform.processor(),
                     threads=args.threads, steps=args.steps, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
@@ -290,17 +305,22 @@ def _print_row(res: Dict[str, Any]) -> None:
           + (f"  [{res.get('report')}]" if res.get("report") else ""), flush=True)
 
 
-def _print_table(results: List[Dict[str, Any]], models: List[str], runners: List[str]) -> None:
-    print("\n| model | " + " | ".join(runners) + " | compiled / Lightning | compiled / Lightning+compile"
+def _print_table(results: List[Dict[str, Any]], models: List[str], runners: List[str], median: bool = False) -> None:
+    """Samples/s of the cold runs, or (``median``) each runner's median over all its runs of the model."""
+    what = "median samples/s over all runs" if median else "samples/s of the cold run"
+    print(f"\n({what})\n| model | " + " | ".join(runners) + " | compiled / Lightning | compiled / Lightning+compile"
           " | warm-up cold / cached | loss rel. diff vs Lightning |")
     print("|---|" + "---:|" * (len(runners) + 4))
     for m in models:
         row = {r["runner"]: r for r in results if r["model"] == m and r.get("cache") == "cold" and "error" not in r}
         cached = {r["runner"]: r for r in results if r["model"] == m and r.get("cache") == "cached" and "error" not in r}
-        cells = [f"{row[r]['samples_per_s']:.1f}" if r in row else "-" for r in runners]
+        sps = {r: (statistics.median(x["samples_per_s"] for x in results if x["model"] == m and x["runner"] == r
+                                     and "error" not in x) if median else row[r]["samples_per_s"])
+               for r in runners if r in row}
+        cells = [f"{sps[r]:.1f}" if r in sps else "-" for r in runners]
         ours, pl, plc = row.get("trainer compiled"), row.get("lightning"), row.get("lightning+compile")
-        ratio = f"{ours['samples_per_s'] / pl['samples_per_s']:.2f}x" if ours and pl else "-"
-        ratio_c = f"{ours['samples_per_s'] / plc['samples_per_s']:.2f}x" if ours and plc else "-"
+        ratio = f"{sps['trainer compiled'] / sps['lightning']:.2f}x" if ours and pl else "-"
+        ratio_c = f"{sps['trainer compiled'] / sps['lightning+compile']:.2f}x" if ours and plc else "-"
         warm = "-"
         if ours:
             c = cached.get("trainer compiled")

@@ -535,6 +535,24 @@ def case_double_backward(L):
     return M(), []
 
 
+def case_buffer_replaced_every_step(L):
+    """A callback that registers a new tensor under a buffer's name before every step: after two changes in
+    a row the step leaves the one-graph tiers (regions) instead of being set up again at every step."""
+    class M(_base(L)):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("gain", torch.ones(()))
+
+        def training_step(self, batch, batch_idx):
+            return self.mse(batch) * self.gain
+
+    class Replace(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            pl_module.gain = torch.full((), 1.0 / (1 + trainer.global_step))
+
+    return M(), [Replace()]
+
+
 CASES = {
     "epoch_helper": (case_epoch_helper, ("recompiles", 2)),
     "global_step_helper": (case_global_step_helper, ("regions", "at every step")),
@@ -568,6 +586,7 @@ CASES = {
     "backward_hook_added_by_callback": (case_backward_hook_added_by_callback, ("regions", "`net.3` has a backward hook")),
     "embedding_max_norm_beside_dropout": (case_embedding_max_norm_beside_dropout, ("recompiles", 0)),
     "double_backward": (case_double_backward, ("eager", "differentiates twice")),
+    "buffer_replaced_every_step": (case_buffer_replaced_every_step, ("regions", "changed at every step")),
 }
 
 

@@ -833,9 +833,8 @@ class CompiledEngine:
             self.tier, self.layout, self._ulayout = None, None, None
         if self.tier in (Tier.FULL, Tier.FWD_BWD):
             changed = self._inputs_changed()
-            if changed is not None:  # the graphs update the tensors they were set up with
-                self.report.recompile_reasons.append(changed)
-                self._set_up_again()
+            if changed is not None:  # the graphs update the tensors they were set up with: as a failed guard
+                self._rebuild_after(changed)
         if self.tier is None:
             self._setup(optimizer, batch_idx)
             if self.config.cudagraphs and not self._cudagraphs and self.report.cudagraph_reason is None:
@@ -975,7 +974,8 @@ class CompiledEngine:
         if self._guard_quick >= 2 or self._guard_rebuilds > self.config.max_recompiles:
             how = ("at every step" if self._guard_quick >= 2
                    else f"{self._guard_rebuilds} times (limit `CompileConfig.max_recompiles`)")
-            cause = (f"a Python value the training step reads changed {how}, last `{why}`; each change would"
+            last = why if why.startswith("`") else f"`{why}`"  # a guard's expression, or a sentence naming it
+            cause = (f"a value the training step reads changed {how}, last {last}; each change would"
                      " capture and compile the step again")
             if not self._enter_regions(cause):  # regions: dynamo makes such a value an input of its own
                 self._fail(cause)
